@@ -1,0 +1,527 @@
+"""Configuration: TOML file, environment and flags, parsed once into frozen dataclasses.
+
+Precedence: flags beat environment (FLEET_<FLAG>) beat the config file beat
+defaults. Every value is converted and checked where it is read; every problem
+is collected with its section and key, and load() raises one ConfigError
+holding them all. Only the entry point turns that into an exit status.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shlex
+import signal
+import sys
+from typing import Any, Callable
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.10 carries tomli in the pyz
+    import tomli as tomllib
+
+from fleet.errors import ConfigError
+
+AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+RESTART_POLICIES = ("always", "on-failure", "never")
+MAX_SECONDS = 365 * 86400.0
+
+
+def valid_node_id(value: str) -> bool:
+    """node_id rule of DESIGN.md: a safe file name, no `..`."""
+    return bool(NODE_ID_RE.match(value)) and ".." not in value
+
+
+def valid_agent_id(value: str) -> bool:
+    return bool(AGENT_ID_RE.match(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSConfig:
+    cert: str = ""
+    key: str = ""
+    ca: str = ""            # daemon: the CA that signed the manager's certificate
+    client_ca: str = ""     # manager: the CA that signs daemons' certificates (mTLS)
+    server_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    id: str
+    command: tuple[str, ...]
+    type: str = ""
+    version: str = ""
+    cwd: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+    autostart: bool = True
+    restart: str = "always"
+    start_seconds: float = 1.0
+    start_retries: int = 5
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    stop_signal: int = int(signal.SIGTERM)
+    stop_timeout: float = 10.0
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
+
+    def config_hash(self) -> str:
+        """A digest of what changes the running process (not log settings)."""
+        facts = [list(self.command), self.cwd, list(self.env)]
+        return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonConfig:
+    managers: tuple[str, ...] = ("127.0.0.1:9090",)
+    listen: str = "127.0.0.1:9091"
+    advertise: str = ""
+    state_dir: str = "./fleet-state"
+    node_id: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    cluster_token: str = ""
+    sync_interval: float = 10.0
+    heartbeat_interval: float = 30.0
+    metrics_interval: float = 10.0
+    insecure: bool = False
+    tls: TLSConfig | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ManagerConfig:
+    http: str = "127.0.0.1:8080"
+    grpc: str = "0.0.0.0:9090"
+    db: str = "sqlite:///fleet.db"
+    offline_after: float = 90.0
+    api_tokens: tuple[tuple[str, str], ...] = ()   # (name, token)
+    cluster_token: str = ""
+    metrics_public: bool = False
+    workers: int = 1
+    tls: TLSConfig | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    role: str
+    manager: ManagerConfig
+    daemon: DaemonConfig
+    agents: tuple[AgentConfig, ...]
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+class _Reader:
+    """Reads one TOML table, collecting problems named `section key: why`."""
+
+    def __init__(self, section: str, table: Any, problems: list[str]):
+        self.section = section
+        self.problems = problems
+        self.seen: set[str] = set()
+        if not isinstance(table, dict):
+            self.fail("", "not a table")
+            table = {}
+        self.table = table
+
+    def fail(self, key: str, why: str) -> None:
+        where = f"[{self.section}] {key}".rstrip()
+        self.problems.append(f"{where}: {why}")
+
+    def get(self, key: str, default: Any, convert: Callable[[Any], Any]) -> Any:
+        """The converted value of key, or default when absent or invalid."""
+        self.seen.add(key)
+        if key not in self.table:
+            return default
+        try:
+            return convert(self.table[key])
+        except (ValueError, TypeError) as exc:
+            self.fail(key, str(exc))
+            return default
+
+    def check_unknown(self) -> None:
+        for key in sorted(set(self.table) - self.seen):
+            self.fail(key, "unknown key")
+
+
+# ---- converters: each raises ValueError with a message naming the rule ----
+
+def to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"not a string: {value!r}")
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte")
+    return value
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def to_seconds(value: Any, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"not a number of seconds: {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {value!r}") from None
+    if not minimum <= seconds <= MAX_SECONDS:
+        raise ValueError(f"must be between {minimum:g} and {MAX_SECONDS:g} seconds")
+    return seconds
+
+
+def to_int(value: Any, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    try:
+        number = int(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"not an integer: {value!r}") from None
+    if isinstance(value, float) and value != number:
+        raise ValueError(f"not an integer: {value!r}")
+    if not minimum <= number <= maximum:
+        raise ValueError(f"must be between {minimum} and {maximum}")
+    return number
+
+
+def to_address(value: Any) -> str:
+    """HOST:PORT or [v6]:PORT, port 0..65535 (0 = pick a free one)."""
+    text = to_str(value)
+    host, port = split_address(text)
+    if not host:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    return text
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """('host', port) of HOST:PORT / [v6]:PORT; ValueError if malformed."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", text)
+    if not match:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"port out of range: {text!r}")
+    if match.group(1):
+        ipaddress.IPv6Address(host)
+    return host, port
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(address: str) -> bool:
+    host, _ = split_address(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def to_address_list(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError("not an address or a non-empty list of addresses")
+    return tuple(to_address(item.strip() if isinstance(item, str) else item) for item in items)
+
+
+def to_str_map(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError("not a table of strings")
+    for key, item in value.items():
+        if not isinstance(item, str) or "\x00" in key or "\x00" in item:
+            raise ValueError(f"{key}: not a string")
+    return tuple(sorted(value.items()))
+
+
+def to_signal(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.isdigit():
+        number = int(value)
+    elif isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if not hasattr(signal.Signals, name):
+            raise ValueError(f"unknown signal: {value!r}")
+        number = int(signal.Signals[name])
+    else:
+        raise ValueError(f"not a signal: {value!r}")
+    if number not in {int(s) for s in signal.Signals}:
+        raise ValueError(f"unknown signal: {value!r}")
+    return number
+
+
+def to_command(value: Any) -> tuple[str, ...]:
+    """A list of strings, or one string split like a shell would."""
+    parts = shlex.split(to_str(value)) if isinstance(value, str) else value
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
+        raise ValueError("must be a non-empty list of strings")
+    if any("\x00" in p for p in parts):
+        raise ValueError("contains a NUL byte")
+    return tuple(parts)
+
+
+def read_token(reader: _Reader, key: str) -> str:
+    """`key` inline or `key_file` = path holding it (whitespace stripped)."""
+    token = reader.get(key, "", to_str)
+    path = reader.get(f"{key}_file", "", to_str)
+    if token and path:
+        reader.fail(key, f"set {key} or {key}_file, not both")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            reader.fail(f"{key}_file", f"cannot read {path}: {exc.strerror}")
+        else:
+            if not token:
+                reader.fail(f"{key}_file", f"{path} is empty")
+    return token
+
+
+# ---- sections ----
+
+def read_tls(parent: _Reader, keys: tuple[str, ...]) -> TLSConfig | None:
+    parent.seen.add("tls")
+    if "tls" not in parent.table:
+        return None
+    reader = _Reader(f"{parent.section}.tls", parent.table["tls"], parent.problems)
+    values = {key: reader.get(key, "", to_str) for key in keys}
+    reader.check_unknown()
+    for key in ("cert", "key"):
+        if not values.get(key):
+            reader.fail(key, "required when TLS is configured")
+    return TLSConfig(**values)
+
+
+def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
+    r = _Reader("manager", table, problems)
+    tokens = []
+    api_token = read_token(r, "api_token")
+    if api_token:
+        tokens.append(("default", api_token))
+    named = r.get("api_tokens", (), to_str_map)
+    for name, spec in named:
+        tokens.append((name, _named_token(r, name, spec)))
+    config = ManagerConfig(
+        http=r.get("http", ManagerConfig.http, to_address),
+        grpc=r.get("grpc", ManagerConfig.grpc, to_address),
+        db=r.get("db", ManagerConfig.db, to_db_url),
+        offline_after=r.get("offline_after", 90.0, lambda v: to_seconds(v, 0.1)),
+        api_tokens=tuple(tokens),
+        cluster_token=read_token(r, "cluster_token"),
+        metrics_public=r.get("metrics_public", False, to_bool),
+        workers=r.get("workers", 1, lambda v: to_int(v, 1, 64)),
+        tls=read_tls(r, ("cert", "key", "client_ca")),
+    )
+    r.check_unknown()
+    if config.cluster_token and any(t == config.cluster_token for _, t in tokens):
+        r.fail("api_token", "must differ from cluster_token")
+    return config
+
+
+def _named_token(r: _Reader, name: str, spec: str) -> str:
+    """`file:/path` reads the token from a file; anything else is the token."""
+    if not spec.startswith("file:"):
+        return spec
+    try:
+        with open(spec[5:], encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        r.fail(f"api_tokens.{name}", f"cannot read {spec[5:]}: {exc.strerror}")
+        return ""
+    if not token:
+        r.fail(f"api_tokens.{name}", f"{spec[5:]} is empty")
+    return token
+
+
+def to_db_url(value: Any) -> str:
+    url = to_str(value)
+    if not re.match(r"^(sqlite:///.+|sqlite:///:memory:|postgres(ql)?://.+)$", url):
+        raise ValueError(f"not sqlite:///PATH or postgresql://...: {url!r}")
+    return url
+
+
+def read_daemon(table: Any, problems: list[str]) -> DaemonConfig:
+    r = _Reader("daemon", table, problems)
+    config = DaemonConfig(
+        managers=r.get("manager", DaemonConfig.managers, to_address_list),
+        listen=r.get("listen", DaemonConfig.listen, to_address),
+        advertise=r.get("advertise", "", lambda v: to_address(v) if v else ""),
+        state_dir=r.get("state_dir", DaemonConfig.state_dir, to_nonempty_str),
+        node_id=r.get("node_id", "", to_node_id),
+        labels=r.get("labels", (), to_str_map),
+        cluster_token=read_token(r, "cluster_token"),
+        sync_interval=r.get("sync_interval", 10.0, lambda v: to_seconds(v, 0.05)),
+        heartbeat_interval=r.get("heartbeat_interval", 30.0, lambda v: to_seconds(v, 0.05)),
+        metrics_interval=r.get("metrics_interval", 10.0, lambda v: to_seconds(v, 1.0)),
+        insecure=r.get("insecure", False, to_bool),
+        tls=read_tls(r, ("cert", "key", "ca", "server_name")),
+    )
+    r.check_unknown()
+    return config
+
+
+def to_nonempty_str(value: Any) -> str:
+    text = to_str(value)
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def to_node_id(value: Any) -> str:
+    text = to_str(value)
+    if text and not valid_node_id(text):
+        raise ValueError(f"{text!r} does not match {NODE_ID_RE.pattern} (and no '..')")
+    return text
+
+
+def read_agent(index: int, table: Any, problems: list[str]) -> AgentConfig | None:
+    r = _Reader(f"agents.{index}", table, problems)
+    agent_id = r.get("id", "", to_str)
+    if not valid_agent_id(agent_id):
+        r.fail("id", f"{agent_id!r} does not match {AGENT_ID_RE.pattern}")
+    command = r.get("command", (), to_command)
+    if not command and "command" not in r.table:
+        r.fail("command", "required")
+    d = AgentConfig
+    values = dict(
+        type=r.get("type", "", to_str), version=r.get("version", "", to_str),
+        cwd=r.get("cwd", "", to_str), env=r.get("env", (), to_str_map),
+        autostart=r.get("autostart", True, to_bool),
+        restart=r.get("restart", d.restart, to_choice(RESTART_POLICIES)),
+        start_seconds=r.get("start_seconds", d.start_seconds, to_seconds),
+        start_retries=r.get("start_retries", d.start_retries, lambda v: to_int(v, -1, 1_000_000)),
+        backoff_initial=r.get("backoff_initial", d.backoff_initial, to_seconds),
+        backoff_max=r.get("backoff_max", d.backoff_max, to_seconds),
+        stop_signal=r.get("stop_signal", d.stop_signal, to_signal),
+        stop_timeout=r.get("stop_timeout", d.stop_timeout, lambda v: to_seconds(v, 0.0)),
+        log_max_bytes=r.get("log_max_bytes", d.log_max_bytes, lambda v: to_int(v, 1024, 2**50)),
+        log_backups=r.get("log_backups", d.log_backups, lambda v: to_int(v, 0, 100)),
+    )
+    r.check_unknown()
+    if values["backoff_max"] < values["backoff_initial"]:
+        r.fail("backoff_max", "must be >= backoff_initial")
+    return AgentConfig(id=agent_id, command=command, **values) if command else None
+
+
+def to_choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}: {value!r}")
+        return value
+    return convert
+
+
+# ---- layering ----
+
+# flag name -> (section, key); None section = top level. cluster_token feeds both roles.
+FLAG_KEYS: dict[str, list[tuple[str | None, str]]] = {
+    "http": [("manager", "http")], "grpc": [("manager", "grpc")], "db": [("manager", "db")],
+    "manager": [("daemon", "manager")], "listen": [("daemon", "listen")],
+    "advertise": [("daemon", "advertise")],
+    "state_dir": [("daemon", "state_dir")], "node_id": [("daemon", "node_id")],
+    "insecure": [("daemon", "insecure")],
+    "api_token": [("manager", "api_token")],
+    "cluster_token": [("manager", "cluster_token"), ("daemon", "cluster_token")],
+    "log_level": [(None, "log_level")], "log_format": [(None, "log_format")],
+}
+
+
+def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """FLEET_<FLAG> values, by flag name."""
+    found = {}
+    for flag in FLAG_KEYS:
+        value = environ.get("FLEET_" + flag.upper())
+        if value is not None and value != "":
+            found[flag] = value
+    return found
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> None:
+    """Write flag/env values into the file's tables (a token drops its _file twin)."""
+    for flag, value in overrides.items():
+        for section, key in FLAG_KEYS[flag]:
+            table = data if section is None else data.setdefault(section, {})
+            if not isinstance(table, dict):
+                continue
+            table[key] = value
+            table.pop(key + "_file", None)
+
+
+def read_file(path: str, problems: list[str]) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        problems.append(f"config file {path}: {exc.strerror}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"config file {path}: {exc}")
+    return {}
+
+
+def load(role: str, path: str | None = None, flags: dict[str, Any] | None = None,
+         environ: dict[str, str] | None = None) -> Config:
+    """Build the Config for `role`; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    environ = os.environ if environ is None else environ
+    data = read_file(path, problems) if path else {}
+    apply_overrides(data, env_overrides(environ))
+    apply_overrides(data, {k: v for k, v in (flags or {}).items() if v is not None})
+    config = parse(role, data, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def parse(role: str, data: dict, problems: list[str]) -> Config:
+    top = _Reader("", data, problems)
+    top.seen.update({"manager", "daemon", "agents"})
+    level = top.get("log_level", "info", to_choice(("debug", "info", "warning", "error")))
+    fmt = top.get("log_format", "text", to_choice(("text", "json")))
+    top.check_unknown()
+    manager = read_manager(data.get("manager", {}), problems)
+    daemon = read_daemon(data.get("daemon", {}), problems)
+    agents = read_agents(data.get("agents", []), problems)
+    config = Config(role, manager, daemon, agents, level, fmt)
+    check_daemon_security(config, problems)
+    return config
+
+
+def read_agents(items: Any, problems: list[str]) -> tuple[AgentConfig, ...]:
+    if not isinstance(items, list):
+        problems.append("[[agents]]: must be an array of tables")
+        return ()
+    agents, ids = [], set()
+    for index, table in enumerate(items):
+        agent = read_agent(index, table, problems)
+        if agent is None:
+            continue
+        if agent.id in ids:
+            problems.append(f"[agents.{index}] id: duplicate agent id {agent.id!r}")
+        ids.add(agent.id)
+        agents.append(agent)
+    return tuple(agents)
+
+
+def check_daemon_security(config: Config, problems: list[str]) -> None:
+    """A daemon on a non-loopback address needs a cluster token or --insecure."""
+    daemon = config.daemon
+    if config.role not in ("daemon", "all") or daemon.cluster_token or daemon.insecure:
+        return
+    try:
+        loopback = is_loopback(daemon.listen)
+    except ValueError:
+        return  # already reported
+    if not loopback:
+        problems.append("[daemon] listen: a non-loopback address needs cluster_token "
+                        "(or --insecure)")

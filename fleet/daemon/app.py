@@ -1,0 +1,110 @@
+"""The node daemon: wires the state dir, supervisor, logs, sampler, gRPC server
+and state syncer, and stops them in order."""
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+
+import fleet
+from fleet.config import Config, join_address, split_address
+from fleet.daemon.logs import LogKeeper
+from fleet.daemon.manager_client import ManagerClient, local_ip_towards
+from fleet.daemon.metrics import Sampler
+from fleet.daemon.service import DaemonServicer
+from fleet.daemon.statedir import StateDir
+from fleet.daemon.supervisor import Supervisor
+from fleet.daemon.syncer import StateSyncer
+from fleet.rpc import create_server
+from fleet.v1 import fleet_pb2 as pb
+from fleet.v1 import fleet_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+class Daemon:
+    def __init__(self, config: Config, listen_label: str = "grpc"):
+        self.config = config
+        self.listen_label = listen_label   # "daemon-grpc" under --role all
+        self.statedir = StateDir(config.daemon.state_dir)
+        self.node_id = ""
+        self.boot_id = 0
+        self.port = 0                      # the gRPC port actually bound
+        self.supervisor: Supervisor | None = None
+        self.syncer: StateSyncer | None = None
+        self._server = None
+        self._servicer: DaemonServicer | None = None
+        self._logs: LogKeeper | None = None
+        self._sampler: Sampler | None = None
+        self._client: ManagerClient | None = None
+
+    def start(self) -> None:
+        """Take the state dir, start the agents, serve, and start reporting.
+
+        Raises StateDirLocked or OSError (port in use) as runtime failures.
+        """
+        cfg = self.config.daemon
+        self.statedir.open()
+        self.node_id = self.statedir.node_id(cfg.node_id)
+        self.boot_id = self.statedir.next_boot_id()
+        self._logs = LogKeeper(self.statedir.logs_dir)
+        self._sampler = Sampler(cfg.metrics_interval)
+        self.supervisor = Supervisor(self.config.agents, self.statedir, self._logs, self._sampler)
+        self._servicer = DaemonServicer(self.node_id, self.supervisor, self._logs, self._sampler)
+        self._server, self.port = create_server(
+            cfg.listen, [lambda s: pb_grpc.add_DaemonServiceServicer_to_server(self._servicer, s)],
+            token=cfg.cluster_token, tls=cfg.tls)
+        self.supervisor.start()
+        self._logs.start()
+        self._sampler.start()
+        self._server.start()
+        host, _ = split_address(cfg.listen)
+        log.info("listening %s=%s", self.listen_label, join_address(host, self.port))
+        log.info("node %s boot %s: %d agent(s)", self.node_id, self.boot_id,
+                 len(self.config.agents))
+        self._start_syncer()
+
+    def _start_syncer(self) -> None:
+        cfg = self.config.daemon
+        self._client = ManagerClient(cfg.managers, cfg.cluster_token, cfg.tls)
+        self.syncer = StateSyncer(self._client, self.registration(), self.supervisor.snapshots,
+                                  cfg.sync_interval, cfg.heartbeat_interval)
+        self.supervisor.listeners.append(self.syncer.notify)
+        self.syncer.start()
+
+    def registration(self) -> pb.RegisterNodeRequest:
+        """This node's facts, as RegisterNode carries them."""
+        cfg = self.config.daemon
+        ip = local_ip_towards(cfg.managers[0])
+        host, _ = split_address(cfg.listen)
+        advertise = cfg.advertise or join_address(ip if host in WILDCARDS else host, self.port)
+        return pb.RegisterNodeRequest(
+            node_id=self.node_id, hostname=socket.gethostname(), ip=ip,
+            advertise_address=advertise, os=platform.system().lower(),
+            arch=platform.machine(), labels=dict(cfg.labels),
+            daemon_version=fleet.__version__, boot_id=self.boot_id)
+
+    def stop(self) -> None:
+        """Stop serving, stop every agent (in parallel), send the final report."""
+        if self._servicer is not None:
+            self._servicer.shutting_down = True
+        if self._server is not None:
+            self._server.stop(grace=1.0).wait(2.0)
+        if self.supervisor is not None:
+            self.supervisor.stop_all()
+        if self.syncer is not None:
+            self.syncer.stop(final_report=True)
+        self.close()
+
+    def close(self) -> None:
+        """Release everything but the agents' processes."""
+        if self.supervisor is not None:
+            self.supervisor.close()
+        for part in (self._sampler, self._logs):
+            if part is not None:
+                part.stop()
+        if self._client is not None:
+            self._client.close()
+        self.statedir.close()

@@ -1,0 +1,90 @@
+"""The daemon's client of ManagerService: one channel, a deadline on every call,
+and failover along the configured manager addresses when one is unreachable."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import grpc
+
+from fleet.config import TLSConfig, split_address
+from fleet.errors import Unavailable
+from fleet.rpc import from_rpc_error, open_channel
+from fleet.v1 import fleet_pb2 as pb
+from fleet.v1 import fleet_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+DEADLINE_SECONDS = 5.0
+
+
+class ManagerClient:
+    def __init__(self, addresses: tuple[str, ...], token: str = "", tls: TLSConfig | None = None,
+                 deadline: float = DEADLINE_SECONDS):
+        self.addresses = addresses
+        self.token = token
+        self.tls = tls
+        self.deadline = deadline
+        self._lock = threading.Lock()   # guards the channel and the index
+        self._index = 0                 # which address the channel dials
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.ManagerServiceStub | None = None
+
+    @property
+    def address(self) -> str:
+        return self.addresses[self._index]
+
+    def _get_stub(self) -> pb_grpc.ManagerServiceStub:
+        with self._lock:
+            if self._stub is None:
+                self._channel = open_channel(self.address, self.token, self.tls)
+                self._stub = pb_grpc.ManagerServiceStub(self._channel)
+            return self._stub
+
+    def _failover(self) -> None:
+        """Next time, dial the next manager address (if there is more than one)."""
+        with self._lock:
+            if len(self.addresses) < 2:
+                return
+            channel, self._channel, self._stub = self._channel, None, None
+            self._index = (self._index + 1) % len(self.addresses)
+        if channel is not None:
+            channel.close()
+
+    def _call(self, name: str, request):
+        stub = self._get_stub()
+        try:
+            return getattr(stub, name)(request, timeout=self.deadline)
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc, f"manager {self.address} {name}")
+            if isinstance(error, Unavailable):
+                self._failover()
+            raise error from None
+
+    def register(self, request: pb.RegisterNodeRequest) -> pb.RegisterNodeResponse:
+        return self._call("RegisterNode", request)
+
+    def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        return self._call("Heartbeat", request)
+
+    def sync(self, request: pb.SyncAgentStatesRequest) -> pb.SyncAgentStatesResponse:
+        return self._call("SyncAgentStates", request)
+
+    def close(self) -> None:
+        with self._lock:
+            channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            channel.close()
+
+
+def local_ip_towards(address: str) -> str:
+    """The local IP of a socket routed to address (no packet is sent)."""
+    try:
+        host, port = split_address(address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, port or 9))
+            return sock.getsockname()[0]
+    except (OSError, ValueError):
+        return "127.0.0.1"

@@ -1,0 +1,175 @@
+"""A thread per agent that notices its exit at once and keeps its deadlines.
+
+The thread blocks in poll() on the process's pidfd (readable the moment the
+process exits, child or adopted) and on a wake pipe, with the program's next
+deadline as the timeout: no periodic tick. Operations come from other threads,
+are serialised per agent by `ops_lock`, and wake the thread when they change
+what it waits for. After every locked section the changes are published
+(state file, sampler, syncer) outside the program's lock.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import select
+import threading
+from typing import Callable
+
+from fleet.daemon.program import Program, Snapshot
+from fleet.daemon.statedir import AgentRecord
+from fleet.errors import Conflict, InvalidArgument
+from fleet.states import State
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = ("start", "stop", "restart")
+STOP_WAIT_SECONDS = 25.0  # stop returns by then, still STOPPING, while the kill goes on
+
+
+class Runner:
+    def __init__(self, program: Program,
+                 publish: Callable[[Snapshot, AgentRecord | None], None]):
+        self.program = program
+        self.publish = publish            # called with each change (snapshot, record), in order
+        self.ops_lock = threading.Lock()  # serialises operations on this agent
+        self._publish_lock = threading.Lock()  # keeps publications in state order
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._closed = False
+        self.refuse_operations = False    # set at shutdown
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"fleet-agent-{program.config.id}")
+
+    # ---- lifecycle ----
+
+    def start(self, init: Callable[[Program, float], None]) -> None:
+        """Run init(program, now) under the lock, then start the thread."""
+        with self.program.lock:
+            init(self.program, self.program.ops.monotonic())
+        self._publish()
+        self._thread.start()
+
+    def close(self) -> None:
+        """End the thread (the process, if any, is left alone)."""
+        with self.program.lock:
+            self._closed = True
+        self.wake()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # a wake is pending already, or we are closed
+
+    # ---- operations ----
+
+    def operate(self, operation: str) -> Snapshot:
+        """start, stop or restart; returns the agent's state afterwards."""
+        if operation not in OPERATIONS:
+            raise InvalidArgument(f"unknown operation {operation!r}: use start, stop or restart")
+        with self.ops_lock:
+            if self.refuse_operations:
+                raise Conflict("the daemon is shutting down")
+            if operation in ("stop", "restart"):
+                self._stop()
+            if operation in ("start", "restart"):
+                self._locked(lambda p, now: p.start(now))
+            return self.snapshot()
+
+    def stop_for_shutdown(self) -> Snapshot:
+        """Stop the agent during shutdown (no later operation is taken)."""
+        with self.ops_lock:
+            self.refuse_operations = True
+            self._stop()
+            return self.snapshot()
+
+    def _stop(self) -> None:
+        program = self.program
+        self._locked(lambda p, now: p.stop(now))
+        deadline = program.ops.monotonic() + STOP_WAIT_SECONDS
+        with program.lock:
+            while program.state is State.STOPPING:
+                remaining = deadline - program.ops.monotonic()
+                if remaining <= 0:
+                    log.warning("%s: still stopping after %ss", program.config.id,
+                                STOP_WAIT_SECONDS)
+                    break
+                program.lock.wait(remaining)
+
+    def _locked(self, action: Callable[[Program, float], None]) -> None:
+        with self.program.lock:
+            action(self.program, self.program.ops.monotonic())
+        self.wake()
+        self._publish()
+
+    def snapshot(self) -> Snapshot:
+        with self.program.lock:
+            return self.program.snapshot()
+
+    # ---- the thread ----
+
+    def _run(self) -> None:
+        program = self.program
+        while True:
+            with program.lock:
+                if self._closed:
+                    return
+                pidfd = program.child.pidfd if program.child else -1
+                deadline = program.next_deadline()
+            try:
+                exited = self._wait(pidfd, deadline)
+                self._handle(pidfd, exited)
+            except Exception:  # noqa: BLE001 - log and keep supervising
+                log.exception("%s: supervisor thread error", program.config.id)
+                threading.Event().wait(0.1)
+
+    def _wait(self, pidfd: int, deadline: float | None) -> bool:
+        """Block until the process exits, a wake, or the deadline; True if it exited."""
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        if pidfd >= 0:
+            poller.register(pidfd, select.POLLIN)
+        timeout = None
+        if deadline is not None:
+            timeout = max(0, math.ceil((deadline - self.program.ops.monotonic()) * 1000))
+        events = poller.poll(timeout)
+        exited = False
+        for fd, _ in events:
+            if fd == self._wake_r:
+                self._drain()
+            elif fd == pidfd:
+                exited = True
+        return exited
+
+    def _drain(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle(self, pidfd: int, exited: bool) -> None:
+        program = self.program
+        with program.lock:
+            now = program.ops.monotonic()
+            child = program.child
+            if exited and child is not None and child.pidfd == pidfd:
+                program.exited(program.ops.reap(child), now)
+            program.tick(now)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Hand every changed state to the listener, in the order they happened."""
+        with self._publish_lock:
+            with self.program.lock:
+                if not self.program.dirty:
+                    return
+                self.program.dirty = False
+                snapshot = self.program.snapshot()
+                record = self.program.record()
+            self.publish(snapshot, record)

@@ -1,0 +1,103 @@
+"""DaemonService over gRPC: thin translation between protos and the supervisor."""
+from __future__ import annotations
+
+import logging
+
+from fleet.daemon.logs import LogKeeper
+from fleet.daemon.metrics import Sampler
+from fleet.daemon.program import Snapshot
+from fleet.daemon.supervisor import Supervisor
+from fleet.errors import Conflict, InvalidArgument
+from fleet.rpc import translate
+from fleet.v1 import fleet_pb2 as pb
+from fleet.v1 import fleet_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LINES, MAX_LINES = 100, 1000
+DEFAULT_DURATION, MAX_DURATION = 3600, 86400
+MAX_GREP = 1024
+
+
+def agent_state(snapshot: Snapshot) -> pb.AgentState:
+    """The report form of a snapshot."""
+    return pb.AgentState(
+        agent_id=snapshot.agent_id, type=snapshot.type, version=snapshot.version,
+        status=int(snapshot.state), pid=snapshot.pid, start_time=snapshot.start_time,
+        restart_count=snapshot.restart_count, last_exit_code=snapshot.last_exit_code,
+        last_exit_signal=snapshot.last_exit_signal, health=snapshot.health,
+        last_heartbeat=snapshot.last_heartbeat)
+
+
+def agent_info(snapshot: Snapshot) -> pb.AgentInfo:
+    """The ListAgents / OperateAgent form of a snapshot."""
+    return pb.AgentInfo(
+        agent_id=snapshot.agent_id, type=snapshot.type, version=snapshot.version,
+        status=int(snapshot.state), pid=snapshot.pid, start_time=snapshot.start_time,
+        restart_count=snapshot.restart_count, last_exit_code=snapshot.last_exit_code,
+        last_exit_signal=snapshot.last_exit_signal, health=snapshot.health,
+        last_heartbeat=snapshot.last_heartbeat, next_retry_time=snapshot.next_retry_time,
+        last_error=snapshot.last_error, changed_at=snapshot.changed_at,
+        config_changed=snapshot.config_changed)
+
+
+def bounded(value: int, default: int, maximum: int, what: str) -> int:
+    """0 means default; otherwise 1..maximum, else InvalidArgument."""
+    if value == 0:
+        return default
+    if not 1 <= value <= maximum:
+        raise InvalidArgument(f"{what} must be between 1 and {maximum}, got {value}")
+    return value
+
+
+class DaemonServicer(pb_grpc.DaemonServiceServicer):
+    def __init__(self, node_id: str, supervisor: Supervisor, logs: LogKeeper, sampler: Sampler):
+        self.node_id = node_id
+        self.supervisor = supervisor
+        self.logs = logs
+        self.sampler = sampler
+        self.shutting_down = False   # set at shutdown: operations are refused
+
+    def _check_node(self, request) -> None:
+        if request.node_id and request.node_id != self.node_id:
+            raise Conflict(f"this is node '{self.node_id}', not '{request.node_id}'")
+
+    @translate
+    def ListAgents(self, request, context):
+        self._check_node(request)
+        return pb.ListAgentsResponse(agents=[agent_info(s) for s in self.supervisor.snapshots()])
+
+    @translate
+    def OperateAgent(self, request, context):
+        self._check_node(request)
+        runner = self.supervisor.runner(request.agent_id)
+        if self.shutting_down:
+            raise Conflict("the daemon is shutting down")
+        snapshot = runner.operate(request.operation)
+        log.info("operate %s %s: %s pid=%s", request.operation, request.agent_id,
+                 snapshot.state.name, snapshot.pid)
+        return pb.OperateAgentResponse(agent=agent_info(snapshot))
+
+    @translate
+    def GetAgentMetrics(self, request, context):
+        self._check_node(request)
+        self.supervisor.runner(request.agent_id)
+        duration = bounded(request.duration_seconds, DEFAULT_DURATION, MAX_DURATION,
+                           "duration_seconds")
+        points = self.sampler.points(request.agent_id, duration)
+        return pb.GetAgentMetricsResponse(data_points=[
+            pb.ResourceDataPoint(
+                timestamp=p.timestamp, cpu=p.cpu, memory_rss=p.memory_rss,
+                memory_vms=p.memory_vms, disk_read_bytes=p.disk_read_bytes,
+                disk_write_bytes=p.disk_write_bytes, open_files=p.open_files,
+                threads=p.threads) for p in points])
+
+    @translate
+    def GetAgentLogs(self, request, context):
+        self._check_node(request)
+        self.supervisor.runner(request.agent_id)
+        lines = bounded(request.lines, DEFAULT_LINES, MAX_LINES, "lines")
+        if len(request.grep) > MAX_GREP or "\x00" in request.grep:
+            raise InvalidArgument(f"grep must be at most {MAX_GREP} characters, without NUL")
+        found, truncated = self.logs.tail(request.agent_id, lines, request.grep)
+        return pb.GetAgentLogsResponse(lines=found, truncated=truncated)

@@ -1,0 +1,135 @@
+"""The node's agents: builds a Program and a Runner per configured agent,
+adopts the processes a previous daemon left running, and stops them all.
+
+Every published change goes to the state file (so a restarted daemon can
+adopt), to the sampler (which pid to watch) and to the listeners (the syncer).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from typing import Callable
+
+from fleet.config import AgentConfig
+from fleet.daemon.logs import LogKeeper
+from fleet.daemon.metrics import Sampler
+from fleet.daemon.procops import SIGKILL, ProcOps
+from fleet.daemon.program import Program, Snapshot
+from fleet.daemon.runner import Runner
+from fleet.daemon.statedir import AgentRecord, StateDir
+from fleet.errors import NotFound
+from fleet.states import State
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    def __init__(self, agents: tuple[AgentConfig, ...], statedir: StateDir, logs: LogKeeper,
+                 sampler: Sampler, ops: ProcOps | None = None):
+        self.statedir = statedir
+        self.logs = logs
+        self.sampler = sampler
+        self.ops = ops or ProcOps()
+        self.listeners: list[Callable[[Snapshot], None]] = []  # told of every change
+        self.runners: dict[str, Runner] = {}   # agent id -> runner; fixed after start()
+        self._configs = agents
+        self._started = False
+
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        """Adopt or start every configured agent, and stop recorded agents no longer
+        configured."""
+        if self._started:
+            return
+        self._started = True
+        configured = {agent.id for agent in self._configs}
+        for agent_id in self.statedir.recorded_agents():
+            if agent_id not in configured:
+                self._stop_orphan(agent_id)
+        for config in self._configs:
+            self.logs.register(config.id, config.log_max_bytes, config.log_backups)
+            program = Program(config, self.ops, self.logs.open_for_agent)
+            runner = Runner(program, self._publisher(config.id))
+            self.runners[config.id] = runner
+            runner.start(self._initial_action(config))
+
+    def _initial_action(self, config: AgentConfig) -> Callable[[Program, float], None]:
+        record = self.statedir.read_agent(config.id)
+        child = self.ops.adopt(record.pid, record.pgid, record.create_time) if record else None
+        if child is None:
+            return lambda program, now: program.set_initial(now)
+        if record.config_hash != config.config_hash():
+            log.warning("%s: config changed since pid=%s started; applied at its next restart",
+                        config.id, child.pid)
+        log.info("%s: adopted pid=%s", config.id, child.pid)
+        return lambda program, now: program.adopt(
+            child, record.start_time, record.restart_count, record.config_hash, now)
+
+    def _stop_orphan(self, agent_id: str) -> None:
+        """Stop a recorded agent that left the config, in the background."""
+        record = self.statedir.read_agent(agent_id)
+        child = self.ops.adopt(record.pid, record.pgid, record.create_time) if record else None
+        self.statedir.write_agent(agent_id, None)
+        if child is None:
+            return
+        log.info("%s: no longer configured; stopping pid=%s", agent_id, child.pid)
+        threading.Thread(target=self._kill_orphan, args=(child, record), daemon=True,
+                         name=f"fleet-orphan-{agent_id}").start()
+
+    def _kill_orphan(self, child, record: AgentRecord) -> None:
+        self.ops.kill_group(child.pgid, record.stop_signal)
+        deadline = self.ops.monotonic() + record.stop_timeout
+        gone = threading.Event()
+        while self.ops.group_alive(child.pgid) and self.ops.monotonic() < deadline:
+            gone.wait(0.05)  # an orphan is not our child: no pidfd wait for its group
+        self.ops.kill_group(child.pgid, SIGKILL)
+        self.ops.close(child)
+
+    def stop_all(self) -> None:
+        """Stop every agent in parallel; returns when all are stopped (or given up)."""
+        if not self.runners:
+            return
+        with futures.ThreadPoolExecutor(min(32, len(self.runners)),
+                                        thread_name_prefix="fleet-stop") as pool:
+            list(pool.map(lambda runner: runner.stop_for_shutdown(), self.runners.values()))
+
+    def close(self) -> None:
+        """End the runner threads; agents' processes are left as they are."""
+        for runner in self.runners.values():
+            runner.close()
+
+    def detach(self) -> None:
+        """Leave every agent running (daemon restart in place); just end the threads."""
+        self.close()
+
+    # ---- queries and operations ----
+
+    def runner(self, agent_id: str) -> Runner:
+        runner = self.runners.get(agent_id)
+        if runner is None:
+            raise NotFound(f"agent '{agent_id}' not found")
+        return runner
+
+    def snapshots(self) -> list[Snapshot]:
+        return [runner.snapshot() for runner in self.runners.values()]
+
+    def operate(self, agent_id: str, operation: str) -> Snapshot:
+        return self.runner(agent_id).operate(operation)
+
+    # ---- publication ----
+
+    def _publisher(self, agent_id: str) -> Callable[[Snapshot, AgentRecord | None], None]:
+        def publish(snapshot: Snapshot, record: AgentRecord | None) -> None:
+            try:
+                self.statedir.write_agent(agent_id, record)
+            except OSError as exc:
+                log.error("%s: cannot write the state record: %s", agent_id, exc)
+            if snapshot.pid and snapshot.state in (State.STARTING, State.RUNNING):
+                self.sampler.watch(agent_id, snapshot.pid)
+            else:
+                self.sampler.unwatch(agent_id)
+            for listener in self.listeners:
+                listener(snapshot)
+        return publish

@@ -1,0 +1,216 @@
+"""StateSyncer: the daemon's one thread (`fleet-syncer`) that reports to the manager.
+
+A full report every sync_interval; a prompt report of changed agents, debounced,
+after any state change; heartbeats between. Changed states wait in `pending`
+(one entry per agent: the newer state wins, so it is bounded by the agent
+count) until a report carrying them is acknowledged. Failures keep them and
+retry with capped, jittered backoff. `seq` counts acknowledged reports of this
+boot; a retry reuses it. A manager that forgot the node (NOT_FOUND or
+`reregister`) gets a registration and then a full report. An unreachable
+manager changes nothing else on the node.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Callable
+
+from fleet.daemon.manager_client import ManagerClient
+from fleet.daemon.program import Snapshot
+from fleet.daemon.service import agent_state
+from fleet.errors import FleetError, NotFound
+from fleet.v1 import fleet_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.1
+RETRY_INITIAL, RETRY_MAX = 1.0, 30.0
+WARN_EVERY_SECONDS = 60.0
+
+
+class StateSyncer:
+    def __init__(self, client: ManagerClient, node: pb.RegisterNodeRequest,
+                 snapshots: Callable[[], list[Snapshot]], sync_interval: float,
+                 heartbeat_interval: float, clock: Callable[[], float] = time.monotonic):
+        self.client = client
+        self.node = node                      # the registration, with node_id and boot_id
+        self.snapshots = snapshots            # every agent's current state
+        self.sync_interval = sync_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.clock = clock
+        self._cond = threading.Condition()    # guards all below; notified on news
+        self._pending: dict[str, Snapshot] = {}
+        self._prompt_at: float | None = None  # when the debounced report is due
+        self._full_at = 0.0                   # when the next full report is due
+        self._beat_at = 0.0                   # when the next heartbeat is due
+        self._retry_at = 0.0                  # nothing is sent before this after a failure
+        self._failures = 0
+        self._registered = False
+        self._seq = 0                         # acknowledged reports of this boot
+        self._closing = False
+        self._last_warning = -WARN_EVERY_SECONDS
+        self.reports_sent = 0                 # acknowledged reports (for tests and logs)
+        self._thread = threading.Thread(target=self._run, name="fleet-syncer", daemon=True)
+
+    # ---- from other threads ----
+
+    def notify(self, snapshot: Snapshot) -> None:
+        """A state changed: report it soon (merged with others that follow)."""
+        with self._cond:
+            self._pending[snapshot.agent_id] = snapshot
+            if self._prompt_at is None:
+                self._prompt_at = self.clock() + DEBOUNCE_SECONDS
+            self._cond.notify()
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and not self._closing:
+            self._thread.start()
+
+    def stop(self, final_report: bool = True) -> None:
+        """End the thread, then send one last full report (best effort)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(self.client.deadline * 2 + 1)
+        if final_report and self._registered:
+            try:
+                self._report(full=True)
+            except FleetError as exc:
+                log.warning("final state report failed: %s", exc)
+
+    # ---- the thread ----
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                due = self._wait_for_work()
+                if due is None:
+                    return
+            try:
+                self._do(due)
+                self._succeeded()
+            except FleetError as exc:
+                self._failed(exc)
+            except Exception:  # noqa: BLE001 - log and keep reporting
+                log.exception("state syncer error")
+                self._failed(None)
+
+    def _wait_for_work(self) -> str | None:
+        """Under the lock: wait until something is due; its name, or None to exit."""
+        while not self._closing:
+            now = self.clock()
+            due = self._due(now)
+            if due:
+                return due
+            wake = [self._retry_at] if now < self._retry_at else \
+                [t for t in (self._full_at, self._beat_at, self._prompt_at) if t is not None]
+            self._cond.wait(max(0.0, min(wake) - now))
+        return None
+
+    def _due(self, now: float) -> str:
+        if now < self._retry_at:
+            return ""
+        if not self._registered:
+            return "register"
+        if now >= self._full_at:
+            return "full"
+        if self._prompt_at is not None and now >= self._prompt_at:
+            return "changes"
+        if now >= self._beat_at:
+            return "heartbeat"
+        return ""
+
+    def _do(self, due: str) -> None:
+        if due == "register":
+            self._register()
+        elif due == "heartbeat":
+            self._heartbeat()
+        else:
+            self._report(full=due == "full")
+
+    def _register(self) -> None:
+        answer = self.client.register(self.node)
+        if answer.sync_interval_seconds > 0:
+            self.sync_interval = answer.sync_interval_seconds
+        if answer.heartbeat_interval_seconds > 0:
+            self.heartbeat_interval = answer.heartbeat_interval_seconds
+        log.info("registered node %s with manager %s (boot %s)", self.node.node_id,
+                 self.client.address, self.node.boot_id)
+        with self._cond:
+            self._registered = True
+            self._full_at = 0.0  # a full report follows every registration
+
+    def _heartbeat(self) -> None:
+        answer = self.client.heartbeat(pb.HeartbeatRequest(
+            node_id=self.node.node_id, boot_id=self.node.boot_id,
+            timestamp=int(time.time() * 1000)))
+        with self._cond:
+            self._beat_at = self.clock() + self.heartbeat_interval
+            if answer.reregister:
+                self._registered = False
+
+    def _report(self, full: bool) -> None:
+        with self._cond:
+            taken = dict(self._pending)   # acknowledged entries leave pending below
+            self._prompt_at = None
+        states = self.snapshots() if full else list(taken.values())
+        request = pb.SyncAgentStatesRequest(
+            node_id=self.node.node_id, boot_id=self.node.boot_id, seq=self._seq + 1,
+            full=full, states=[agent_state(s) for s in states])
+        try:
+            answer = self.client.sync(request)
+        except NotFound:
+            with self._cond:
+                self._registered = False
+            raise
+        self._acknowledged(taken, full, answer)
+
+    def _acknowledged(self, taken: dict[str, Snapshot], full: bool,
+                      answer: pb.SyncAgentStatesResponse) -> None:
+        """Drop what the report carried from pending (a newer change stays)."""
+        now = self.clock()
+        with self._cond:
+            self._seq += 1
+            self.reports_sent += 1
+            for agent_id, snapshot in taken.items():
+                if self._pending.get(agent_id) is snapshot:
+                    del self._pending[agent_id]
+            if full:
+                self._full_at = now + self.sync_interval
+            self._beat_at = now + self.heartbeat_interval
+            if answer.report_full_state:
+                self._full_at = now
+            if self._pending and self._prompt_at is None:
+                self._prompt_at = now + DEBOUNCE_SECONDS
+        if answer.rejected:
+            self._warn("manager rejected %d state(s): %s", answer.rejected,
+                       "; ".join(f"{e.agent_id}: {e.reason}" for e in answer.errors[:5]))
+
+    def _succeeded(self) -> None:
+        with self._cond:
+            self._failures = 0
+            self._retry_at = 0.0
+
+    def _failed(self, exc: FleetError | None) -> None:
+        with self._cond:
+            self._failures += 1
+            delay = min(RETRY_MAX, RETRY_INITIAL * 2 ** min(self._failures - 1, 10))
+            self._retry_at = self.clock() + delay * random.uniform(0.8, 1.0)
+        self._warn("report to manager %s failed (%s); retrying in %.1fs",
+                   self.client.address, exc, delay)
+
+    def _warn(self, message: str, *args) -> None:
+        """A warning at most once a minute: a manager down for hours is one story."""
+        now = self.clock()
+        if now - self._last_warning >= WARN_EVERY_SECONDS:
+            self._last_warning = now
+            log.warning(message, *args)
+        else:
+            log.debug(message, *args)
+
+    def pending_count(self) -> int:
+        with self._cond:
+            return len(self._pending)

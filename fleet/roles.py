@@ -1,0 +1,83 @@
+"""Run a role until told to stop, in the fixed shutdown order of DESIGN.md:
+stop taking HTTP requests, stop the daemon's gRPC, stop agents in parallel,
+send the final state report, stop the manager's gRPC, close the database.
+
+Each role imports only what it needs: the daemon never imports peewee or bottle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable
+
+from fleet.config import Config, join_address
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config, wait: Callable[[], None]) -> int:
+    """Start the role, wait(), stop it; 0 after a clean stop."""
+    if config.role == "daemon":
+        return run_daemon(config, wait)
+    if config.role == "manager":
+        return run_manager(config, wait)
+    return run_all(config, wait)
+
+
+def run_daemon(config: Config, wait: Callable[[], None], label: str = "grpc") -> int:
+    from fleet.daemon.app import Daemon
+    daemon = Daemon(config, listen_label=label)
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.close()
+        raise
+    wait()
+    log.info("stopping")
+    daemon.stop()
+    log.info("stopped")
+    return 0
+
+
+def run_manager(config: Config, wait: Callable[[], None]) -> int:
+    from fleet.manager.app import Manager
+    manager = Manager(config.manager)
+    try:
+        manager.start()
+    except BaseException:
+        manager.close()
+        raise
+    wait()
+    log.info("stopping")
+    manager.stop_http()
+    manager.close()
+    log.info("stopped")
+    return 0
+
+
+def run_all(config: Config, wait: Callable[[], None]) -> int:
+    """A manager and a local daemon reporting to it, in one process."""
+    from fleet.daemon.app import Daemon
+    from fleet.manager.app import Manager
+    manager = Manager(config.manager)
+    daemon = None
+    try:
+        manager.start()
+        local = join_address("127.0.0.1", manager.grpc_port)
+        daemon_config = dataclasses.replace(config.daemon, managers=(local,),
+                                            cluster_token=manager.cluster_token)
+        daemon = Daemon(dataclasses.replace(config, daemon=daemon_config),
+                        listen_label="daemon-grpc")
+        daemon.start()
+    except BaseException:
+        if daemon is not None:
+            daemon.close()
+        manager.close()
+        raise
+    wait()
+    log.info("stopping")
+    manager.stop_http()
+    daemon.stop()
+    manager.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,175 @@
+"""gRPC plumbing both roles share: servers, channels, the cluster token, errors.
+
+Servicers stay thin: they convert protos and call a service; `translate`
+turns FleetError into a status once, here. Both directions carry the cluster
+token as `authorization: Bearer <token>` metadata, compared in constant time.
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from concurrent import futures
+from typing import Any, Callable, Iterable
+
+import grpc
+
+from fleet import errors
+from fleet.config import TLSConfig, join_address, split_address
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS = [
+    # Allow the clients' 30 s keepalive pings (DESIGN.md): minimum interval <= 30 s.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def _bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+class TokenCheck(grpc.ServerInterceptor):
+    """Refuses every call whose metadata lacks the cluster token."""
+
+    def __init__(self, token: str):
+        self._expected = _bearer(token).encode()
+
+        def deny(request: Any, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, handler_call_details):
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+                if hmac.compare_digest(given, self._expected):
+                    return continuation(handler_call_details)
+                break
+        return self._deny
+
+
+class _TokenAttach(grpc.UnaryUnaryClientInterceptor):
+    """Adds the cluster token to every outgoing call."""
+
+    def __init__(self, token: str):
+        self._pair = ("authorization", _bearer(token))
+
+    def intercept_unary_unary(self, continuation, call_details, request):
+        metadata = list(call_details.metadata or ()) + [self._pair]
+        details = call_details._replace(metadata=metadata) if hasattr(call_details, "_replace") \
+            else _Details(call_details, metadata)
+        return continuation(details, request)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, base: grpc.ClientCallDetails, metadata: list):
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def create_server(address: str, register: Iterable[Callable[[grpc.Server], None]],
+                  token: str = "", tls: TLSConfig | None = None,
+                  max_workers: int = 16) -> tuple[grpc.Server, int]:
+    """A started-not-yet server bound to address; returns (server, bound port).
+
+    Raises OSError when the address cannot be bound (port in use).
+    """
+    interceptors = [TokenCheck(token)] if token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="fleet-grpc"),
+                         interceptors=interceptors, options=SERVER_OPTIONS)
+    for add in register:
+        add(server)
+    host, port = split_address(address)
+    bind = join_address(host, port)
+    try:
+        if tls:
+            creds = grpc.ssl_server_credentials(
+                [(_read(tls.key), _read(tls.cert))],
+                root_certificates=_read(tls.client_ca) if tls.client_ca else None,
+                require_client_auth=bool(tls.client_ca))
+            bound = server.add_secure_port(bind, creds)
+        else:
+            bound = server.add_insecure_port(bind)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from exc
+    if not bound:
+        raise OSError(f"cannot listen on {address}: address in use or unavailable")
+    return server, bound
+
+
+def open_channel(address: str, token: str = "", tls: TLSConfig | None = None) -> grpc.Channel:
+    """A channel to address with keepalive, the cluster token, and TLS if given."""
+    options = list(KEEPALIVE_OPTIONS) + [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    if tls:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read(tls.ca) if tls.ca else None,
+            private_key=_read(tls.key) if tls.key else None,
+            certificate_chain=_read(tls.cert) if tls.cert else None)
+        if tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        channel = grpc.secure_channel(address, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(address, options=options)
+    return grpc.intercept_channel(channel, _TokenAttach(token)) if token else channel
+
+
+def translate(method: Callable) -> Callable:
+    """Servicer method decorator: FleetError -> its status; a bug -> INTERNAL, logged."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except errors.FleetError as exc:
+            code = getattr(grpc.StatusCode, errors.lookup(errors.GRPC_CODE_NAMES, exc))
+            context.abort(code, exc.message)
+        except Exception:  # noqa: BLE001 - the edge: log the bug, tell nothing
+            if _is_abort(context):
+                raise
+            log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return wrapper
+
+
+def _is_abort(context: grpc.ServicerContext) -> bool:
+    """True once context.abort() ran (it raises a bare Exception to unwind)."""
+    code = getattr(context, "code", lambda: None)()
+    return code is not None and code != grpc.StatusCode.OK
+
+
+def from_rpc_error(exc: grpc.RpcError, what: str) -> errors.FleetError:
+    """Our error for a failed call to a peer; `what` names the peer and call."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or code.name.lower()
+    kind = errors.FROM_GRPC_CODE_NAME.get(code.name, errors.DaemonError)
+    if kind is errors.Unavailable:
+        return errors.Unavailable(f"{what}: unreachable ({details})")
+    if kind is errors.DeadlineExceeded:
+        return errors.DeadlineExceeded(f"{what}: no answer within the deadline")
+    if kind is errors.DaemonError:
+        return errors.DaemonError(f"{what}: {code.name}: {details}")
+    return kind(details)
