@@ -51,7 +51,7 @@ class Program:
         self.config = config
         self.ops = ops
         self.open_log = open_log          # agent id -> an O_APPEND fd for stdout/stderr
-        self.lock = threading.Condition()  # guards all below; notified on every change
+        self.lock = threading.Condition()  # guards all below; the runner notifies on changes
         self.state = State.UNSPECIFIED
         self.changed_at = ops.wall_ms()
         self.child: Child | None = None
@@ -78,7 +78,6 @@ class Program:
         log.info("%s: %s -> %s pid=%s", self.config.id, old.name, new.name,
                  self.child.pid if self.child else 0)
         self.dirty = True
-        self.lock.notify_all()
 
     # ---- operations (the runner serialises them per agent) ----
 

@@ -104,6 +104,7 @@ class Runner:
     def _locked(self, action: Callable[[Program, float], None]) -> None:
         with self.program.lock:
             action(self.program, self.program.ops.monotonic())
+            self.program.lock.notify_all()
         self.wake()
         self._publish()
 
@@ -161,6 +162,7 @@ class Runner:
             if exited and child is not None and child.pidfd == pidfd:
                 program.exited(program.ops.reap(child), now)
             program.tick(now)
+            program.lock.notify_all()
         self._publish()
 
     def _publish(self) -> None:

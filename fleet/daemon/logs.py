@@ -1,0 +1,324 @@
+"""Agent log files: where they live, copy-then-truncate rotation, and tail.
+
+An agent's stdout and stderr are opened O_APPEND directly onto
+``<logs_dir>/<id>.log`` (no pipe through the daemon), so the daemon can die
+without taking an agent with it. Because the agent holds the file open, the
+daemon cannot rename the log away; it rotates by copying it to ``<id>.log.1``
+and truncating it in place, and the agent's next O_APPEND write lands at
+offset 0.
+
+``tail`` reads backwards from the end in fixed blocks, so its cost depends on
+the lines asked for, not on the file size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+
+from fleet.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+BLOCK_BYTES = 64 * 1024            # one pread while reading backwards
+MAX_LINE_BYTES = 8 * 1024          # each returned line is cut to this (before decoding)
+MAX_RESPONSE_BYTES = 1024 * 1024   # UTF-8 bytes of all returned lines together
+MAX_TAIL_LINES = 1000
+# Bounds the work of one tail: a grep that never matches, or a file that is one
+# endless line, must not read a whole 1 GB log. Above the default total of
+# log_max_bytes * (log_backups + 1) = 60 MiB, so a grep over default logs is complete.
+MAX_SCAN_BYTES = 128 * 1024 * 1024
+ROTATE_CHECK_SECONDS = 1.0
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+# --------------------------------------------------------------------------- rotation
+
+def rotate_if_needed(path: str, max_bytes: int, backups: int) -> bool:
+    """Rotate ``path`` by copy-then-truncate if it is larger than ``max_bytes``.
+
+    Shifts ``path.(N-1)`` -> ``path.N`` ... ``path.1`` -> ``path.2`` (the oldest,
+    ``path.N``, is overwritten and so dropped), copies ``path`` to ``path.1`` and
+    truncates ``path`` to 0 bytes. ``backups == 0`` only truncates.
+
+    Bytes the agent writes between the end of the copy and the truncate are lost:
+    the price of rotating a file another process keeps open with O_APPEND.
+
+    Returns True if it rotated. A file that vanishes at any step is logged and
+    skipped, never raised; other OSErrors (disk full) propagate to the caller.
+    """
+    try:
+        if os.stat(path).st_size <= max_bytes:
+            return False
+        # O_RDWR: we truncate the very inode we copied, even if renamed meanwhile.
+        src = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        log.debug("rotate %s: file vanished", path)
+        return False
+    try:
+        if backups > 0:
+            _shift_backups(path, backups)
+            _copy_to(src, path + ".1")
+        os.ftruncate(src, 0)
+    finally:
+        os.close(src)
+    log.info("rotated log %s (backups=%d)", path, backups)
+    return True
+
+
+def _shift_backups(path: str, backups: int) -> None:
+    """Rename ``path.i`` to ``path.i+1`` for i = backups-1 .. 1; missing ones are skipped."""
+    for i in range(backups - 1, 0, -1):
+        try:
+            os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+        except FileNotFoundError:
+            pass
+
+
+def _copy_to(src: int, dest: str) -> None:
+    """Stream-copy the open file ``src`` into ``dest`` via a temp file and rename.
+
+    The rename means a concurrent tail never sees a half-written ``.1``.
+    """
+    tmp = dest + ".tmp"
+    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        _copy_fd(src, dst)
+    finally:
+        os.close(dst)
+    os.replace(tmp, dest)
+
+
+def _copy_fd(src: int, dst: int) -> None:
+    """Copy ``src`` from offset 0 to its end into ``dst`` (in-kernel when possible)."""
+    # Keep copying what the agent appends meanwhile, but stop at twice the starting
+    # size so a writer faster than the copy cannot keep us here forever.
+    limit = 2 * os.fstat(src).st_size + BLOCK_BYTES
+    offset = 0
+    try:
+        while offset < limit:
+            sent = os.sendfile(dst, src, offset, min(limit - offset, 1 << 30))
+            if sent == 0:
+                return
+            offset += sent
+    except OSError as exc:  # sendfile between files unsupported here: plain copy
+        log.debug("sendfile failed (%s); falling back to read/write", exc)
+        os.lseek(src, offset, os.SEEK_SET)
+        with open(src, "rb", closefd=False) as fin, open(dst, "ab", closefd=False) as fout:
+            shutil.copyfileobj(fin, fout, BLOCK_BYTES)
+
+
+# --------------------------------------------------------------------------- tail
+
+class _Budget:
+    """How many more bytes one tail may read; ``hit`` records that it ran out."""
+
+    def __init__(self, limit: int) -> None:
+        self.remaining = limit
+        self.hit = False
+
+
+def tail(path: str, lines: int, grep: str = "", backups: int | None = None,
+         *, max_scan_bytes: int = MAX_SCAN_BYTES) -> tuple[list[str], bool]:
+    """Return ``(last lines, truncated)`` of the log at ``path``, oldest line first.
+
+    Reads backwards in BLOCK_BYTES blocks from the end of ``path`` and on into
+    ``path.1``, ``path.2`` ... (up to ``backups`` of them; None = until one is
+    missing) while fewer than ``lines`` lines were found. The backups are the older
+    part of one stream, so a line split by a rotation comes back whole. A final
+    line without a newline counts. Each line is cut at MAX_LINE_BYTES, decoded with
+    invalid UTF-8 replaced, and returned without its newline. With ``grep`` only
+    lines containing that substring count.
+
+    ``truncated`` is True when the lines would pass MAX_RESPONSE_BYTES (the newest
+    lines are kept) or when the scan read ``max_scan_bytes`` without finding
+    ``lines`` lines. A missing log gives ``([], False)``. A rotation running at
+    the same moment may repeat or skip the lines it is moving.
+    """
+    if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= MAX_TAIL_LINES:
+        raise InvalidArgument(f"lines must be between 1 and {MAX_TAIL_LINES}, got {lines!r}")
+    budget = _Budget(max_scan_bytes)
+    found = _backward_lines(path, backups, grep.encode("utf-8"), budget)
+    picked: list[str] = []
+    total = 0
+    truncated = False
+    try:
+        for raw in found:
+            text = raw.decode("utf-8", "replace")
+            size = len(text.encode("utf-8"))
+            if total + size > MAX_RESPONSE_BYTES:
+                truncated = True
+                break
+            picked.append(text)
+            total += size
+            if len(picked) == lines:
+                break
+    finally:
+        found.close()  # closes the file still open in the generator
+    picked.reverse()
+    return picked, truncated or budget.hit
+
+
+def _backward_lines(path: str, backups: int | None, needle: bytes,
+                    budget: _Budget) -> Iterator[bytes]:
+    """Yield the raw lines (cut to MAX_LINE_BYTES) of the stream newest first.
+
+    The stream is ``path.N + ... + path.1 + path``. ``carry`` holds the start of
+    the line that continues to the left of what has been read; only its first
+    MAX_LINE_BYTES matter, so it never grows past that.
+    """
+    carry = b""
+    seen_data = False
+    for fpath in _chain(path, backups):
+        fd = _open_or_none(fpath)
+        if fd is None:
+            break  # no older file: carry is the first line of the stream
+        try:
+            for block in _blocks_backward(fd, budget):
+                if not seen_data:
+                    seen_data = True
+                    if block.endswith(b"\n"):  # the last newline ends the last line
+                        block = block[:-1]
+                buf = block + carry
+                cut = buf.find(b"\n")
+                carry = buf[:MAX_LINE_BYTES if cut < 0 else min(cut, MAX_LINE_BYTES)]
+                if cut >= 0:
+                    yield from _complete_lines(buf, cut + 1, needle)
+        finally:
+            os.close(fd)
+        if budget.hit:
+            return  # carry is the middle of a line we never reached the start of
+    if seen_data and (not needle or needle in carry):
+        yield carry
+
+
+def _complete_lines(buf: bytes, start: int, needle: bytes) -> Iterator[bytes]:
+    """Yield the lines of ``buf[start:]`` newest first, cut, filtered by ``needle``."""
+    if needle and buf.find(needle, start) < 0:
+        return  # fast path for grep: nothing in this block can match
+    for line in reversed(buf[start:].split(b"\n")):
+        if len(line) > MAX_LINE_BYTES:
+            line = line[:MAX_LINE_BYTES]
+        if not needle or needle in line:
+            yield line
+
+
+def _chain(path: str, backups: int | None) -> Iterator[str]:
+    """Yield ``path`` then its backups, newest first."""
+    yield path
+    numbers = itertools.count(1) if backups is None else range(1, backups + 1)
+    for i in numbers:
+        yield f"{path}.{i}"
+
+
+def _open_or_none(path: str) -> int | None:
+    """Open ``path`` read-only, or None if it does not exist."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+
+
+def _blocks_backward(fd: int, budget: _Budget) -> Iterator[bytes]:
+    """Yield the contents of ``fd`` in blocks from its end to its start."""
+    pos = os.fstat(fd).st_size  # bytes appended after this are not ours to show
+    while pos > 0:
+        if budget.remaining <= 0:
+            budget.hit = True
+            return
+        size = min(BLOCK_BYTES, pos)
+        pos -= size
+        data = os.pread(fd, size, pos)
+        budget.remaining -= size
+        if len(data) != size:
+            # Truncated by a rotation while we read it: what is left is gone.
+            log.debug("tail: log shrank while reading (fd %d)", fd)
+            return
+        yield data
+
+
+# --------------------------------------------------------------------------- keeper
+
+class LogKeeper:
+    """Owns the logs directory: log paths, the agents' log fds, and rotation.
+
+    A background thread ``fleet-logs`` checks every registered agent's log once a
+    second and rotates it when it passes its ``max_bytes``.
+    """
+
+    def __init__(self, logs_dir: str, check_interval: float = ROTATE_CHECK_SECONDS) -> None:
+        self.logs_dir = logs_dir                 # <state_dir>/logs
+        self._interval = check_interval          # seconds between size checks
+        self._lock = threading.Lock()            # guards _limits
+        self._limits: dict[str, tuple[int, int]] = {}  # agent id -> (max_bytes, backups)
+        self._stop = threading.Event()           # set by stop(); wakes the thread at once
+        self._thread: threading.Thread | None = None
+        os.makedirs(logs_dir, mode=0o750, exist_ok=True)
+
+    def path_for(self, agent_id: str) -> str:
+        """Return the log path of ``agent_id``; InvalidArgument for an id unsafe in a path."""
+        if not isinstance(agent_id, str) or not _AGENT_ID.match(agent_id):
+            raise InvalidArgument(f"invalid agent id {agent_id!r}")
+        return os.path.join(self.logs_dir, agent_id + ".log")
+
+    def open_for_agent(self, agent_id: str) -> int:
+        """Open the agent's log for appending; the caller passes the fd as the
+        child's stdout and stderr and closes it after spawning."""
+        return os.open(self.path_for(agent_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+
+    def register(self, agent_id: str, max_bytes: int, backups: int) -> None:
+        """Rotate ``agent_id``'s log past ``max_bytes``, keeping ``backups`` old files."""
+        self.path_for(agent_id)  # validates the id
+        with self._lock:
+            self._limits[agent_id] = (max_bytes, backups)
+
+    def unregister(self, agent_id: str) -> None:
+        """Stop rotating ``agent_id``'s log (its files stay)."""
+        with self._lock:
+            self._limits.pop(agent_id, None)
+
+    def tail(self, agent_id: str, lines: int, grep: str = "") -> tuple[list[str], bool]:
+        """``tail`` of the agent's log, following as many backups as it keeps."""
+        with self._lock:
+            limits = self._limits.get(agent_id)
+        return tail(self.path_for(agent_id), lines, grep, None if limits is None else limits[1])
+
+    def rotate_all(self) -> list[str]:
+        """Check every registered log once; return the ids rotated. Never raises."""
+        with self._lock:
+            snapshot = list(self._limits.items())
+        rotated = []
+        for agent_id, (max_bytes, backups) in snapshot:  # disk work outside the lock
+            try:
+                if rotate_if_needed(self.path_for(agent_id), max_bytes, backups):
+                    rotated.append(agent_id)
+            except Exception:
+                log.exception("agent %s: log rotation failed", agent_id)
+        return rotated
+
+    def start(self) -> None:
+        """Start the rotation thread; a second call while running does nothing."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="fleet-logs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the rotation thread at once; safe to call twice or before start."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.rotate_all()
+            except Exception:  # rotate_all catches per agent; this is the last net
+                log.exception("log rotation pass failed")

@@ -1,0 +1,293 @@
+"""Tests of fleet.daemon.metrics: the Ring and the psutil Sampler."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from fleet.daemon import metrics
+from fleet.daemon.metrics import DataPoint, Ring, Sampler, ring_capacity
+from fleet.errors import InvalidArgument
+
+MB = 1_000_000
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02):
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def point(ts, n=0):
+    return DataPoint(ts, 1.5, 100 + n, 200 + n, 300 + n, 400 + n, 5, 6)
+
+
+@pytest.fixture
+def spawn():
+    """Start real child processes; kill and reap them after the test."""
+    children = []
+
+    def start(code):
+        child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=10)
+
+
+def sample_until(sampler, agent_id, predicate, timeout=10.0):
+    """Sample repeatedly until the newest point of ``agent_id`` satisfies ``predicate``."""
+    newest = []
+
+    def check():
+        sampler.sample_once()
+        pts = sampler.points(agent_id, 3600)
+        newest[:] = pts[-1:]
+        return bool(pts) and predicate(pts[-1])
+
+    wait_for(check, timeout)
+    return newest[0]
+
+
+# ---------------------------------------------------------------- Ring
+
+def test_ring_capacity_holds_an_hour():
+    """The capacity covers an hour at the interval, plus spare slots."""
+    assert ring_capacity(10) >= 361
+    assert ring_capacity(1) >= 3601
+    assert ring_capacity(7) >= 3600 / 7 + 1
+
+
+def test_ring_keeps_order_before_wrapping():
+    """since() returns samples oldest first."""
+    ring = Ring(10)
+    for ts in (1, 2, 3):
+        ring.append(point(ts))
+    assert [p.timestamp for p in ring.since(0)] == [1, 2, 3]
+    assert len(ring) == 3
+
+
+def test_ring_wrap_keeps_newest():
+    """A full ring overwrites its oldest samples and keeps the newest."""
+    ring = Ring(5)
+    for ts in range(12):
+        ring.append(point(ts, ts))
+    got = ring.since(0)
+    assert [p.timestamp for p in got] == [7, 8, 9, 10, 11]
+    assert got[-1] == DataPoint(11, 1.5, 111, 211, 311, 411, 5, 6)
+    assert len(ring) == 5
+
+
+def test_ring_since_filters_by_time():
+    """since(ts) keeps samples at or after ts."""
+    ring = Ring(8)
+    for ts in range(0, 100, 10):
+        ring.append(point(ts))
+    assert [p.timestamp for p in ring.since(65)] == [70, 80, 90]
+    assert ring.since(1000) == []
+
+
+def test_ring_is_column_arrays():
+    """A ring stores numbers in preallocated arrays, not per-sample objects."""
+    ring = Ring(100)
+    before = ring.nbytes
+    ring.append(point(1))
+    assert ring.nbytes == before == 100 * 52
+    assert all(type(col).__name__ == "array" for col in ring._cols)
+
+
+def test_ring_preserves_large_values():
+    """64-bit counters and fractional cpu survive storage."""
+    ring = Ring(2)
+    big = DataPoint(1_700_000_000_000, 250.25, 2**40, 2**45, 2**50, 2**51, 100_000, 3000)
+    ring.append(big)
+    assert ring.since(0) == [big]
+
+
+def test_ring_rejects_zero_capacity():
+    """A ring needs at least one slot."""
+    with pytest.raises(InvalidArgument):
+        Ring(0)
+
+
+# ---------------------------------------------------------------- Sampler
+
+def test_sampler_rejects_short_interval():
+    """An interval under 1 s is InvalidArgument."""
+    with pytest.raises(InvalidArgument):
+        Sampler(interval=0.5)
+
+
+def test_memory_for_50_agents_is_under_1_mib():
+    """50 agents at 10 s hold an hour each in well under 1 MiB of ring data."""
+    sampler = Sampler(interval=10)
+    for i in range(50):
+        sampler.watch(f"a{i}", 2**22 + 12345)  # a pid that does not exist: ring only
+    assert sampler.memory_bytes() < 0.95 * 1024 * 1024
+    assert all(r.capacity * 10 >= 3600 for r in sampler._rings.values())
+
+
+def test_real_child_is_sampled(spawn):
+    """A real child holding 20 MB shows rss > 10 MB, threads >= 1, open files."""
+    child = spawn("import time; x = bytearray(20_000_000); time.sleep(60)")
+    sampler = Sampler(interval=10)
+    sampler.watch("mem", child.pid)
+    p = sample_until(sampler, "mem", lambda p: p.memory_rss > 10 * MB)
+    assert p.threads >= 1
+    assert p.memory_vms >= p.memory_rss
+    assert p.open_files >= 3  # stdin, stdout, stderr
+    assert p.disk_read_bytes >= 0 and p.disk_write_bytes >= 0
+    assert abs(p.timestamp - time.time() * 1000) < 60_000
+
+
+def test_cpu_is_percent_of_one_core(spawn):
+    """A busy child shows cpu near 100 percent of one core."""
+    child = spawn("while True: pass")
+    sampler = Sampler(interval=1)
+    sampler.watch("busy", child.pid)
+    sample_until(sampler, "busy", lambda p: p.cpu > 50)
+
+
+def test_vanished_pid_does_not_crash(spawn):
+    """A pid that exits is skipped; its history stays and sampling goes on."""
+    child = spawn("import time; time.sleep(60)")
+    sampler = Sampler(interval=10)
+    sampler.watch("gone", child.pid)
+    sampler.watch("self", os.getpid())
+    assert sampler.sample_once(now_ms=1000) == 2
+    child.kill()
+    child.wait(timeout=10)
+    assert sampler.sample_once(now_ms=2000) == 1
+    assert sampler.sample_once(now_ms=3000) == 1
+    assert [p.timestamp for p in sampler.points("gone", 10, now_ms=3000)] == [1000]
+    assert len(sampler.points("self", 10, now_ms=3000)) == 3
+
+
+def test_zombie_is_not_sampled(spawn):
+    """An exited but unreaped child (zombie) gives no sample."""
+    child = spawn("pass")
+    sampler = Sampler(interval=10)
+    sampler.watch("z", child.pid)
+    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE)
+    assert sampler.sample_once(now_ms=5) == 0
+    assert sampler.points("z", 10, now_ms=5) == []
+
+
+def test_watch_missing_pid_is_harmless():
+    """Watching a pid that does not exist keeps a ring but samples nothing."""
+    sampler = Sampler(interval=10)
+    sampler.watch("ghost", 2**22 + 12345)
+    assert sampler.sample_once() == 0
+    assert sampler.points("ghost", 3600) == []
+
+
+def test_points_filters_by_duration():
+    """points(duration) returns the samples of the last `duration` seconds, oldest first."""
+    sampler = Sampler(interval=10)
+    sampler.watch("me", os.getpid())
+    for t in range(0, 100_000, 10_000):
+        sampler.sample_once(now_ms=t)
+    got = sampler.points("me", 25, now_ms=90_000)
+    assert [p.timestamp for p in got] == [70_000, 80_000, 90_000]
+    assert len(sampler.points("me", 3600, now_ms=90_000)) == 10
+
+
+def test_unknown_agent_gives_no_points():
+    """An agent never watched gives an empty list (existence is the supervisor's call)."""
+    assert Sampler(interval=10).points("nobody", 60) == []
+
+
+def test_history_survives_restart_and_forget_drops_it(spawn):
+    """unwatch keeps the ring, watch of a new pid appends to it, forget drops it."""
+    first = spawn("import time; time.sleep(60)")
+    second = spawn("import time; time.sleep(60)")
+    sampler = Sampler(interval=10)
+    sampler.watch("a", first.pid)
+    sampler.sample_once(now_ms=1000)
+    sampler.unwatch("a")
+    assert sampler.sample_once(now_ms=2000) == 0
+    sampler.watch("a", second.pid)
+    sampler.sample_once(now_ms=3000)
+    assert [p.timestamp for p in sampler.points("a", 60, now_ms=3000)] == [1000, 3000]
+    sampler.forget("a")
+    assert sampler.points("a", 60, now_ms=3000) == []
+    assert sampler.sample_once(now_ms=4000) == 0
+
+
+def test_psutil_is_never_called_under_the_lock(monkeypatch):
+    """Sampling runs outside the lock; an unwatch racing a sample discards the sample."""
+    sampler = Sampler(interval=10)
+    sampler.watch("me", os.getpid())
+    real = metrics._read_process
+
+    def checked(proc, now_ms):
+        assert not sampler._lock.locked()
+        sampler.unwatch("me")  # the agent stops while we sample it
+        return real(proc, now_ms)
+
+    monkeypatch.setattr(metrics, "_read_process", checked)
+    assert sampler.sample_once(now_ms=1) == 0
+    assert sampler.points("me", 10, now_ms=1) == []
+
+
+def test_access_denied_optional_figures_are_zero(monkeypatch):
+    """io_counters or num_fds refused by the OS count as 0, the sample is kept."""
+    def denied(self):
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "io_counters", denied)
+    monkeypatch.setattr(psutil.Process, "num_fds", denied)
+    sampler = Sampler(interval=10)
+    sampler.watch("me", os.getpid())
+    assert sampler.sample_once(now_ms=1) == 1
+    p = sampler.points("me", 10, now_ms=1)[0]
+    assert (p.disk_read_bytes, p.disk_write_bytes, p.open_files) == (0, 0, 0)
+    assert p.memory_rss > 0
+
+
+def test_thread_samples_and_stops_at_once():
+    """The fleet-metrics thread samples at once; start/stop are idempotent, stop is prompt."""
+    sampler = Sampler(interval=1)
+    sampler.watch("me", os.getpid())
+    sampler.start()
+    sampler.start()
+    try:
+        assert [t.name for t in threading.enumerate()].count("fleet-metrics") == 1
+        wait_for(lambda: len(sampler.points("me", 3600)) >= 2, timeout=5)
+    finally:
+        began = time.monotonic()
+        sampler.stop()
+        sampler.stop()
+    assert time.monotonic() - began < 0.5
+    assert "fleet-metrics" not in [t.name for t in threading.enumerate()]
+
+
+def test_thread_survives_sweep_errors(monkeypatch):
+    """An unexpected error in a sweep is logged and the thread keeps sampling."""
+    sampler = Sampler(interval=1)
+    calls = []
+    real = sampler.sample_once
+
+    def flaky(now_ms=None):
+        calls.append(now_ms)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(now_ms)
+
+    monkeypatch.setattr(sampler, "sample_once", flaky)
+    sampler.start()
+    try:
+        wait_for(lambda: len(calls) >= 2, timeout=5)
+    finally:
+        sampler.stop()
