@@ -1,0 +1,151 @@
+"""The command line and the daemon's lifecycle, as real processes."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from tests.helpers import wait_for
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLEET = [sys.executable, os.path.join(REPO, "fleet.py")]
+
+CONFIG = """
+[daemon]
+listen = "127.0.0.1:0"
+manager = "127.0.0.1:1"
+state_dir = "{state}"
+
+[[agents]]
+id = "sleeper"
+command = ["{python}", "-c", "import time; print('up', flush=True); time.sleep(3600)"]
+start_seconds = 0.2
+stop_timeout = 2
+"""
+
+
+def alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def run_fleet(*args, env=None):
+    return subprocess.run(FLEET + list(args), capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+class Proc:
+    """A fleet process whose stderr goes to a file that read() returns."""
+
+    counter = 0
+
+    def __init__(self, *args, cwd=None, log_dir=None):
+        Proc.counter += 1
+        self.log_path = os.path.join(log_dir or cwd or "/tmp", f"fleet-{os.getpid()}-{Proc.counter}.log")
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(FLEET + list(args), stderr=log, cwd=cwd)
+
+    def read(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as log:
+            return log.read()
+
+    def port(self, label="grpc"):
+        found = wait_for(lambda: re.search(rf"listening {label}=127\.0\.0\.1:(\d+)", self.read()),
+                         timeout=20)
+        return int(found.group(1))
+
+
+def agent_pids(root_pid):
+    return {p.pid for p in psutil.Process(root_pid).children() if alive(p.pid)}
+
+
+def write_config(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text(CONFIG.format(state=tmp_path / "state", python=sys.executable))
+    return str(path)
+
+
+def test_version_and_missing_role():
+    """--version prints the version; no --role exits 2 with a message."""
+    assert run_fleet("--version").stdout.startswith("fleet 0.")
+    missing = run_fleet()
+    assert missing.returncode == 2 and "--role is required" in missing.stderr
+
+
+def test_bad_config_exits_2_naming_every_key(tmp_path):
+    """A bad config exits 2 with one line per problem, each naming section and key."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[daemon]\nlisten = "nowhere"\nsync_interval = "soon"\nbogus = 1\n'
+                   '[[agents]]\nid = "a/b"\ncommand = []\nrestart = "sometimes"\n')
+    result = run_fleet("--role", "daemon", "--config", str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("config error: ") for line in lines)
+    for key in ("[daemon] listen", "[daemon] sync_interval", "[daemon] bogus: unknown key",
+                "[agents.0] id", "[agents.0] command", "[agents.0] restart"):
+        assert any(key in line for line in lines), (key, lines)
+
+
+def test_non_loopback_listen_needs_a_token(tmp_path):
+    """A daemon on 0.0.0.0 without a cluster token is refused unless --insecure."""
+    result = run_fleet("--role", "daemon", "--listen", "0.0.0.0:0",
+                       "--state-dir", str(tmp_path / "s"))
+    assert result.returncode == 2 and "cluster_token" in result.stderr
+
+
+def test_env_beats_file_and_flags_beat_env(tmp_path):
+    """FLEET_LISTEN overrides the file, --listen overrides FLEET_LISTEN."""
+    config = write_config(tmp_path)
+    from_env = run_fleet("--role", "daemon", "--config", config,
+                         env={"FLEET_LISTEN": "bad-address"})
+    assert from_env.returncode == 2 and "'bad-address'" in from_env.stderr
+    from_flag = run_fleet("--role", "daemon", "--config", config, "--listen", "worse",
+                          env={"FLEET_LISTEN": "bad-address"})
+    assert "'worse'" in from_flag.stderr and "bad-address" not in from_flag.stderr
+
+
+def test_sigterm_stops_agents_and_exits_0(tmp_path):
+    """SIGTERM stops every agent within its timeout and the daemon exits 0."""
+    daemon = Proc("--role", "daemon", "--config", write_config(tmp_path), log_dir=tmp_path)
+    daemon.port()
+    pids = wait_for(lambda: agent_pids(daemon.popen.pid))
+    daemon.popen.send_signal(signal.SIGTERM)
+    assert daemon.popen.wait(15) == 0
+    assert not [p for p in pids if alive(p)]
+
+
+def test_second_daemon_on_the_same_state_dir_exits_1(tmp_path):
+    """A lock keeps a second daemon off a state_dir that one already uses."""
+    config = write_config(tmp_path)
+    first = Proc("--role", "daemon", "--config", config, log_dir=tmp_path)
+    first.port()
+    try:
+        second = run_fleet("--role", "daemon", "--config", config)
+        assert second.returncode == 1 and "locked" in second.stderr
+    finally:
+        first.popen.send_signal(signal.SIGTERM)
+        first.popen.wait(15)
+
+
+def test_sigkilled_daemon_leaves_agents_running_and_the_next_one_adopts_them(tmp_path):
+    """Agents outlive a SIGKILLed daemon; its successor adopts the same pids."""
+    config = write_config(tmp_path)
+    first = Proc("--role", "daemon", "--config", config, log_dir=tmp_path)
+    first.port()
+    pids = wait_for(lambda: agent_pids(first.popen.pid))
+    wait_for(lambda: os.path.exists(tmp_path / "state" / "agents" / "sleeper.json"))
+    first.popen.kill()
+    first.popen.wait(10)
+    assert all(alive(p) for p in pids)
+    second = Proc("--role", "daemon", "--config", config, log_dir=tmp_path)
+    second.port()
+    assert wait_for(lambda: "adopted pid=%d" % next(iter(pids)) in second.read())
+    assert agent_pids(second.popen.pid) == set()   # adopted, not a new child
+    second.popen.send_signal(signal.SIGTERM)
+    assert second.popen.wait(15) == 0
+    wait_for(lambda: not [p for p in pids if alive(p)], timeout=5)
