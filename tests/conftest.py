@@ -1,5 +1,25 @@
 """Shared pytest setup."""
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 # gRPC's fork support must be off before grpc is imported (DESIGN.md).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def build(output, *args):
+    """Build a pyz from the repo's real fleet.py and fleet/ into ``output``."""
+    cmd = [sys.executable, str(REPO / "build_zipapp.py"), "-o", str(output), *args]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    return output
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory):
+    """fleet.pyz for the running interpreter, built once per session."""
+    return build(tmp_path_factory.mktemp("pyz") / "fleet.pyz")

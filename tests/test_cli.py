@@ -1,17 +1,15 @@
 """The command line and the daemon's lifecycle, as real processes."""
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 
 from tests.helpers import wait_for
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLEET = [sys.executable, os.path.join(REPO, "fleet.py")]
+from tests.procs import FLEET_PY as FLEET
+from tests.procs import FleetProcess, agent_pids, alive
 
 CONFIG = """
 [daemon]
@@ -27,41 +25,9 @@ stop_timeout = 2
 """
 
 
-def alive(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def run_fleet(*args, env=None):
     return subprocess.run(FLEET + list(args), capture_output=True, text=True, timeout=60,
                           env={**os.environ, **(env or {})})
-
-
-class Proc:
-    """A fleet process whose stderr goes to a file that read() returns."""
-
-    counter = 0
-
-    def __init__(self, *args, cwd=None, log_dir=None):
-        Proc.counter += 1
-        self.log_path = os.path.join(log_dir or cwd or "/tmp", f"fleet-{os.getpid()}-{Proc.counter}.log")
-        with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(FLEET + list(args), stderr=log, cwd=cwd)
-
-    def read(self):
-        with open(self.log_path, encoding="utf-8", errors="replace") as log:
-            return log.read()
-
-    def port(self, label="grpc"):
-        found = wait_for(lambda: re.search(rf"listening {label}=127\.0\.0\.1:(\d+)", self.read()),
-                         timeout=20)
-        return int(found.group(1))
-
-
-def agent_pids(root_pid):
-    return {p.pid for p in psutil.Process(root_pid).children() if alive(p.pid)}
 
 
 def write_config(tmp_path):
@@ -111,9 +77,9 @@ def test_env_beats_file_and_flags_beat_env(tmp_path):
 
 def test_sigterm_stops_agents_and_exits_0(tmp_path):
     """SIGTERM stops every agent within its timeout and the daemon exits 0."""
-    daemon = Proc("--role", "daemon", "--config", write_config(tmp_path), log_dir=tmp_path)
+    daemon = FleetProcess("--role", "daemon", "--config", write_config(tmp_path), log_dir=tmp_path)
     daemon.port()
-    pids = wait_for(lambda: agent_pids(daemon.popen.pid))
+    pids = wait_for(lambda: agent_pids(daemon.pid))
     daemon.popen.send_signal(signal.SIGTERM)
     assert daemon.popen.wait(15) == 0
     assert not [p for p in pids if alive(p)]
@@ -122,7 +88,7 @@ def test_sigterm_stops_agents_and_exits_0(tmp_path):
 def test_second_daemon_on_the_same_state_dir_exits_1(tmp_path):
     """A lock keeps a second daemon off a state_dir that one already uses."""
     config = write_config(tmp_path)
-    first = Proc("--role", "daemon", "--config", config, log_dir=tmp_path)
+    first = FleetProcess("--role", "daemon", "--config", config, log_dir=tmp_path)
     first.port()
     try:
         second = run_fleet("--role", "daemon", "--config", config)
@@ -135,17 +101,17 @@ def test_second_daemon_on_the_same_state_dir_exits_1(tmp_path):
 def test_sigkilled_daemon_leaves_agents_running_and_the_next_one_adopts_them(tmp_path):
     """Agents outlive a SIGKILLed daemon; its successor adopts the same pids."""
     config = write_config(tmp_path)
-    first = Proc("--role", "daemon", "--config", config, log_dir=tmp_path)
+    first = FleetProcess("--role", "daemon", "--config", config, log_dir=tmp_path)
     first.port()
-    pids = wait_for(lambda: agent_pids(first.popen.pid))
+    pids = wait_for(lambda: agent_pids(first.pid))
     wait_for(lambda: os.path.exists(tmp_path / "state" / "agents" / "sleeper.json"))
     first.popen.kill()
     first.popen.wait(10)
     assert all(alive(p) for p in pids)
-    second = Proc("--role", "daemon", "--config", config, log_dir=tmp_path)
+    second = FleetProcess("--role", "daemon", "--config", config, log_dir=tmp_path)
     second.port()
     assert wait_for(lambda: "adopted pid=%d" % next(iter(pids)) in second.read())
-    assert agent_pids(second.popen.pid) == set()   # adopted, not a new child
+    assert agent_pids(second.pid) == set()   # adopted, not a new child
     second.popen.send_signal(signal.SIGTERM)
     assert second.popen.wait(15) == 0
     wait_for(lambda: not [p for p in pids if alive(p)], timeout=5)

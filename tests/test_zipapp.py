@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import build
 from helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,19 +31,6 @@ import fleet_bootstrap  # noqa: E402
 
 VERSION_LINE = "fleet %s\n" % fleet.__version__
 CROSS = ("--no-host", "--python", "3.10", "--platform", "manylinux2014_aarch64")
-
-
-def build(output, *args):
-    """Build a pyz from the repo's real fleet.py and fleet/ into ``output``."""
-    cmd = [sys.executable, str(REPO / "build_zipapp.py"), "-o", str(output), *args]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    return output
-
-
-@pytest.fixture(scope="session")
-def pyz(tmp_path_factory):
-    """The pyz for the running interpreter."""
-    return build(tmp_path_factory.mktemp("pyz") / "fleet.pyz")
 
 
 @pytest.fixture(scope="session")
