@@ -1,0 +1,268 @@
+"""Opening the manager's database, its migrations, and the per-backend SQL details.
+
+`open_database(url)` picks the backend from the URL:
+    sqlite:///fleet.db (relative), sqlite:////var/lib/fleet.db (absolute),
+    postgresql://user:pass@host:5432/fleet (psycopg2, imported only then).
+Everything SQLite- or PostgreSQL-specific (pragmas, placeholders, the bulk
+upsert call, schema locking, auto-increment keys) lives in the Backend classes
+here; models and queries elsewhere stay portable.
+
+SQLite: WAL, synchronous=NORMAL, a busy timeout, peewee's per-thread
+connections, and every transaction `BEGIN IMMEDIATE` (the database's default
+lock_type), so no transaction ever reads under a shared lock and then fails to
+upgrade it to write.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import urllib.parse
+from typing import Any, Callable, Sequence
+
+import peewee
+
+from fleet import errors
+from fleet.manager import models
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+
+
+def now_ms(clock: Callable[[], float] = time.time) -> int:
+    """The current time in Unix milliseconds."""
+    return int(clock() * 1000)
+
+
+# ---- backends -------------------------------------------------------------
+
+class Backend:
+    """What differs between database engines, behind one small interface."""
+
+    name = "generic"
+    param = "?"
+
+    def sql(self, text: str) -> str:
+        """`text` written with `?` placeholders, in this backend's style."""
+        return text if self.param == "?" else text.replace("?", self.param)
+
+    def upsert(self, table: str, columns: Sequence[str], conflict: Sequence[str],
+               updates: dict[str, str], where: str = "", bulk: bool = False) -> str:
+        """An INSERT ... ON CONFLICT DO UPDATE statement.
+
+        `updates` maps a column to its new value's SQL (may use excluded.COL and
+        TABLE.COL); `where`, if given, guards the update, so a conflicting row it
+        rejects stays as it was. A `bulk` statement is for `upsert_many`, the
+        other for one `execute` with one row of parameters.
+        """
+        sets = ", ".join(f"{col} = {expr}" for col, expr in updates.items())
+        values = self._bulk_values(len(columns)) if bulk else self._values(len(columns))
+        guard = f" WHERE {where}" if where else ""
+        return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} "
+                f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {sets}{guard}")
+
+    def _values(self, count: int) -> str:
+        return "(" + ", ".join([self.param] * count) + ")"
+
+    def _bulk_values(self, count: int) -> str:
+        return self._values(count)
+
+    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple]) -> None:
+        """Run an `upsert` statement for every row, on an open transaction's cursor."""
+        cursor.executemany(statement, rows)
+
+    def execute_many(self, cursor: Any, sql: str, rows: Sequence[tuple]) -> None:
+        """Run one parameterised statement (from `sql()`) for every row."""
+        cursor.executemany(sql, rows)
+
+    def auto_pk(self) -> str:
+        """Column definition of an auto-incremented integer primary key."""
+        raise NotImplementedError
+
+    def lock_schema(self, db: peewee.Database) -> None:
+        """Serialise concurrent migrations (called inside their transaction)."""
+
+    def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
+        """How long this thread's connection waits for a lock before failing."""
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+
+    def auto_pk(self) -> str:
+        return "id INTEGER PRIMARY KEY AUTOINCREMENT"
+
+    def lock_schema(self, db: peewee.Database) -> None:
+        pass  # BEGIN IMMEDIATE already holds the database's write lock
+
+    def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
+        db.execute_sql(f"PRAGMA busy_timeout = {int(millis)}")
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+    param = "%s"
+
+    def _bulk_values(self, count: int) -> str:
+        return "%s"  # execute_values expands it into many row tuples
+
+    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple]) -> None:
+        from psycopg2.extras import execute_values  # only present with PostgreSQL
+        execute_values(cursor, statement, rows, page_size=1000)
+
+    def execute_many(self, cursor: Any, sql: str, rows: Sequence[tuple]) -> None:
+        from psycopg2.extras import execute_batch  # executemany is a per-row round trip
+        execute_batch(cursor, sql, rows, page_size=1000)
+
+    def auto_pk(self) -> str:
+        return "id BIGSERIAL PRIMARY KEY"
+
+    def lock_schema(self, db: peewee.Database) -> None:
+        # Several manager processes may start at once on one database.
+        db.execute_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+
+    def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
+        db.execute_sql(f"SET lock_timeout = {int(millis)}")
+
+
+def backend_of(db: peewee.Database) -> Backend:
+    """The Backend adapter of a database opened by open_database."""
+    if isinstance(db, peewee.PostgresqlDatabase):
+        return PostgresBackend()
+    if isinstance(db, peewee.SqliteDatabase):
+        return SQLiteBackend()
+    raise TypeError(f"unsupported database {type(db).__name__}")
+
+
+# ---- opening ----------------------------------------------------------------
+
+def open_database(url: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> peewee.Database:
+    """A peewee database for `url`, not yet connected; binds the models to it.
+
+    Connections are per thread and opened on first use; close a thread's own
+    with `db.close()` (or use `with db.connection_context():`). Raises
+    ConfigError for a URL it cannot use or a missing PostgreSQL driver.
+    """
+    if url.startswith("sqlite:///"):
+        db = _open_sqlite(url[len("sqlite:///"):], busy_timeout_ms)
+    elif url.startswith(("postgresql://", "postgres://")):
+        db = _open_postgres(url)
+    else:
+        raise errors.ConfigError([f"[manager] db: not sqlite:///PATH or postgresql://...: {url!r}"])
+    models.database_proxy.initialize(db)
+    return db
+
+
+def _open_sqlite(path: str, busy_timeout_ms: int) -> peewee.SqliteDatabase:
+    if not path:
+        raise errors.ConfigError(["[manager] db: sqlite:/// needs a file path"])
+    pragmas = {
+        "journal_mode": "wal",          # readers never block the writer
+        "synchronous": "normal",        # durable at checkpoints; safe with WAL
+        "busy_timeout": int(busy_timeout_ms),
+        "foreign_keys": 0,
+    }
+    # lock_type makes every peewee transaction BEGIN IMMEDIATE.
+    return peewee.SqliteDatabase(path, pragmas=pragmas, lock_type="IMMEDIATE",
+                                 timeout=busy_timeout_ms / 1000.0, check_same_thread=False)
+
+
+def _open_postgres(url: str) -> peewee.PostgresqlDatabase:
+    try:
+        import psycopg2  # noqa: F401 - optional: only PostgreSQL users need it
+    except ImportError as exc:
+        raise errors.ConfigError(["[manager] db: PostgreSQL needs the psycopg2 driver "
+                                  "(pip install psycopg2-binary)"]) from exc
+    parts = urllib.parse.urlsplit(url)
+    name = urllib.parse.unquote(parts.path.lstrip("/"))
+    if not name:
+        raise errors.ConfigError(["[manager] db: postgresql URL names no database"])
+    params: dict[str, Any] = dict(urllib.parse.parse_qsl(parts.query))
+    if parts.username:
+        params["user"] = urllib.parse.unquote(parts.username)
+    if parts.password:
+        params["password"] = urllib.parse.unquote(parts.password)
+    if parts.hostname:
+        params["host"] = parts.hostname
+    if parts.port:
+        params["port"] = parts.port
+    return peewee.PostgresqlDatabase(name, autorollback=True, **params)
+
+
+def close_database(db: peewee.Database) -> None:
+    """Close the calling thread's connection, if open (others close their own)."""
+    if not db.is_closed():
+        db.close()
+
+
+# ---- migrations ---------------------------------------------------------------
+
+def _migration_1(db: peewee.Database, backend: Backend) -> None:
+    """node and agent tables (DESIGN.md, "Storage")."""
+    statements = [
+        f"""CREATE TABLE node ({backend.auto_pk()},
+            node_id VARCHAR(128) NOT NULL UNIQUE, hostname TEXT NOT NULL DEFAULT '',
+            ip TEXT NOT NULL DEFAULT '', advertise_address TEXT NOT NULL DEFAULT '',
+            os TEXT NOT NULL DEFAULT '', arch TEXT NOT NULL DEFAULT '',
+            labels TEXT NOT NULL DEFAULT '{{}}', daemon_version TEXT NOT NULL DEFAULT '',
+            boot_id BIGINT NOT NULL DEFAULT 0, seq BIGINT NOT NULL DEFAULT 0,
+            registered_at BIGINT NOT NULL, last_seen BIGINT)""",
+        f"""CREATE TABLE agent ({backend.auto_pk()},
+            node_id VARCHAR(128) NOT NULL, agent_id VARCHAR(64) NOT NULL,
+            type TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
+            status INTEGER NOT NULL, pid BIGINT NOT NULL DEFAULT 0, start_time BIGINT,
+            restart_count BIGINT NOT NULL DEFAULT 0, last_exit_code BIGINT NOT NULL DEFAULT -1,
+            last_exit_signal BIGINT NOT NULL DEFAULT 0, health TEXT NOT NULL DEFAULT 'unknown',
+            last_error TEXT NOT NULL DEFAULT '', next_retry_time BIGINT, last_heartbeat BIGINT,
+            boot_id BIGINT NOT NULL DEFAULT 0, seq BIGINT NOT NULL DEFAULT 0,
+            last_sync_time BIGINT)""",
+        "CREATE UNIQUE INDEX agent_node_id_agent_id ON agent (node_id, agent_id)",
+    ]
+    for statement in statements:
+        db.execute_sql(statement)
+
+
+# (version, function): append only; a released migration never changes.
+MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
+    (1, _migration_1),
+)
+
+
+def migrate(db: peewee.Database) -> int:
+    """Apply the migrations the database lacks, in one transaction; the new version.
+
+    Safe to run at every start and from several processes at once. Raises
+    Unavailable when the database cannot be reached or written.
+    """
+    backend = backend_of(db)
+    try:
+        with db.connection_context():
+            db.execute_sql("CREATE TABLE IF NOT EXISTS schema_version "
+                           "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            with db.atomic():
+                backend.lock_schema(db)
+                return _apply_missing(db, backend)
+    except peewee.DatabaseError as exc:
+        raise errors.Unavailable(f"database {db.database!r}: {exc}") from exc
+
+
+def _apply_missing(db: peewee.Database, backend: Backend) -> int:
+    row = db.execute_sql("SELECT MAX(version) FROM schema_version").fetchone()
+    current = row[0] or 0
+    for version, apply in MIGRATIONS:
+        if version > current:
+            log.info("applying database migration %d", version)
+            apply(db, backend)
+            db.execute_sql(backend.sql("INSERT INTO schema_version (version, applied_at) "
+                                       "VALUES (?, ?)"), (version, now_ms()))
+            current = version
+    return current
+
+
+def schema_version(db: peewee.Database) -> int:
+    """The highest applied migration, 0 for an empty database."""
+    with db.connection_context():
+        if "schema_version" not in db.get_tables():
+            return 0
+        return db.execute_sql("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+

@@ -1,0 +1,92 @@
+"""Peewee models of the manager's database: nodes, their agents, the schema version.
+
+The models are bound to `database_proxy`, which `fleet.manager.db.open_database`
+points at the database it opens, so one process can open many databases one
+after another (tests do). Code in fleet.manager passes its database explicitly
+(`query.execute(db)`, `SchemaManager(model, db)`) and never relies on the proxy.
+The tables themselves are created by the numbered migrations in db.py, not by
+`create_tables`, so a model change always comes with a migration.
+
+Times are Unix milliseconds (BIGINT); a time that is unset is NULL.
+"""
+from __future__ import annotations
+
+import json
+
+import peewee
+
+database_proxy = peewee.DatabaseProxy()
+
+
+class JSONField(peewee.TextField):
+    """A JSON document stored as text (portable: no JSON column type needed)."""
+
+    def db_value(self, value):
+        return json.dumps(value if value is not None else {}, sort_keys=True)
+
+    def python_value(self, value):
+        return json.loads(value) if value else {}
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+
+
+class SchemaVersion(BaseModel):
+    """One row per applied migration."""
+
+    version = peewee.IntegerField(primary_key=True)
+    applied_at = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+class Node(BaseModel):
+    """A registered node: the facts of its last RegisterNode, and liveness."""
+
+    node_id = peewee.CharField(max_length=128, unique=True)
+    hostname = peewee.TextField(default="")
+    ip = peewee.TextField(default="")
+    advertise_address = peewee.TextField(default="")
+    os = peewee.TextField(default="")
+    arch = peewee.TextField(default="")
+    labels = JSONField(default=dict)               # {"role": "edge"}
+    daemon_version = peewee.TextField(default="")
+    boot_id = peewee.BigIntegerField(default=0)    # newest daemon boot seen
+    seq = peewee.BigIntegerField(default=0)        # newest report seq of that boot
+    registered_at = peewee.BigIntegerField()       # first registration
+    last_seen = peewee.BigIntegerField(null=True)  # manager receive time of the last message
+
+    class Meta:
+        table_name = "node"
+
+
+class Agent(BaseModel):
+    """The last known state of one agent on one node, unique on (node_id, agent_id)."""
+
+    node_id = peewee.CharField(max_length=128)
+    agent_id = peewee.CharField(max_length=64)
+    type = peewee.TextField(default="")            # kept from the row's creation
+    version = peewee.TextField(default="")
+    status = peewee.IntegerField()                 # fleet.states.State value, never 0
+    pid = peewee.BigIntegerField(default=0)        # 0: no process
+    start_time = peewee.BigIntegerField(null=True)
+    restart_count = peewee.BigIntegerField(default=0)
+    last_exit_code = peewee.BigIntegerField(default=-1)   # -1: none
+    last_exit_signal = peewee.BigIntegerField(default=0)  # 0: none
+    health = peewee.TextField(default="unknown")
+    last_error = peewee.TextField(default="")
+    next_retry_time = peewee.BigIntegerField(null=True)
+    last_heartbeat = peewee.BigIntegerField(null=True)
+    boot_id = peewee.BigIntegerField(default=0)    # (boot_id, seq) of the report that wrote it
+    seq = peewee.BigIntegerField(default=0)
+    last_sync_time = peewee.BigIntegerField(null=True)  # manager time of that write
+
+    class Meta:
+        table_name = "agent"
+        indexes = ((("node_id", "agent_id"), True),)
+
+
+MODELS = (SchemaVersion, Node, Agent)

@@ -1,0 +1,244 @@
+"""Nodes and their agents off the report hot path: registration, reads, deletion,
+and the agent rows the manager pulls from a daemon (manual sync, operate).
+
+Results are plain dicts shaped like the HTTP API's Node and Agent objects
+(DESIGN.md, "HTTP API"), so callers never touch peewee. Every call opens and
+closes its own connection: the HTTP and gRPC worker threads keep none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Callable, Iterable, Optional, Sequence
+
+import peewee
+
+from fleet import errors
+from fleet.config import valid_agent_id, valid_node_id
+from fleet.manager.db import backend_of, now_ms
+from fleet.manager.ingest import PULL_COLUMNS, STORED_STATUSES, agent_upsert
+from fleet.manager.models import Agent, Node
+from fleet.manager.registry import Registry
+from fleet.states import State
+
+log = logging.getLogger(__name__)
+
+NODE_STATUSES = ("online", "offline")
+MAX_KEEP_IDS = 10000   # a pull naming more agents than this skips its delete step
+
+NODE_FACTS = ("hostname", "ip", "advertise_address", "os", "arch", "labels", "daemon_version")
+AGENT_FIELDS = ("node_id", "agent_id", "type", "version", "status", "pid", "start_time",
+                "restart_count", "last_exit_code", "last_exit_signal", "last_error",
+                "next_retry_time", "health", "last_heartbeat", "last_sync_time")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeFacts:
+    """What a RegisterNode request says about its node."""
+
+    node_id: str
+    hostname: str = ""
+    ip: str = ""
+    advertise_address: str = ""
+    os: str = ""
+    arch: str = ""
+    labels: dict = dataclasses.field(default_factory=dict)
+    daemon_version: str = ""
+    boot_id: int = 0
+
+
+class NodeStore:
+    """Registration, node and agent reads, deletion, and pulled agent rows."""
+
+    def __init__(self, db: peewee.Database, registry: Registry, offline_after: float = 90.0,
+                 clock: Callable[[], float] = time.time):
+        self._db = db
+        self._backend = backend_of(db)
+        self._registry = registry
+        self._offline_after_ms = int(offline_after * 1000)  # seconds, from ManagerConfig
+        self._clock = clock
+        self._register_sql = self._build_register_sql()
+        self._pull_sql = agent_upsert(self._backend, PULL_COLUMNS, bulk=True)
+
+    def _build_register_sql(self) -> str:
+        columns = ("node_id",) + NODE_FACTS + ("boot_id", "seq", "registered_at", "last_seen")
+        updates = {c: f"excluded.{c}" for c in NODE_FACTS + ("last_seen",)}
+        # SET expressions see the old row: seq restarts only with a new boot.
+        updates["seq"] = "CASE WHEN node.boot_id = excluded.boot_id THEN node.seq ELSE 0 END"
+        updates["boot_id"] = "excluded.boot_id"
+        return self._backend.upsert("node", columns, ("node_id",), updates)
+
+    # ---- registration ----
+
+    def register(self, facts: NodeFacts) -> None:
+        """Create or update a node from its RegisterNode; InvalidArgument for a bad node_id.
+
+        The registration is the node's word on its boot: a lower boot_id than
+        the stored one (state_dir wiped) replaces it, and the node's agent rows
+        are re-stamped so its new reports can overwrite them.
+        """
+        if not valid_node_id(facts.node_id):
+            raise errors.InvalidArgument(f"invalid node_id {facts.node_id[:200]!r}")
+        now = now_ms(self._clock)
+        labels = Node.labels.db_value(dict(facts.labels))
+        params = (facts.node_id, facts.hostname, facts.ip, facts.advertise_address, facts.os,
+                  facts.arch, labels, facts.daemon_version, facts.boot_id, 0, now, now)
+        with self._db.connection_context(), self._db.atomic():
+            self._db.execute_sql(self._register_sql, params)
+            self._db.execute_sql(self._backend.sql(
+                "UPDATE agent SET boot_id = ?, seq = 0 WHERE node_id = ? AND boot_id > ?"),
+                (facts.boot_id, facts.node_id, facts.boot_id))
+            boot_id, seq = self._db.execute_sql(self._backend.sql(
+                "SELECT boot_id, seq FROM node WHERE node_id = ?"), (facts.node_id,)).fetchone()
+        self._registry.set(facts.node_id, boot_id, seq)
+        log.info("node %s registered (boot %d, %s, %s)", facts.node_id, boot_id,
+                 facts.hostname, facts.advertise_address)
+
+    # ---- nodes ----
+
+    def list_nodes(self, status: Optional[str] = None,
+                   label: Optional[str | Iterable[str]] = None) -> list[dict]:
+        """Nodes by node_id, optionally only `status` ("online"|"offline") and labels "k=v"."""
+        if status and status not in NODE_STATUSES:
+            raise errors.InvalidArgument(f"status must be online or offline, not {status!r}")
+        wanted = _parse_labels(label)
+        now = now_ms(self._clock)
+        query = Node.select().order_by(Node.node_id)
+        if status == "online":
+            query = query.where(Node.last_seen >= now - self._offline_after_ms)
+        elif status == "offline":
+            query = query.where(Node.last_seen.is_null() |
+                                (Node.last_seen < now - self._offline_after_ms))
+        with self._db.connection_context():
+            rows = list(query.execute(self._db))
+        return [self._node_dict(row, now) for row in rows
+                if all(row.labels.get(k) == v for k, v in wanted)]
+
+    def get_node(self, node_id: str) -> dict:
+        """One node; NotFound if it is not registered."""
+        return self._node_dict(self._node_row(node_id), now_ms(self._clock))
+
+    def delete_node(self, node_id: str, force: bool = False) -> None:
+        """Remove a node and its agents; Conflict while it is online unless `force`."""
+        with self._db.connection_context(), self._db.atomic():
+            row = self._node_row(node_id)
+            if not force and self._is_online(row.last_seen, now_ms(self._clock)):
+                raise errors.Conflict(f"node {node_id!r} is online; stop its daemon first")
+            Agent.delete().where(Agent.node_id == node_id).execute(self._db)
+            Node.delete().where(Node.node_id == node_id).execute(self._db)
+        self._registry.forget(node_id)
+        log.info("node %s deleted", node_id)
+
+    def _node_row(self, node_id: str) -> Node:
+        with self._db.connection_context():
+            rows = list(Node.select().where(Node.node_id == node_id).execute(self._db))
+        if not rows:
+            raise errors.NotFound(f"node {node_id!r} not found")
+        return rows[0]
+
+    def _is_online(self, last_seen: Optional[int], now: int) -> bool:
+        return last_seen is not None and now - last_seen <= self._offline_after_ms
+
+    def _node_dict(self, row: Node, now: int) -> dict:
+        node = {"node_id": row.node_id}
+        node.update((name, getattr(row, name)) for name in NODE_FACTS)
+        node["labels"] = dict(row.labels)
+        node["status"] = "online" if self._is_online(row.last_seen, now) else "offline"
+        node["registered_at"] = row.registered_at
+        node["last_seen"] = row.last_seen
+        return node
+
+    # ---- agents ----
+
+    def list_agents(self, node_id: str) -> list[dict]:
+        """The stored agents of a node by agent_id; NotFound for an unknown node."""
+        query = Agent.select().where(Agent.node_id == node_id).order_by(Agent.agent_id)
+        with self._db.connection_context():     # one connection for both reads
+            self._node_row(node_id)
+            return [agent_dict(row) for row in query.execute(self._db)]
+
+    def get_agent(self, node_id: str, agent_id: str) -> dict:
+        """One stored agent; NotFound for an unknown node or agent."""
+        query = Agent.select().where((Agent.node_id == node_id) & (Agent.agent_id == agent_id))
+        with self._db.connection_context():
+            self._node_row(node_id)
+            rows = list(query.execute(self._db))
+        if not rows:
+            raise errors.NotFound(f"agent {agent_id!r} not found on node {node_id!r}")
+        return agent_dict(rows[0])
+
+    def store_agent_infos(self, node_id: str, infos: Sequence, full: bool = True) -> list[dict]:
+        """Store AgentInfo protos (or alike) pulled from the node; its agents afterwards.
+
+        `full`: the infos are all the node's agents, so rows of others are
+        deleted (same transaction). Invalid infos are skipped with a warning.
+        Rows carry the node's current (boot_id, seq): a newer report still wins.
+        """
+        known = self._registry.get(node_id)
+        if known is None:                   # NotFound, or registered by another process
+            row = self._node_row(node_id)
+            known = (row.boot_id, row.seq)
+        now = now_ms(self._clock)
+        rows = _pull_rows(node_id, known, now, infos)
+        with self._db.connection_context(), self._db.atomic():
+            if rows:
+                self._backend.upsert_many(self._db.cursor(), self._pull_sql, rows)
+            if full:
+                self._delete_others(node_id, [row[1] for row in rows])
+        return self.list_agents(node_id)
+
+    def update_agent(self, node_id: str, info) -> dict:
+        """Store one AgentInfo returned by an operate; the stored agent."""
+        self.store_agent_infos(node_id, [info], full=False)
+        return self.get_agent(node_id, info.agent_id)
+
+    def _delete_others(self, node_id: str, agent_ids: list[str]) -> None:
+        if len(agent_ids) > MAX_KEEP_IDS:
+            log.warning("node %s: %d agents pulled; not deleting others", node_id, len(agent_ids))
+            return
+        query = Agent.delete().where(Agent.node_id == node_id)
+        if agent_ids:
+            query = query.where(Agent.agent_id.not_in(agent_ids))
+        query.execute(self._db)
+
+
+def _pull_rows(node_id: str, known: tuple[int, int], now: int, infos: Sequence) -> list[tuple]:
+    """PULL_COLUMNS tuples of the valid infos; the rest are logged and skipped."""
+    rows, seen = [], set()
+    boot_id, seq = known
+    for i in infos:
+        if not valid_agent_id(i.agent_id) or i.status not in STORED_STATUSES \
+                or i.pid < 0 or i.agent_id in seen:
+            log.warning("node %s: skipping pulled agent %r (status %s, pid %s)",
+                        node_id, i.agent_id[:128], i.status, i.pid)
+            continue
+        seen.add(i.agent_id)
+        rows.append((node_id, i.agent_id, i.type, i.version, int(i.status), i.pid,
+                     i.start_time or None, i.restart_count, i.last_exit_code,
+                     i.last_exit_signal, i.health, i.last_heartbeat or None, boot_id, seq,
+                     now, i.last_error, i.next_retry_time or None))
+    return rows
+
+
+def agent_dict(row: Agent) -> dict:
+    """The HTTP API's Agent object for a stored row (status as its lower-case name)."""
+    agent = {name: getattr(row, name) for name in AGENT_FIELDS}
+    try:
+        agent["status"] = State(row.status).api_name
+    except ValueError:
+        agent["status"] = State.UNKNOWN.api_name
+    return agent
+
+
+def _parse_labels(label: Optional[str | Iterable[str]]) -> list[tuple[str, str]]:
+    if not label:
+        return []
+    texts = [label] if isinstance(label, str) else list(label)
+    pairs = []
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise errors.InvalidArgument(f"label filter must be KEY=VALUE, not {text!r}")
+        pairs.append((key, value))
+    return pairs

@@ -1,0 +1,103 @@
+"""ManagerService over gRPC: proto in, service call, proto out.
+
+Authentication (the cluster token) is the server's interceptor (fleet.rpc);
+errors become statuses in fleet.rpc.translate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import grpc
+import peewee
+
+from fleet.manager.db import close_database
+from fleet.manager.ingest import IngestWriter, ReportService
+from fleet.manager.nodes import NodeFacts, NodeStore
+from fleet.manager.registry import Registry
+from fleet.rpc import translate
+from fleet.v1 import fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
+    """What daemons call: RegisterNode, Heartbeat, SyncAgentStates."""
+
+    def __init__(self, nodes: NodeStore, reports: ReportService,
+                 sync_interval: float = 0.0, heartbeat_interval: float = 0.0):
+        self._nodes = nodes
+        self._reports = reports
+        # Told to daemons at registration; 0 means "keep your own".
+        self._sync_interval = sync_interval
+        self._heartbeat_interval = heartbeat_interval
+
+    def add_to(self, server: grpc.Server) -> None:
+        """Register on a server: `create_server(addr, [servicer.add_to])`."""
+        fleet_pb2_grpc.add_ManagerServiceServicer_to_server(self, server)
+
+    @translate
+    def RegisterNode(self, request, context):
+        """Upsert the node's facts and boot; answer the intervals to use."""
+        self._nodes.register(NodeFacts(
+            node_id=request.node_id, hostname=request.hostname, ip=request.ip,
+            advertise_address=request.advertise_address, os=request.os, arch=request.arch,
+            labels=dict(request.labels), daemon_version=request.daemon_version,
+            boot_id=request.boot_id))
+        return fleet_pb2.RegisterNodeResponse(
+            sync_interval_seconds=self._sync_interval,
+            heartbeat_interval_seconds=self._heartbeat_interval)
+
+    @translate
+    def Heartbeat(self, request, context):
+        """Touch last_seen; reregister for an unknown node or a newer boot."""
+        reregister = self._reports.heartbeat(request.node_id, request.boot_id)
+        return fleet_pb2.HeartbeatResponse(reregister=reregister,
+                                           sync_interval_seconds=self._sync_interval)
+
+    @translate
+    def SyncAgentStates(self, request, context):
+        """Store a report's valid states (committed before the reply) and name the rest."""
+        result = self._reports.sync(request.node_id, request.boot_id, request.seq,
+                                    request.full, request.states)
+        response = fleet_pb2.SyncAgentStatesResponse(
+            success=result.success, accepted=result.accepted, rejected=result.rejected,
+            report_full_state=result.report_full_state)
+        if result.errors:
+            response.message = f"{result.rejected} of {len(request.states)} states rejected"
+            response.errors.extend(fleet_pb2.StateError(agent_id=agent_id, reason=reason)
+                                   for agent_id, reason in result.errors)
+        return response
+
+
+@dataclasses.dataclass
+class ManagerParts:
+    """The manager's storage-side objects, wired; `start()` before serving."""
+
+    db: peewee.Database
+    registry: Registry
+    writer: IngestWriter
+    nodes: NodeStore
+    reports: ReportService
+    servicer: ManagerServicer
+
+    def start(self) -> None:
+        """Start the ingest writer (idempotent)."""
+        self.writer.start()
+
+    def stop(self) -> None:
+        """Drain and stop the writer (after the gRPC server stopped); close this thread's
+        connection."""
+        self.writer.stop()
+        close_database(self.db)
+
+
+def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interval: float = 0.0,
+                  heartbeat_interval: float = 0.0) -> ManagerParts:
+    """Wire registry, writer, stores and servicer over a migrated database."""
+    registry = Registry.load(db)
+    writer = IngestWriter(db)
+    nodes = NodeStore(db, registry, offline_after)
+    reports = ReportService(registry, writer)
+    servicer = ManagerServicer(nodes, reports, sync_interval, heartbeat_interval)
+    return ManagerParts(db, registry, writer, nodes, reports, servicer)

@@ -1,0 +1,279 @@
+"""State reports through ReportService and the group-commit IngestWriter (no gRPC)."""
+import queue
+import sqlite3
+import threading
+
+import pytest
+
+from fleet import errors
+from fleet.manager import db as dbmod
+from fleet.manager.ingest import IngestWriter, Report, ReportService
+from fleet.manager.models import Agent, Node
+from fleet.manager.nodes import NodeFacts, NodeStore
+from fleet.manager.registry import Registry
+from fleet.v1 import fleet_pb2 as pb
+from helpers import wait_for
+
+RUNNING = pb.AGENT_STATUS_RUNNING
+
+
+class Manager:
+    """The storage side of a manager over one SQLite file."""
+
+    def __init__(self, path, lock_timeout_ms=200, start=True):
+        self.path = path
+        self.db = dbmod.open_database(f"sqlite:///{path}")
+        dbmod.migrate(self.db)
+        self.registry = Registry.load(self.db)
+        self.writer = IngestWriter(self.db, lock_timeout_ms=lock_timeout_ms)
+        self.nodes = NodeStore(self.db, self.registry)
+        self.reports = ReportService(self.registry, self.writer)
+        if start:
+            self.writer.start()
+
+    def rows(self, node_id="n1"):
+        """{agent_id: (type, status, pid, boot_id, seq)} as stored."""
+        query = Agent.select().where(Agent.node_id == node_id)
+        with self.db.connection_context():
+            return {a.agent_id: (a.type, a.status, a.pid, a.boot_id, a.seq)
+                    for a in query.execute(self.db)}
+
+    def sync(self, seq, states, boot=1, full=False, node_id="n1"):
+        return self.reports.sync(node_id, boot, seq, full, states)
+
+
+@pytest.fixture
+def manager(tmp_path):
+    m = Manager(tmp_path / "fleet.db")
+    m.nodes.register(NodeFacts("n1", boot_id=1))
+    yield m
+    m.writer.stop()
+
+
+def state(agent_id, status=RUNNING, pid=100, **kw):
+    return pb.AgentState(agent_id=agent_id, status=status, pid=pid, **kw)
+
+
+class ExclusiveLock:
+    """Another connection that takes and releases the database's write lock."""
+
+    def __init__(self, path):
+        self.conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+
+    def take(self):
+        self.conn.execute("BEGIN EXCLUSIVE")
+
+    def release(self):
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
+@pytest.fixture
+def exclusive_lock(manager):
+    lock = ExclusiveLock(manager.path)
+    yield lock
+    lock.release()
+    lock.conn.close()
+
+
+def test_invalid_states_rejected_valid_stored(manager):
+    """A report's valid states are stored; each invalid one is named with a reason."""
+    result = manager.sync(1, [state("ok1"), state("bad id"), state("unspec", status=0),
+                              state("unknown", status=42), state("neg", pid=-1),
+                              state("dup"), state("dup", pid=2), state("ok2")])
+    assert (result.accepted, result.rejected, result.success) == (2, 6, False)
+    reasons = dict(result.errors)
+    assert set(reasons) == {"bad id", "unspec", "unknown", "neg", "dup"}
+    assert "pid" in reasons["neg"] and "status" in reasons["unknown"]
+    assert set(manager.rows()) == {"ok1", "ok2"}
+
+
+def test_clean_report_succeeds(manager):
+    """A report without faults has success true and every state accepted."""
+    result = manager.sync(1, [state("a"), state("b")])
+    assert (result.success, result.accepted, result.rejected, result.errors) == (True, 2, 0, [])
+
+
+def test_type_kept_from_first_creation(manager):
+    """An agent's type is the one it was created with; later reports do not change it."""
+    manager.sync(1, [state("a", type="node_exporter", version="1")])
+    manager.sync(2, [state("a", type="telegraf", version="2", pid=7)])
+    assert manager.rows()["a"] == ("node_exporter", RUNNING, 7, 1, 2)
+
+
+def test_stale_report_does_not_overwrite_newer_rows(manager):
+    """A report with an older (boot_id, seq) than a row's leaves that row alone."""
+    manager.sync(5, [state("a", pid=5), state("b", pid=5)])
+    manager.sync(4, [state("a", pid=4), state("c", pid=4)])
+    rows = manager.rows()
+    assert rows["a"][2:] == (5, 1, 5) and rows["b"][2] == 5
+    assert rows["c"][2:] == (4, 1, 4)           # new rows are still created
+    manager.nodes.register(NodeFacts("n1", boot_id=2))
+    manager.sync(1, [state("a", pid=9)], boot=2)  # a newer boot wins whatever its seq
+    assert manager.rows()["a"][2:] == (9, 2, 1)
+
+
+def test_full_report_deletes_unmentioned(manager):
+    """A full report deletes the node's agents it does not mention, keeping rejected ones."""
+    manager.sync(1, [state("a"), state("b"), state("c")])
+    result = manager.sync(2, [state("a"), state("c", status=0)], full=True)
+    assert result.rejected == 1
+    assert set(manager.rows()) == {"a", "c"}
+    manager.sync(3, [], full=True)
+    assert manager.rows() == {}
+
+
+def test_stale_full_report_keeps_newer_agents(manager):
+    """A late full report does not delete agents a newer report added."""
+    manager.sync(2, [state("a"), state("new")])
+    manager.sync(1, [state("a")], full=True)
+    assert set(manager.rows()) == {"a", "new"}
+
+
+def test_seq_gap_and_new_boot_ask_for_full_state(manager):
+    """A seq gap or a new boot is applied and answered with report_full_state."""
+    assert not manager.sync(1, [state("a")]).report_full_state
+    assert not manager.sync(2, [state("a")]).report_full_state
+    gap = manager.sync(5, [state("a", pid=5)])
+    assert gap.report_full_state and manager.rows()["a"][2] == 5
+    boot = manager.sync(6, [state("a", pid=6)], boot=2)
+    assert boot.report_full_state and manager.rows()["a"][2:] == (6, 2, 6)
+    assert manager.registry.get("n1") == (2, 6)
+    assert not manager.sync(9, [state("a")], boot=2, full=True).report_full_state
+
+
+def test_node_boot_and_seq_updated(manager):
+    """The node's stored (boot_id, seq) follows the newest applied report."""
+    manager.sync(3, [state("a")])
+    manager.sync(2, [state("a")])
+    with manager.db.connection_context():
+        node = Node.get(Node.node_id == "n1")
+    assert (node.boot_id, node.seq) == (1, 3)
+    assert Registry.load(manager.db).get("n1") == (1, 3)
+
+
+def test_unregistered_node_not_found(manager):
+    """A report from a node never registered is NotFound and writes nothing."""
+    with pytest.raises(errors.NotFound):
+        manager.sync(1, [state("a")], node_id="n2")
+    assert manager.rows("n2") == {}
+
+
+def test_bad_node_id_invalid_argument(manager):
+    """A missing or malformed node_id rejects the whole report."""
+    for bad in ("", "a/b", ".."):
+        with pytest.raises(errors.InvalidArgument):
+            manager.sync(1, [state("a")], node_id=bad)
+
+
+def test_too_many_states_rejects_whole_report(manager):
+    """More than 5,000 states rejects the request; nothing is written."""
+    with pytest.raises(errors.InvalidArgument, match="5000"):
+        manager.sync(1, [state(f"a{i}") for i in range(5001)])
+    assert manager.rows() == {}
+    assert manager.sync(1, [state(f"a{i}") for i in range(5000)]).accepted == 5000
+
+
+def test_older_boot_failed_precondition(manager):
+    """A report from a boot older than the stored one is Conflict (FAILED_PRECONDITION)."""
+    manager.nodes.register(NodeFacts("n1", boot_id=3))
+    with pytest.raises(errors.Conflict):
+        manager.sync(1, [state("a")], boot=2)
+    assert manager.rows() == {}
+
+
+def test_heartbeat(manager):
+    """Heartbeat: unknown node or newer boot -> reregister; it updates last_seen."""
+    assert manager.reports.heartbeat("nx", 1) is True
+    with manager.db.connection_context():
+        Node.update(last_seen=1).where(Node.node_id == "n1").execute(manager.db)
+    assert manager.reports.heartbeat("n1", 1) is False
+    assert manager.nodes.get_node("n1")["last_seen"] > 1
+    assert manager.reports.heartbeat("n1", 2) is True
+
+
+def test_locked_database_unavailable_then_recovers(manager, exclusive_lock):
+    """A locked database fails a report Unavailable, half-writing nothing; it succeeds once free."""
+    manager.sync(1, [state("a", pid=1), state("b", pid=1)])
+    before = manager.rows()
+    exclusive_lock.take()
+    with pytest.raises(errors.Unavailable):
+        manager.sync(2, [state("a", pid=2), state("c", pid=2)], full=True)
+    exclusive_lock.release()
+    assert manager.rows() == before
+    result = manager.sync(2, [state("a", pid=2), state("c", pid=2)], full=True)
+    assert result.success
+    assert {k: v[2] for k, v in manager.rows().items()} == {"a": 2, "c": 2}
+
+
+def test_failure_mid_batch_rolls_back_everything(manager, monkeypatch):
+    """A statement failing after the upsert leaves none of the batch applied."""
+    manager.sync(1, [state("a", pid=1)])
+
+    def boom(cursor, report):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(manager.writer, "_delete_unmentioned", boom)
+    with pytest.raises(errors.Unavailable, match="disk I/O"):
+        manager.sync(2, [state("a", pid=2), state("b", pid=2)], full=True)
+    assert manager.rows() == {"a": ("", RUNNING, 1, 1, 1)}
+    monkeypatch.undo()
+    assert manager.sync(2, [state("a", pid=2)], full=True).success
+
+
+class CountingQueue(queue.SimpleQueue):
+    """The writer's queue, counting what was put in it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.puts = 0
+
+    def put(self, item, block=True, timeout=None):
+        super().put(item, block, timeout)
+        with self.lock:
+            self.puts += 1
+
+
+def test_concurrent_reports_share_transactions(tmp_path):
+    """Reports waiting behind a busy database are committed together in few transactions."""
+    m = Manager(tmp_path / "fleet.db", lock_timeout_ms=3000, start=False)
+    m.writer._queue = queued = CountingQueue()
+    m.writer.start()
+    for i in range(20):
+        m.nodes.register(NodeFacts(f"n{i}", boot_id=1))
+    lock = ExclusiveLock(m.path)
+    lock.take()
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append(
+        m.sync(1, [state("a", pid=i)], node_id=f"n{i}"))) for i in range(20)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: queued.puts == 20)
+    lock.release()
+    for t in threads:
+        t.join(5)
+    assert len(results) == 20 and all(r.success for r in results)
+    assert m.writer.reports == 20 and m.writer.batches <= 3
+    assert all(m.rows(f"n{i}")["a"][2] == i for i in range(20))
+    m.writer.stop()
+
+
+def test_report_of_deleted_node_leaves_no_rows(manager):
+    """Rows of a report whose node was deleted meanwhile are not kept (no orphans)."""
+    manager.writer.submit(Report("gone", 1, 1, False, [("gone", "a", "", "", RUNNING, 1, None, 0,
+                                                        -1, 0, "", None, 1, 1, 0)], (), 0))
+    assert manager.rows("gone") == {}
+
+
+def test_writer_start_stop_idempotent_and_drains(tmp_path):
+    """start/stop twice is harmless; stop writes what was submitted; later submits fail."""
+    m = Manager(tmp_path / "fleet.db")
+    m.writer.start()
+    m.nodes.register(NodeFacts("n1", boot_id=1))
+    assert m.sync(1, [state("a")]).success
+    m.writer.stop()
+    m.writer.stop()
+    with pytest.raises(errors.Unavailable, match="shutting down"):
+        m.sync(2, [state("a")])
+    assert set(m.rows()) == {"a"}

@@ -1,0 +1,245 @@
+"""Storage: opening databases, migrations, the registry, and NodeStore reads and writes."""
+import sqlite3
+
+import pytest
+
+from fleet import errors
+from fleet.manager import db as dbmod
+from fleet.manager.db import PostgresBackend, SQLiteBackend, migrate, open_database, schema_version
+from fleet.manager.ingest import PULL_COLUMNS, REPORT_COLUMNS, agent_upsert
+from fleet.manager.models import Agent, Node
+from fleet.manager.nodes import AGENT_FIELDS, NodeFacts, NodeStore
+from fleet.manager.registry import Registry
+from fleet.v1 import fleet_pb2 as pb
+
+NODE_FIELDS = {"node_id", "hostname", "ip", "advertise_address", "os", "arch", "labels",
+               "daemon_version", "status", "registered_at", "last_seen"}
+
+
+class Clock:
+    """A settable clock: tests move time instead of sleeping."""
+
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def database(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    migrate(db)
+    yield db
+    dbmod.close_database(db)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(database, clock):
+    return NodeStore(database, Registry.load(database), offline_after=90, clock=clock)
+
+
+def info(agent_id, status=pb.AGENT_STATUS_RUNNING, **kw):
+    return pb.AgentInfo(agent_id=agent_id, status=status, **kw)
+
+
+def test_migrations_create_schema_version_1(database):
+    """A fresh database is migrated to the latest version with node and agent tables."""
+    assert schema_version(database) == dbmod.MIGRATIONS[-1][0]
+    with database.connection_context():
+        assert {"node", "agent", "schema_version"} <= set(database.get_tables())
+
+
+def test_migrations_idempotent_on_restart(tmp_path):
+    """Running the migrations again (a restart) changes nothing and keeps the data."""
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    db = open_database(url)
+    migrate(db)
+    NodeStore(db, Registry()).register(NodeFacts("n1", boot_id=3))
+    again = open_database(url)
+    assert migrate(again) == migrate(again) == dbmod.MIGRATIONS[-1][0]
+    with again.connection_context():
+        versions = again.execute_sql("SELECT COUNT(*) FROM schema_version").fetchone()[0]
+    assert versions == len(dbmod.MIGRATIONS)
+    assert Registry.load(again).get("n1") == (3, 0)
+
+
+@pytest.mark.parametrize("model", [Node, Agent])
+def test_models_match_migrated_tables(database, model):
+    """Every model field is a column of its migrated table, and nothing else is."""
+    with database.connection_context():
+        columns = {c.name for c in database.get_columns(model._meta.table_name)}
+    assert columns == set(model._meta.columns)
+
+
+def test_sqlite_pragmas(database):
+    """SQLite connections run in WAL with synchronous=NORMAL and a busy timeout."""
+    with database.connection_context():
+        assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert database.execute_sql("PRAGMA synchronous").fetchone()[0] == 1
+        assert database.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 5000
+
+
+def test_sqlite_transactions_are_immediate(database, tmp_path):
+    """A transaction takes the write lock at BEGIN, never a deferred read lock."""
+    with database.connection_context(), database.atomic():
+        other = sqlite3.connect(tmp_path / "fleet.db", timeout=0)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.close()
+
+
+def test_bad_urls_are_config_errors():
+    """A URL of no known backend, or an empty SQLite path, is a ConfigError."""
+    for url in ("mysql://x/y", "sqlite:///", "fleet.db"):
+        with pytest.raises(errors.ConfigError):
+            open_database(url)
+
+
+def test_postgresql_without_driver_is_a_clear_error():
+    """Without psycopg2 a PostgreSQL URL fails naming the missing driver."""
+    try:
+        import psycopg2  # noqa: F401
+        pytest.skip("psycopg2 is installed")
+    except ImportError:
+        pass
+    with pytest.raises(errors.ConfigError, match="psycopg2"):
+        open_database("postgresql://u:p@localhost:5432/fleet")
+
+
+def test_backend_sql_per_engine():
+    """Placeholders and the bulk VALUES clause are per backend; the upsert keeps its guard."""
+    sqlite_sql = agent_upsert(SQLiteBackend(), REPORT_COLUMNS)
+    pg_sql = agent_upsert(PostgresBackend(), PULL_COLUMNS)
+    assert sqlite_sql.count("?") == len(REPORT_COLUMNS) and "%s" not in sqlite_sql
+    assert "VALUES %s ON CONFLICT (node_id, agent_id)" in pg_sql
+    for sql in (sqlite_sql, pg_sql):
+        assert "agent.seq <= excluded.seq" in sql and "type = CASE" in sql
+    assert PostgresBackend().sql("a = ? AND b = ?") == "a = %s AND b = %s"
+
+
+def test_register_creates_and_updates_node(store, clock):
+    """RegisterNode upserts the facts; registered_at stays, last_seen is the receive time."""
+    store.register(NodeFacts("n1", hostname="h1", labels={"role": "edge"}, boot_id=1))
+    first = store.get_node("n1")
+    clock.now += 10
+    store.register(NodeFacts("n1", hostname="h2", ip="10.0.0.2", boot_id=1))
+    node = store.get_node("n1")
+    assert set(node) == NODE_FIELDS
+    assert (node["hostname"], node["ip"], node["labels"]) == ("h2", "10.0.0.2", {})
+    assert node["registered_at"] == first["registered_at"]
+    assert node["last_seen"] == first["last_seen"] + 10_000
+
+
+def test_register_seq_restarts_only_with_new_boot(store, database):
+    """A new boot resets the stored seq; the same boot keeps it."""
+    store.register(NodeFacts("n1", boot_id=1))
+    with database.connection_context():
+        Node.update(seq=7).where(Node.node_id == "n1").execute(database)
+    store.register(NodeFacts("n1", boot_id=1))
+    assert Registry.load(database).get("n1") == (1, 7)
+    store.register(NodeFacts("n1", boot_id=2))
+    assert Registry.load(database).get("n1") == (2, 0)
+
+
+def test_register_rejects_bad_node_id(store):
+    """A malformed node_id is InvalidArgument and nothing is stored."""
+    for bad in ("", "../x", "a..b", "-x", "x" * 129):
+        with pytest.raises(errors.InvalidArgument):
+            store.register(NodeFacts(bad))
+    assert store.list_nodes() == []
+
+
+def test_node_status_computed_at_read_time(store, clock):
+    """A node is offline once offline_after has passed since last_seen, read-time."""
+    store.register(NodeFacts("n1"))
+    assert [n["node_id"] for n in store.list_nodes(status="online")] == ["n1"]
+    clock.now += 91
+    assert store.get_node("n1")["status"] == "offline"
+    assert store.list_nodes(status="online") == []
+    assert [n["node_id"] for n in store.list_nodes(status="offline")] == ["n1"]
+    with pytest.raises(errors.InvalidArgument):
+        store.list_nodes(status="gone")
+
+
+def test_list_nodes_label_filter(store):
+    """label=k=v keeps only nodes with that label; several must all match."""
+    store.register(NodeFacts("a", labels={"role": "edge", "dc": "x"}))
+    store.register(NodeFacts("b", labels={"role": "core"}))
+    assert [n["node_id"] for n in store.list_nodes(label="role=edge")] == ["a"]
+    assert [n["node_id"] for n in store.list_nodes(label=["role=edge", "dc=y"])] == []
+    with pytest.raises(errors.InvalidArgument):
+        store.list_nodes(label="role")
+
+
+def test_unknown_node_not_found(store):
+    """Reads of an unknown node raise NotFound naming it."""
+    for call in (store.get_node, store.list_agents, store.delete_node):
+        with pytest.raises(errors.NotFound, match="node 'nx' not found"):
+            call("nx")
+    with pytest.raises(errors.NotFound):
+        store.store_agent_infos("nx", [info("a")])
+
+
+def test_delete_node_refused_while_online(store, clock):
+    """Deleting an online node is a Conflict; offline it goes with its agents."""
+    store.register(NodeFacts("n1"))
+    store.store_agent_infos("n1", [info("a1")])
+    with pytest.raises(errors.Conflict):
+        store.delete_node("n1")
+    clock.now += 100
+    store.delete_node("n1")
+    with pytest.raises(errors.NotFound):
+        store.get_node("n1")
+    assert Agent.select().where(Agent.node_id == "n1").count(store._db) == 0
+    assert "n1" not in store._registry
+
+
+def test_store_agent_infos_full_pull(store):
+    """A full pull upserts every agent and deletes the node's others, same transaction."""
+    store.register(NodeFacts("n1"))
+    store.store_agent_infos("n1", [info("a1"), info("a2")])
+    agents = store.store_agent_infos("n1", [info("a2", pb.AGENT_STATUS_BACKOFF,
+                                                   next_retry_time=5, last_error="boom")])
+    assert [a["agent_id"] for a in agents] == ["a2"]
+    assert set(agents[0]) == set(AGENT_FIELDS)
+    assert (agents[0]["status"], agents[0]["next_retry_time"], agents[0]["last_error"]) == \
+        ("backoff", 5, "boom")
+
+
+def test_pull_skips_invalid_infos_and_keeps_type(store):
+    """Invalid pulled infos are skipped; the type of an existing row never changes."""
+    store.register(NodeFacts("n1"))
+    store.store_agent_infos("n1", [info("a1", type="first")])
+    agents = store.store_agent_infos("n1", [info("a1", type="second"), info("bad id"),
+                                            info("a3", pb.AGENT_STATUS_UNSPECIFIED)])
+    assert [(a["agent_id"], a["type"]) for a in agents] == [("a1", "first")]
+
+
+def test_update_agent_after_operate(store):
+    """update_agent stores one operated agent and returns its stored dict; unset times None."""
+    store.register(NodeFacts("n1"))
+    store.store_agent_infos("n1", [info("a1"), info("a2")])
+    agent = store.update_agent("n1", info("a1", pb.AGENT_STATUS_STOPPED, last_exit_code=0))
+    assert (agent["status"], agent["pid"], agent["start_time"]) == ("stopped", 0, None)
+    assert len(store.list_agents("n1")) == 2
+    with pytest.raises(errors.NotFound, match="agent 'zz'"):
+        store.get_agent("n1", "zz")
+
+
+def test_registry_tracks_newest_boot_and_seq():
+    """advance only moves forward; set replaces; forget drops the node."""
+    registry = Registry()
+    registry.advance("n1", 1, 1)
+    assert registry.get("n1") is None
+    registry.set("n1", 2, 5)
+    registry.advance("n1", 2, 4)
+    registry.advance("n1", 2, 6)
+    assert registry.get("n1") == (2, 6)
+    registry.forget("n1")
+    assert "n1" not in registry and len(registry) == 0
