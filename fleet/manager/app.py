@@ -1,0 +1,83 @@
+"""The manager: database, tokens, ManagerService over gRPC, the HTTP API, and the
+daemon client pool, started in order and stopped in the reverse one."""
+from __future__ import annotations
+
+import logging
+
+from fleet.config import ManagerConfig, join_address, split_address
+from fleet.errors import ConfigError
+from fleet.manager.agents import AgentService
+from fleet.manager.db import migrate, open_database
+from fleet.manager.http import make_app
+from fleet.manager.pool import DaemonClientPool
+from fleet.manager.servicer import ManagerParts, build_manager
+from fleet.manager.tokens import ApiAuth, ensure_tokens
+from fleet.manager.web import HttpServer, serve_http
+from fleet.rpc import create_server
+
+log = logging.getLogger(__name__)
+
+SQLITE_PREFIX = "sqlite:///"
+GRPC_WORKERS = 64   # each report holds a worker until its rows are committed
+
+
+def resolve_tokens(config: ManagerConfig) -> tuple[list[tuple[str, str]], str]:
+    """(named API tokens, cluster token); on SQLite missing ones come from token files."""
+    api_tokens = list(config.api_tokens)
+    cluster = config.cluster_token
+    if api_tokens and cluster:
+        return api_tokens, cluster
+    if not config.db.startswith(SQLITE_PREFIX):
+        raise ConfigError(["[manager] api_token and cluster_token must both be configured "
+                           "on PostgreSQL (every manager must share them)"])
+    path = config.db[len(SQLITE_PREFIX):]
+    api, cluster, _ = ensure_tokens(path, api_tokens[0][1] if api_tokens else "", cluster)
+    return api_tokens or [("default", api)], cluster
+
+
+class Manager:
+    def __init__(self, config: ManagerConfig):
+        self.config = config
+        self.cluster_token = ""
+        self.grpc_port = 0                 # the ports actually bound
+        self.http_port = 0
+        self.parts: ManagerParts | None = None
+        self.pool: DaemonClientPool | None = None
+        self._grpc = None
+        self._http: HttpServer | None = None
+
+    def start(self) -> None:
+        """Open and migrate the database, bind both ports, serve. Raises on failure."""
+        cfg = self.config
+        api_tokens, self.cluster_token = resolve_tokens(cfg)
+        db = open_database(cfg.db)
+        migrate(db)
+        self.parts = build_manager(db, offline_after=cfg.offline_after)
+        self.pool = DaemonClientPool(self.cluster_token, None)
+        service = AgentService(self.parts.nodes, self.pool)
+        app = make_app(service, ApiAuth(api_tokens, self.cluster_token))
+        self._grpc, self.grpc_port = create_server(
+            cfg.grpc, [self.parts.servicer.add_to], token=self.cluster_token, tls=cfg.tls,
+            max_workers=GRPC_WORKERS)
+        self._http = serve_http(app, cfg.http, cfg.tls)
+        self.http_port = self._http.port
+        self.parts.start()
+        self._grpc.start()
+        log.info("listening grpc=%s", join_address(split_address(cfg.grpc)[0], self.grpc_port))
+        self._http.start_background()
+        log.info("listening http=%s", self._http.address)
+
+    def stop_http(self) -> None:
+        """Stop taking HTTP requests (the first step of shutdown)."""
+        if self._http is not None:
+            self._http.stop()
+
+    def close(self) -> None:
+        """Stop gRPC, drain the writer, close the channels and the database."""
+        self.stop_http()
+        if self._grpc is not None:
+            self._grpc.stop(grace=2.0).wait(3.0)
+        if self.pool is not None:
+            self.pool.close_all()
+        if self.parts is not None:
+            self.parts.stop()
