@@ -66,3 +66,17 @@ class FleetProcess:
     def kill(self):
         self.popen.kill()
         self.popen.wait(10)
+
+
+def kill_recorded_agents(state_dir):
+    """SIGKILL the groups of agents a killed daemon left behind (from its state records)."""
+    import glob
+    import json
+    import signal
+    for path in glob.glob(os.path.join(str(state_dir), "agents", "*.json")):
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        try:
+            os.killpg(record["pgid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
