@@ -5,7 +5,7 @@ import logging
 
 from fleet.daemon.logs import LogKeeper
 from fleet.daemon.metrics import Sampler
-from fleet.daemon.program import Snapshot
+from fleet.daemon.convert import agent_info
 from fleet.daemon.supervisor import Supervisor
 from fleet.errors import Conflict, InvalidArgument
 from fleet.rpc import translate
@@ -17,28 +17,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LINES, MAX_LINES = 100, 1000
 DEFAULT_DURATION, MAX_DURATION = 3600, 86400
 MAX_GREP = 1024
-
-
-def agent_state(snapshot: Snapshot) -> pb.AgentState:
-    """The report form of a snapshot."""
-    return pb.AgentState(
-        agent_id=snapshot.agent_id, type=snapshot.type, version=snapshot.version,
-        status=int(snapshot.state), pid=snapshot.pid, start_time=snapshot.start_time,
-        restart_count=snapshot.restart_count, last_exit_code=snapshot.last_exit_code,
-        last_exit_signal=snapshot.last_exit_signal, health=snapshot.health,
-        last_heartbeat=snapshot.last_heartbeat)
-
-
-def agent_info(snapshot: Snapshot) -> pb.AgentInfo:
-    """The ListAgents / OperateAgent form of a snapshot."""
-    return pb.AgentInfo(
-        agent_id=snapshot.agent_id, type=snapshot.type, version=snapshot.version,
-        status=int(snapshot.state), pid=snapshot.pid, start_time=snapshot.start_time,
-        restart_count=snapshot.restart_count, last_exit_code=snapshot.last_exit_code,
-        last_exit_signal=snapshot.last_exit_signal, health=snapshot.health,
-        last_heartbeat=snapshot.last_heartbeat, next_retry_time=snapshot.next_retry_time,
-        last_error=snapshot.last_error, changed_at=snapshot.changed_at,
-        config_changed=snapshot.config_changed)
 
 
 def bounded(value: int, default: int, maximum: int, what: str) -> int:

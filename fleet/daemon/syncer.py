@@ -19,7 +19,7 @@ from typing import Callable
 
 from fleet.daemon.manager_client import ManagerClient
 from fleet.daemon.program import Snapshot
-from fleet.daemon.service import agent_state
+from fleet.daemon.convert import agent_state
 from fleet.errors import FleetError, NotFound
 from fleet.v1 import fleet_pb2 as pb
 
