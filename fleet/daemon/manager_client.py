@@ -43,10 +43,12 @@ class ManagerClient:
             return self._stub
 
     def _failover(self) -> None:
-        """Next time, dial the next manager address (if there is more than one)."""
+        """Next time, dial afresh: the next manager address if there is more than one.
+
+        A new channel connects at once; an old one would wait out gRPC's own
+        reconnect backoff (up to two minutes) after the manager comes back.
+        """
         with self._lock:
-            if len(self.addresses) < 2:
-                return
             channel, self._channel, self._stub = self._channel, None, None
             self._index = (self._index + 1) % len(self.addresses)
         if channel is not None:

@@ -197,7 +197,10 @@ class StateSyncer:
     def _failed(self, exc: FleetError | None) -> None:
         with self._cond:
             self._failures += 1
-            delay = min(RETRY_MAX, RETRY_INITIAL * 2 ** min(self._failures - 1, 10))
+            # Capped at the sync interval too, so a manager that comes back has
+            # every node's truth within two sync intervals.
+            cap = min(RETRY_MAX, max(self.sync_interval, 0.05))
+            delay = min(cap, RETRY_INITIAL * 2 ** min(self._failures - 1, 10))
             self._retry_at = self.clock() + delay * random.uniform(0.8, 1.0)
         self._warn("report to manager %s failed (%s); retrying in %.1fs",
                    self.client.address, exc, delay)

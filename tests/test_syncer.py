@@ -1,0 +1,95 @@
+"""The daemon's state syncer against a real in-process manager over gRPC."""
+import contextlib
+import dataclasses
+
+from fleet import config as configuration
+from fleet.daemon.app import Daemon
+from fleet.manager.app import Manager
+from fleet.states import State
+from tests.daemon_harness import agent, daemon_config
+from tests.helpers import wait_for
+
+CLUSTER = "cluster-token-syncer-tests"
+
+
+def manager_config(tmp_path, grpc="127.0.0.1:0"):
+    problems = []
+    config = configuration.parse("manager", {"manager": {
+        "http": "127.0.0.1:0", "grpc": grpc, "db": f"sqlite:///{tmp_path}/m.db",
+        "api_token": "api-token-syncer-tests", "cluster_token": CLUSTER, "offline_after": 3}},
+        problems)
+    assert not problems, problems
+    return config.manager
+
+
+@contextlib.contextmanager
+def started(thing):
+    thing.start()
+    try:
+        yield thing
+    finally:
+        thing.stop() if isinstance(thing, Daemon) else thing.close()
+
+
+def daemon_for(tmp_path, manager_port, agents, **daemon):
+    config = daemon_config(tmp_path, agents, manager=f"127.0.0.1:{manager_port}",
+                           cluster_token=CLUSTER, node_id="n1", **daemon)
+    return Daemon(config)
+
+
+def stored(manager, agent_id):
+    try:
+        agents = {a["agent_id"]: a for a in manager.parts.nodes.list_agents("n1")}
+    except Exception:  # noqa: BLE001 - the node is not registered yet
+        return None
+    return agents.get(agent_id)
+
+
+def test_register_then_full_report(tmp_path):
+    """At start the daemon registers and its agents appear in the manager's database."""
+    with started(Manager(manager_config(tmp_path))) as manager, \
+            started(daemon_for(tmp_path, manager.grpc_port, [agent("a"), agent("b")])):
+        assert wait_for(lambda: (stored(manager, "a") or {}).get("status") == "running")
+        assert wait_for(lambda: (stored(manager, "b") or {}).get("pid"))
+
+
+def test_a_change_is_reported_promptly_between_full_reports(tmp_path):
+    """With a 60 s sync interval, a stop still reaches the manager within a second."""
+    with started(Manager(manager_config(tmp_path))) as manager, \
+            started(daemon_for(tmp_path, manager.grpc_port, [agent("a")], sync_interval=60,
+                               heartbeat_interval=60)) as daemon:
+        wait_for(lambda: (stored(manager, "a") or {}).get("status") == "running")
+        daemon.supervisor.operate("a", "stop")
+        wait_for(lambda: stored(manager, "a")["status"] == "stopped", timeout=1.0)
+
+
+def test_a_manager_that_forgot_the_node_gets_a_registration_and_a_full_report(tmp_path):
+    """After the node is deleted on the manager, the daemon registers again and reports all."""
+    with started(Manager(manager_config(tmp_path))) as manager, \
+            started(daemon_for(tmp_path, manager.grpc_port, [agent("a")])) as daemon:
+        wait_for(lambda: stored(manager, "a"))
+        manager.parts.nodes.delete_node("n1", force=True)
+        daemon.supervisor.operate("a", "restart")
+        wait_for(lambda: stored(manager, "a") and stored(manager, "a")["status"] == "running",
+                 timeout=5)
+
+
+def test_manager_down_then_back_converges_and_pending_stays_bounded(tmp_path):
+    """With the manager down, agents keep running and pending holds one entry per agent;
+    once the manager is back its database matches the node within two sync intervals."""
+    first = Manager(manager_config(tmp_path))
+    first.start()
+    port = first.grpc_port
+    first.close()
+    agents = [agent("a"), agent("b", autostart=False)]
+    with started(daemon_for(tmp_path, port, agents)) as daemon:
+        for _ in range(3):
+            daemon.supervisor.operate("a", "restart")
+        daemon.supervisor.operate("b", "start")
+        assert daemon.syncer.pending_count() <= 2
+        assert daemon.supervisor.runner("a").snapshot().state in (State.STARTING, State.RUNNING)
+        config = dataclasses.replace(manager_config(tmp_path), grpc=f"127.0.0.1:{port}")
+        with started(Manager(config)) as manager:
+            truth = {s.agent_id: s.pid for s in daemon.supervisor.snapshots()}
+            wait_for(lambda: all((stored(manager, i) or {}).get("pid") == pid
+                                 for i, pid in truth.items()), timeout=2 * 0.5 + 1.0)  # two sync intervals, and slack
