@@ -5,34 +5,18 @@ from __future__ import annotations
 import logging
 
 from fleet.config import ManagerConfig, join_address, split_address
-from fleet.errors import ConfigError
 from fleet.manager.agents import AgentService
 from fleet.manager.db import migrate, open_database
 from fleet.manager.http import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.servicer import ManagerParts, build_manager
-from fleet.manager.tokens import ApiAuth, ensure_tokens
+from fleet.manager.tokens import ApiAuth, resolve_tokens
 from fleet.manager.web import HttpServer, serve_http
 from fleet.rpc import create_server
 
 log = logging.getLogger(__name__)
 
-SQLITE_PREFIX = "sqlite:///"
 GRPC_WORKERS = 64   # each report holds a worker until its rows are committed
-
-
-def resolve_tokens(config: ManagerConfig) -> tuple[list[tuple[str, str]], str]:
-    """(named API tokens, cluster token); on SQLite missing ones come from token files."""
-    api_tokens = list(config.api_tokens)
-    cluster = config.cluster_token
-    if api_tokens and cluster:
-        return api_tokens, cluster
-    if not config.db.startswith(SQLITE_PREFIX):
-        raise ConfigError(["[manager] api_token and cluster_token must both be configured "
-                           "on PostgreSQL (every manager must share them)"])
-    path = config.db[len(SQLITE_PREFIX):]
-    api, cluster, _ = ensure_tokens(path, api_tokens[0][1] if api_tokens else "", cluster)
-    return api_tokens or [("default", api)], cluster
 
 
 class Manager:
@@ -49,7 +33,7 @@ class Manager:
     def start(self) -> None:
         """Open and migrate the database, bind both ports, serve. Raises on failure."""
         cfg = self.config
-        api_tokens, self.cluster_token = resolve_tokens(cfg)
+        api_tokens, self.cluster_token, _ = resolve_tokens(cfg)
         db = open_database(cfg.db)
         migrate(db)
         self.parts = build_manager(db, offline_after=cfg.offline_after)

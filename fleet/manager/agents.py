@@ -1,0 +1,142 @@
+"""AgentService: what the HTTP API does with nodes and agents, without HTTP.
+
+It validates ids and parameters, checks in the database that the node (and
+agent) exists before calling a daemon, dials the node's advertise_address
+through the DaemonClientPool, and stores what an operate or sync brings back
+at once. It imports neither bottle nor servicer code: the HTTP layer is a thin
+translator around it, and every failure is a FleetError kind.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Optional
+
+from fleet import errors
+from fleet.config import valid_agent_id, valid_node_id
+from fleet.manager.nodes import NodeStore
+from fleet.manager.pool import DaemonClientPool
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = ("start", "stop", "restart")
+LINES_RANGE = (1, 1000)         # GetAgentLogs lines (DESIGN.md, "The wire")
+DURATION_RANGE = (1, 86400)     # GetAgentMetrics seconds
+DEFAULT_LINES = 100
+DEFAULT_DURATION = 3600
+MAX_GREP = 1024                 # characters; a filter, not a payload
+
+POINT_FIELDS = ("timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes",
+                "disk_write_bytes", "open_files", "threads")
+
+
+class AgentService:
+    """Nodes and agents for the HTTP API: stored reads, and calls to the daemons."""
+
+    def __init__(self, nodes: NodeStore, pool: DaemonClientPool):
+        self._nodes = nodes   # the database side (fleet.manager.nodes)
+        self._pool = pool     # one channel per node, shared with every request
+
+    # ---- nodes ----
+
+    def list_nodes(self, status: Optional[str] = None,
+                   label: Optional[str | Iterable[str]] = None) -> list[dict]:
+        """Nodes, optionally only "online"/"offline" ones carrying every label "k=v"."""
+        return self._nodes.list_nodes(status or None, label or None)
+
+    def get_node(self, node_id: str) -> dict:
+        """One node; NotFound if it is unknown."""
+        return self._nodes.get_node(_node_id(node_id))
+
+    def delete_node(self, node_id: str, actor: str = "") -> None:
+        """Remove an offline node and its agents; Conflict while it is online."""
+        self._nodes.delete_node(_node_id(node_id))
+        self._pool.close(node_id)
+        log.info("node deleted: node=%s by=%s", node_id, actor or "-")
+
+    # ---- agents ----
+
+    def list_agents(self, node_id: str) -> list[dict]:
+        """The node's agents as last stored; NotFound for an unknown node."""
+        return self._nodes.list_agents(_node_id(node_id))
+
+    def sync(self, node_id: str, actor: str = "") -> list[dict]:
+        """Pull ListAgents from the node's daemon, store it as the node's agents, return them."""
+        node = self._nodes.get_node(_node_id(node_id))
+        with self._daemon(node) as daemon:
+            infos = daemon.list_agents()
+        agents = self._nodes.store_agent_infos(node_id, infos, full=True)
+        log.info("agents synced: node=%s agents=%d by=%s", node_id, len(agents), actor or "-")
+        return agents
+
+    def operate(self, node_id: str, agent_id: str, operation: str, actor: str = "") -> dict:
+        """start|stop|restart one agent on its daemon; the stored agent afterwards."""
+        node_id, agent_id = _node_id(node_id), _agent_id(agent_id)
+        if not isinstance(operation, str) or operation not in OPERATIONS:
+            shown = operation[:64] if isinstance(operation, str) else operation
+            raise errors.InvalidArgument(
+                f"operation must be one of {', '.join(OPERATIONS)}, not {shown!r}")
+        node = self._node_with_agent(node_id, agent_id)
+        log.info("operate: node=%s agent=%s op=%s by=%s", node_id, agent_id, operation,
+                 actor or "-")
+        with self._daemon(node) as daemon:
+            info = daemon.operate(agent_id, operation)
+        agent = self._nodes.update_agent(node_id, info)
+        log.info("operated: node=%s agent=%s op=%s status=%s pid=%s", node_id, agent_id,
+                 operation, agent["status"], agent["pid"])
+        return agent
+
+    def logs(self, node_id: str, agent_id: str, lines: int = DEFAULT_LINES,
+             grep: str = "") -> dict:
+        """{"lines": [...], "truncated": bool}: the agent's last `lines` log lines."""
+        node_id, agent_id = _node_id(node_id), _agent_id(agent_id)
+        lines = _in_range("lines", lines, LINES_RANGE)
+        if not isinstance(grep, str) or len(grep) > MAX_GREP or "\x00" in grep:
+            raise errors.InvalidArgument(f"grep must be text of at most {MAX_GREP} characters")
+        node = self._node_with_agent(node_id, agent_id)
+        with self._daemon(node) as daemon:
+            found, truncated = daemon.logs(agent_id, lines, grep)
+        return {"lines": found, "truncated": truncated}
+
+    def metrics(self, node_id: str, agent_id: str, duration: int = DEFAULT_DURATION) -> list[dict]:
+        """The agent's resource samples of the last `duration` seconds, oldest first."""
+        node_id, agent_id = _node_id(node_id), _agent_id(agent_id)
+        duration = _in_range("duration", duration, DURATION_RANGE)
+        node = self._node_with_agent(node_id, agent_id)
+        with self._daemon(node) as daemon:
+            points = daemon.metrics(agent_id, duration)
+        return [{name: getattr(point, name) for name in POINT_FIELDS} for point in points]
+
+    # ---- helpers ----
+
+    def _node_with_agent(self, node_id: str, agent_id: str) -> dict:
+        """The node, once the database knows both it and the agent (else NotFound)."""
+        self._nodes.get_agent(node_id, agent_id)
+        return self._nodes.get_node(node_id)
+
+    def _daemon(self, node: dict):
+        """A pool lease on the node's daemon client (a context manager)."""
+        address = node.get("advertise_address") or ""
+        if not address:
+            raise errors.Unavailable(f"node {node['node_id']!r} has no address to dial")
+        return self._pool.client(node["node_id"], address)
+
+
+def _node_id(node_id: str) -> str:
+    # An id that breaks the rule cannot name a stored node: NotFound, shown cut short.
+    if not isinstance(node_id, str) or not valid_node_id(node_id):
+        raise errors.NotFound(f"node {str(node_id)[:130]!r} not found")
+    return node_id
+
+
+def _agent_id(agent_id: str) -> str:
+    if not isinstance(agent_id, str) or not valid_agent_id(agent_id):
+        raise errors.NotFound(f"agent {str(agent_id)[:66]!r} not found")
+    return agent_id
+
+
+def _in_range(name: str, value: int, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise errors.InvalidArgument(f"{name} must be an integer from {low} to {high}")
+    return value
+

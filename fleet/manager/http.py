@@ -1,0 +1,262 @@
+"""The HTTP API: a thin bottle app that translates JSON requests into AgentService calls.
+
+`make_app(agent_service, auth)` builds a fresh bottle.Bottle (never bottle's
+default app). One plugin wraps every route: it checks the bearer token
+(unless the route is public), turns the handler's dict into a JSON response,
+and turns every failure into the error envelope
+`{"error": {"code": ..., "message": ...}}` with the status of
+fleet.errors.HTTP_STATUS. A bug becomes a logged traceback and a bare
+500 "internal error". Error handlers for every 4xx/5xx status replace bottle's
+HTML pages (unknown routes, wrong methods), so none ever reaches a client.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any, Callable, Optional
+
+import bottle
+
+from fleet import errors
+from fleet.manager import openapi
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+JSON_TYPE = "application/json"
+API = "/api/v1"
+
+# The envelope's code for statuses bottle raises itself (unknown route, method...).
+STATUS_CODES = {400: "invalid_argument", 401: "unauthenticated", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+                429: "resource_exhausted", 500: "internal", 502: "daemon_error",
+                503: "unavailable", 504: "deadline_exceeded"}
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+
+
+def make_app(agent_service, auth, *, max_body: int = MAX_BODY) -> bottle.Bottle:
+    """A new bottle app serving DESIGN.md's HTTP API.
+
+    `agent_service`: a fleet.manager.agents.AgentService (or alike).
+    `auth`: a fleet.manager.tokens.ApiAuth; `auth.check(header)` returns the
+    token's name or raises Unauthenticated.
+    """
+    app = bottle.Bottle()
+    app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
+    app.install(_Edge(auth))
+    routes = _Routes(agent_service, max_body, openapi.document_json())
+    for method, path, handler, public in routes.table():
+        app.route(path, method, handler, public=public)
+    for status in range(400, 600):
+        app.error(status)(_error_page)
+    return app
+
+
+class _Routes:
+    """The handlers: each reads the request, calls the service, returns a dict."""
+
+    def __init__(self, service, max_body: int, openapi_json: str):
+        self._service = service
+        self._max_body = max_body
+        self._openapi = openapi_json
+
+    def table(self) -> list[tuple[str, str, Callable, bool]]:
+        """(method, path, handler, public) for every endpoint."""
+        node, agent = API + "/nodes/<node_id>", API + "/nodes/<node_id>/agents/<agent_id>"
+        return [
+            ("GET", "/", self.index, True),
+            ("GET", "/health", self.health, True),
+            ("GET", API + "/openapi.json", self.openapi, True),
+            ("GET", API + "/nodes", self.list_nodes, False),
+            ("GET", node, self.get_node, False),
+            ("DELETE", node, self.delete_node, False),
+            ("GET", node + "/agents", self.list_agents, False),
+            ("POST", node + "/agents/sync", self.sync, False),
+            ("POST", agent + "/operate", self.operate, False),
+            ("GET", agent + "/logs", self.logs, False),
+            ("GET", agent + "/metrics", self.metrics, False),
+        ]
+
+    def index(self):
+        return {"name": "fleet", "api": API, "openapi": API + "/openapi.json"}
+
+    def health(self):
+        return {"status": "ok"}
+
+    def openapi(self):
+        return _Raw(self._openapi)
+
+    def list_nodes(self):
+        status = _query("status") or None
+        labels = [_decode("label", value) for value in bottle.request.query.getall("label")]
+        return {"nodes": self._service.list_nodes(status, labels or None)}
+
+    def get_node(self, node_id):
+        return {"node": self._service.get_node(node_id)}
+
+    def delete_node(self, node_id):
+        self._service.delete_node(node_id, actor=_actor())
+        return {"node_id": node_id, "deleted": True}
+
+    def list_agents(self, node_id):
+        return {"agents": self._service.list_agents(node_id)}
+
+    def sync(self, node_id):
+        return {"agents": self._service.sync(node_id, actor=_actor())}
+
+    def operate(self, node_id, agent_id):
+        body = _json_body(self._max_body)
+        operation = body.get("operation") if isinstance(body, dict) else None
+        if not isinstance(operation, str):
+            raise errors.InvalidArgument('body must be {"operation": "start|stop|restart"}')
+        return {"agent": self._service.operate(node_id, agent_id, operation, actor=_actor())}
+
+    def logs(self, node_id, agent_id):
+        lines = _int_query("lines", 100)
+        grep = _query("grep") or ""
+        return self._service.logs(node_id, agent_id, lines, grep)
+
+    def metrics(self, node_id, agent_id):
+        duration = _int_query("duration", 3600)
+        return {"points": self._service.metrics(node_id, agent_id, duration)}
+
+
+class _Raw(str):
+    """A body already encoded as JSON."""
+
+
+class _Edge:
+    """The plugin around every route: auth, JSON rendering, errors translated once."""
+
+    name = "fleet-edge"
+    api = 2
+
+    def __init__(self, auth):
+        self._auth = auth
+
+    def apply(self, callback: Callable, route: bottle.Route) -> Callable:
+        public = bool(route.config.get("public"))
+
+        def wrapper(*args, **kwargs):
+            try:
+                if not public:
+                    header = bottle.request.get_header("Authorization")
+                    bottle.request.environ["fleet.token_name"] = self._auth.check(header)
+                return _respond(200, callback(*args, **kwargs))
+            except errors.FleetError as exc:
+                return _fleet_error(exc)
+            except bottle.HTTPResponse:
+                raise                      # bottle's own control flow; errors get _error_page
+            except Exception:  # noqa: BLE001 - the edge: log the bug, show nothing of it
+                log.exception("internal error: %s %s", bottle.request.method,
+                              bottle.request.path[:200])
+                return _envelope(500, "internal", "internal error")
+
+        return wrapper
+
+
+# ---- requests ----
+
+def _actor() -> str:
+    """The name of the API token of this request (for the audit log)."""
+    return bottle.request.environ.get("fleet.token_name", "")
+
+
+def _decode(name: str, raw: str) -> str:
+    # bottle hands out query values latin-1 decoded; recover the UTF-8 text.
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise errors.InvalidArgument(f"query parameter {name} is not UTF-8") from None
+
+
+def _query(name: str) -> Optional[str]:
+    raw = bottle.request.query.get(name)
+    return None if raw is None else _decode(name, raw)
+
+
+def _int_query(name: str, default: int) -> int:
+    text = _query(name)
+    if text is None:
+        return default
+    if not _INTEGER.fullmatch(text.strip()):
+        raise errors.InvalidArgument(f"{name} must be an integer, not {text[:32]!r}")
+    return int(text)
+
+
+def _json_body(max_body: int) -> Any:
+    """The request body parsed as JSON whatever its Content-Type (plain `curl -d` works)."""
+    request = bottle.request
+    length = _content_length(request.environ)
+    if length > max_body:
+        raise errors.PayloadTooLarge(f"request body over {max_body} bytes")
+    stream = request.environ.get("wsgi.input")
+    if stream is None or (length < 0 and not request.chunked):
+        data = b""
+    else:
+        # Reads at most one byte past the limit, whatever the sender claims.
+        data = stream.read(max_body + 1 if length < 0 else length)
+    if len(data) > max_body:
+        raise errors.PayloadTooLarge(f"request body over {max_body} bytes")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise errors.InvalidArgument("request body is not valid JSON") from None
+
+
+def _content_length(environ: dict) -> int:
+    """The declared body length; -1 when none (chunked or empty)."""
+    text = environ.get("CONTENT_LENGTH") or ""
+    if not text:
+        return -1
+    if not text.strip().isdigit():
+        raise errors.InvalidArgument("bad Content-Length")
+    return int(text)
+
+
+# ---- responses ----
+
+def _respond(status: int, payload: Any) -> str:
+    response = bottle.response
+    response.status = status
+    response.content_type = JSON_TYPE
+    response.set_header("Cache-Control", "no-store")
+    response.set_header("X-Content-Type-Options", "nosniff")
+    if isinstance(payload, _Raw):
+        return str(payload)
+    return json.dumps(payload, separators=(",", ":")) + "\n"
+
+
+def _envelope(status: int, code: str, message: str) -> str:
+    return _respond(status, {"error": {"code": code, "message": message}})
+
+
+def _fleet_error(exc: errors.FleetError) -> str:
+    status = errors.lookup(errors.HTTP_STATUS, exc)
+    if status == 401:
+        bottle.response.set_header("WWW-Authenticate", 'Bearer realm="fleet"')
+    code = exc.code if status != 500 else "internal"
+    message = exc.message if status != 500 else "internal error"
+    if status >= 500:
+        log.warning("%s %s -> %d %s", bottle.request.method, bottle.request.path[:200],
+                    status, exc.message)
+    return _envelope(status, code, message)
+
+
+def _error_page(error: bottle.HTTPError) -> str:
+    """Every error bottle raises itself, as the JSON envelope (never its HTML page)."""
+    status = error.status_code
+    if status >= 500:
+        # Only reached when something failed outside the edge plugin.
+        log.error("internal error outside a route: %s", error.traceback or error.body)
+        return _envelope(500, "internal", "internal error")
+    request = bottle.request
+    if status == 404:
+        message = f"no such endpoint: {request.method} {request.path[:200]}"
+    elif status == 405:
+        message = f"method {request.method} not allowed on {request.path[:200]}"
+    else:
+        message = bottle.HTTP_CODES.get(status, "error").lower()
+    code = STATUS_CODES.get(status, "invalid_argument")
+    return _envelope(status, code, message)

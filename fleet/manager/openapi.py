@@ -1,0 +1,202 @@
+"""The OpenAPI 3.0 document of the HTTP API (served at /api/v1/openapi.json).
+
+Built from the same constants the code checks (id patterns, ranges, status
+names), so the document and the behaviour cannot drift apart silently; a test
+compares its paths and methods with the app's routes.
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+import fleet
+from fleet.states import State
+
+NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # config.valid_node_id
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                          # config.valid_agent_id
+AGENT_STATUSES = [s.api_name for s in State if s is not State.UNSPECIFIED]
+
+_INT = {"type": "integer", "format": "int64"}
+_TIME = {"type": "integer", "format": "int64", "nullable": True,
+         "description": "Unix milliseconds; null when unset"}
+_STR = {"type": "string"}
+
+ERRORS = {  # status: (error code, when)
+    "400": ("invalid_argument", "Bad parameter or body"),
+    "401": ("unauthenticated", "No or bad API token"),
+    "404": ("not_found", "Unknown node, agent or route"),
+    "405": ("method_not_allowed", "Method not allowed on this path"),
+    "409": ("conflict", "Refused in the agent's or daemon's state, or node online on delete"),
+    "413": ("payload_too_large", "Request body over 64 KiB"),
+    "500": ("internal", "A bug on the manager (logged, never detailed)"),
+    "502": ("daemon_error", "The daemon answered with an unexpected error"),
+    "503": ("unavailable", "The daemon is unreachable"),
+    "504": ("deadline_exceeded", "The daemon did not answer in time"),
+}
+
+
+def _obj(properties: dict, description: str = "") -> dict:
+    schema = {"type": "object", "required": list(properties), "properties": properties,
+              "additionalProperties": False}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _ref(name: str, kind: str = "schemas") -> dict:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def schemas() -> dict:
+    """The component schemas: Node, Agent, MetricPoint, Error and the bodies."""
+    node = _obj({
+        "node_id": {"type": "string", "pattern": NODE_ID_PATTERN}, "hostname": _STR, "ip": _STR,
+        "advertise_address": _STR, "os": _STR, "arch": _STR,
+        "labels": {"type": "object", "additionalProperties": _STR},
+        "daemon_version": _STR, "status": {"type": "string", "enum": ["online", "offline"]},
+        "registered_at": _INT, "last_seen": _TIME}, "A node running a fleet daemon")
+    agent = _obj({
+        "node_id": _STR, "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
+        "type": _STR, "version": _STR, "status": {"type": "string", "enum": AGENT_STATUSES},
+        "pid": {**_INT, "description": "0 when no process"}, "start_time": _TIME,
+        "restart_count": _INT, "last_exit_code": {**_INT, "description": "-1: none"},
+        "last_exit_signal": {**_INT, "description": "0: none"}, "last_error": _STR,
+        "next_retry_time": _TIME,
+        "health": {"type": "string", "enum": ["healthy", "unhealthy", "unknown"]},
+        "last_heartbeat": _TIME, "last_sync_time": _TIME}, "An agent as last stored")
+    point = _obj({
+        "timestamp": _INT, "cpu": {"type": "number", "description": "percent of one core"},
+        "memory_rss": _INT, "memory_vms": _INT, "disk_read_bytes": _INT,
+        "disk_write_bytes": _INT, "open_files": _INT, "threads": _INT})
+    error = _obj({"error": _obj({
+        "code": {"type": "string", "enum": sorted({code for code, _ in ERRORS.values()})},
+        "message": _STR})})
+    return {
+        "Node": node, "Agent": agent, "MetricPoint": point, "Error": error,
+        "NodeList": _obj({"nodes": {"type": "array", "items": _ref("Node")}}),
+        "NodeResponse": _obj({"node": _ref("Node")}),
+        "Deleted": _obj({"node_id": _STR, "deleted": {"type": "boolean"}}),
+        "AgentList": _obj({"agents": {"type": "array", "items": _ref("Agent")}}),
+        "AgentResponse": _obj({"agent": _ref("Agent")}),
+        "OperateRequest": {"type": "object", "required": ["operation"], "properties": {
+            "operation": {"type": "string", "enum": ["start", "stop", "restart"]}}},
+        "Logs": _obj({"lines": {"type": "array", "items": _STR},
+                      "truncated": {"type": "boolean"}}),
+        "Metrics": _obj({"points": {"type": "array", "items": _ref("MetricPoint")}}),
+        "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}),
+        "Index": _obj({"name": _STR, "api": _STR, "openapi": _STR}),
+    }
+
+
+def parameters() -> dict:
+    """The shared path and query parameters, with their rules and ranges."""
+    def query(name, schema, description):
+        return {"name": name, "in": "query", "required": False, "schema": schema,
+                "description": description}
+    return {
+        "NodeId": {"name": "node_id", "in": "path", "required": True,
+                   "schema": {"type": "string", "pattern": NODE_ID_PATTERN}},
+        "AgentId": {"name": "agent_id", "in": "path", "required": True,
+                    "schema": {"type": "string", "pattern": AGENT_ID_PATTERN}},
+        "Status": query("status", {"type": "string", "enum": ["online", "offline"]},
+                        "Only nodes in this status"),
+        "Label": {**query("label", {"type": "array", "items": {"type": "string",
+                                                                 "pattern": "^[^=]+=.*$"}},
+                          "Only nodes with this label, KEY=VALUE; repeat to require several"),
+                  "style": "form", "explode": True},
+        "Lines": query("lines", {"type": "integer", "minimum": 1, "maximum": 1000,
+                                 "default": 100}, "How many of the last log lines"),
+        "Grep": query("grep", {"type": "string", "maxLength": 1024, "default": ""},
+                      "Only lines containing this text"),
+        "Duration": query("duration", {"type": "integer", "minimum": 1, "maximum": 86400,
+                                       "default": 3600}, "Seconds of samples, up to now"),
+    }
+
+
+def responses() -> dict:
+    """One reusable response per error status, all with the error envelope."""
+    found = {}
+    for status, (code, when) in ERRORS.items():
+        found[code] = {"description": when,
+                       "content": {"application/json": {"schema": _ref("Error")}}}
+    found["unauthenticated"]["headers"] = {
+        "WWW-Authenticate": {"schema": {"type": "string", "example": 'Bearer realm="fleet"'}}}
+    return found
+
+
+def _op(op_id: str, summary: str, schema: str, errors: str = "", params=(), body=None,
+        public: bool = False) -> dict:
+    """One operation: 200 with `schema`, the error statuses listed in `errors`."""
+    operation = {"operationId": op_id, "summary": summary,
+                 "parameters": [_ref(p, "parameters") for p in params],
+                 "responses": {"200": {"description": "OK", "content": {
+                     "application/json": {"schema": _ref(schema)}}}}}
+    statuses = errors.split() + ([] if public else ["401", "500"])
+    for status in sorted(set(statuses)):
+        operation["responses"][status] = _ref(ERRORS[status][0], "responses")
+    if public:
+        operation["security"] = []
+    if body:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _ref(body)}},
+            "description": "Parsed as JSON whatever the Content-Type; at most 64 KiB"}
+    if not operation["parameters"]:
+        del operation["parameters"]
+    return operation
+
+
+def paths() -> dict:
+    """Every endpoint of the HTTP API."""
+    node, agent = ("NodeId",), ("NodeId", "AgentId")
+    daemon = "404 409 502 503 504"
+    return {
+        "/": {"get": _op("index", "What this server is", "Index", public=True)},
+        "/health": {"get": _op("health", "Liveness", "Health", public=True)},
+        "/api/v1/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document", "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.0 document",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/api/v1/nodes": {"get": _op("listNodes", "List nodes", "NodeList", "400",
+                                     ("Status", "Label"))},
+        "/api/v1/nodes/{node_id}": {
+            "get": _op("getNode", "One node", "NodeResponse", "404", node),
+            "delete": _op("deleteNode", "Remove an offline node and its agents", "Deleted",
+                          "404 409", node)},
+        "/api/v1/nodes/{node_id}/agents": {"get": _op(
+            "listAgents", "The node's agents as last stored", "AgentList", "404", node)},
+        "/api/v1/nodes/{node_id}/agents/sync": {"post": _op(
+            "syncAgents", "Pull the agents from the daemon and store them", "AgentList",
+            daemon, node)},
+        "/api/v1/nodes/{node_id}/agents/{agent_id}/operate": {"post": _op(
+            "operateAgent", "Start, stop or restart an agent", "AgentResponse",
+            "400 413 " + daemon, agent, body="OperateRequest")},
+        "/api/v1/nodes/{node_id}/agents/{agent_id}/logs": {"get": _op(
+            "agentLogs", "The agent's last log lines", "Logs", "400 " + daemon,
+            agent + ("Lines", "Grep"))},
+        "/api/v1/nodes/{node_id}/agents/{agent_id}/metrics": {"get": _op(
+            "agentMetrics", "The agent's resource samples", "Metrics", "400 " + daemon,
+            agent + ("Duration",))},
+    }
+
+
+def document(version: str = fleet.__version__) -> dict:
+    """The whole OpenAPI 3.0.3 document."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "fleet manager API", "version": version, "description": (
+            "Manage agents on many nodes. Every endpoint but /, /health and this document "
+            "needs `Authorization: Bearer <api token>`. Errors are "
+            '{"error":{"code":...,"message":...}}; a method a path does not serve gets 405.')},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths(),
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas(), "parameters": parameters(), "responses": responses()},
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def document_json() -> str:
+    """The document as JSON text, built once."""
+    return json.dumps(document(), indent=1, sort_keys=True) + "\n"
