@@ -1,7 +1,6 @@
 """The HTTP API end to end: real cheroot server, file SQLite, fake daemon over real gRPC."""
 import http.client
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -115,7 +114,7 @@ def test_openapi_describes_exactly_the_routes(manager):
 
 def test_openapi_document_is_valid():
     """The document passes an OpenAPI 3.0 validator."""
-    validator = pytest.importorskip("openapi_spec_validator")
+    import openapi_spec_validator as validator
     validator.validate(openapi.document())
 
 
@@ -132,7 +131,7 @@ def _resolve(schema, doc):
 
 
 def _check_schema(payload, name):
-    validators = pytest.importorskip("openapi_schema_validator")
+    import openapi_schema_validator as validators
     doc = openapi.document()
     validators.OAS30Validator(_resolve(openapi.schemas()[name], doc)).validate(payload)
 
@@ -409,8 +408,6 @@ def test_stop_closes_the_port(manager):
 
 def test_tls(manager, tmp_path):
     """With a certificate and key the server speaks HTTPS only."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=fleet",
