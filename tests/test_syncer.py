@@ -93,3 +93,23 @@ def test_manager_down_then_back_converges_and_pending_stays_bounded(tmp_path):
             truth = {s.agent_id: s.pid for s in daemon.supervisor.snapshots()}
             wait_for(lambda: all((stored(manager, i) or {}).get("pid") == pid
                                  for i, pid in truth.items()), timeout=2 * 0.5 + 1.0)  # two sync intervals, and slack
+
+
+def test_manager_refuses_calls_without_the_cluster_token(tmp_path):
+    """ManagerService answers UNAUTHENTICATED to no token or a wrong one, and stores nothing."""
+    import grpc
+    import pytest
+
+    from fleet.v1 import fleet_pb2 as pb
+    from fleet.v1 import fleet_pb2_grpc as pb_grpc
+    with started(Manager(manager_config(tmp_path))) as manager:
+        channel = grpc.insecure_channel(f"127.0.0.1:{manager.grpc_port}")
+        stub = pb_grpc.ManagerServiceStub(channel)
+        for metadata in ((), (("authorization", "Bearer not-the-token"),),
+                         (("authorization", "Bearer api-token-syncer-tests"),)):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RegisterNode(pb.RegisterNodeRequest(node_id="intruder"), metadata=metadata,
+                                  timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        channel.close()
+        assert manager.parts.nodes.list_nodes() == []
