@@ -1,21 +1,31 @@
-"""Ingest benchmark: simulated daemons reporting agent states to a real manager.
+"""Ingest and operate benchmark against the real product (`python fleet.py`).
 
     python bench/bench_ingest.py [--nodes 1000] [--agents 20] [--procs 4] [--threads 8]
-                                 [--duration 10] [--full-every 10]
+                                 [--duration 10] [--full-every 10] [--operations 50]
 
-A manager gRPC server (servicer + group-commit writer on a temporary SQLite
-file) runs in its own process; `--procs` daemon-simulator processes each own
-nodes/procs nodes and report over real gRPC, closed loop, `--threads` calls in
-flight per process. Prints agent states stored per second, report latency
-p50/p99, and, measured in the same run, the raw rate of the SQLite
-executemany upsert alone. Target: >= 20,000 states/s, p99 <= 250 ms.
+A real manager (`fleet.py --role manager`, SQLite in a temporary directory, both
+ports picked free, random API and cluster tokens) takes reports from `--procs`
+daemon-simulator processes, each owning nodes/procs nodes and reporting over real
+gRPC with the cluster token, closed loop, `--threads` calls in flight per process.
+Then, in the same run, one real daemon (`fleet.py --role daemon`) with one `sleep`
+agent joins, and `--operations` restarts of that agent are timed over the HTTP API
+on one keep-alive connection. Last, the raw rate of the SQLite executemany upsert
+alone is measured. Prints agent states stored per second, report latency p50/p99,
+HTTP operate restart median/p95 and the raw upsert rate.
+Targets: >= 20,000 states/s, p99 <= 250 ms, operate restart over HTTP <= 25 ms median.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import http.client
 import json
 import os
 import pathlib
+import re
+import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -28,50 +38,134 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
+
 from fleet.v1 import fleet_pb2 as pb  # noqa: E402
 
-DEADLINE = 5.0
+DEADLINE = 5.0          # per gRPC report
+START_TIMEOUT = 30.0    # for a process to listen, for the agent to be listed
+STOP_TIMEOUT = 15.0     # after SIGTERM, before SIGKILL
+TOKEN_ENV = "BENCH_CLUSTER_TOKEN"   # how the simulators get the cluster token
+NODE, AGENT = "bench-node", "sleeper"
 
 
-# ---- the manager process ---------------------------------------------------
+@dataclasses.dataclass
+class Manager:
+    proc: subprocess.Popen
+    grpc: str           # HOST:PORT as logged
+    http: str
+    api_token: str
+    cluster_token: str
 
-def launch_manager(db_path: pathlib.Path) -> tuple[subprocess.Popen, str]:
-    """Start a manager on db_path with gRPC on a free port; (process, HOST:PORT).
 
-    The one place to swap for `python fleet.py --role manager --db sqlite:///...
-    --grpc 127.0.0.1:0` once the CLI exists: it logs the same `listening grpc=` line.
+@dataclasses.dataclass
+class Ingest:
+    results: list[dict]     # one {"latencies", "errors"} per simulator process
+    elapsed: float
+    cpu_seconds: float      # the manager's, during the run
+
+
+# ---- the real processes ------------------------------------------------------
+
+def write_private(path: pathlib.Path, text: str) -> None:
+    """Write a config file holding tokens, readable by its owner only."""
+    path.touch(mode=0o600)
+    path.write_text(text)
+
+
+def spawn(role: str, config: pathlib.Path, log_path: pathlib.Path) -> subprocess.Popen:
+    """Start `python fleet.py --role ROLE --config CONFIG`, its output going to log_path.
+
+    FLEET_* variables are dropped: they would beat the config file.
     """
-    command = [sys.executable, __file__, "--serve", str(db_path)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, close_fds=True, cwd=ROOT)
-    for line in proc.stderr:
-        if "listening grpc=" in line:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep it drained
-            return proc, line.strip().split("listening grpc=")[1].split()[0]
-    raise RuntimeError(f"manager exited before listening (status {proc.wait()})")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    command = [sys.executable, str(ROOT / "fleet.py"), "--role", role, "--config", str(config)]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env=env, cwd=ROOT, start_new_session=True, close_fds=True)
 
 
-def serve(db_path: str) -> None:
-    """The manager side: servicer + writer until SIGTERM; prints writer stats as JSON."""
-    from fleet.manager.db import migrate, open_database
-    from fleet.manager.servicer import build_manager
-    from fleet.rpc import create_server
+def wait_for_listening(proc: subprocess.Popen, log_path: pathlib.Path, key: str) -> str:
+    """HOST:PORT from the `listening KEY=` line proc logs; raises if it exits or is late."""
+    pattern = re.compile(rf"listening {key}=(\S+)")
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        match = pattern.search(log_path.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        time.sleep(0.05)
+    tail = log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"no 'listening {key}=' from {log_path.name} "
+                       f"(exit status {proc.poll()}):\n{tail}")
 
-    db = open_database(f"sqlite:///{db_path}")
-    migrate(db)
-    parts = build_manager(db)
-    parts.start()
-    server, port = create_server("127.0.0.1:0", [parts.servicer.add_to], max_workers=64)
-    server.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"listening grpc=127.0.0.1:{port}", file=sys.stderr, flush=True)
-    started = time.process_time()
-    stop.wait()
-    server.stop(grace=2).wait()
-    parts.stop()
-    print(json.dumps({"batches": parts.writer.batches, "reports": parts.writer.reports,
-                      "cpu_seconds": time.process_time() - started}), flush=True)
+
+def launch_manager(workdir: pathlib.Path, procs: list) -> Manager:
+    """Start the real manager on a fresh SQLite file, both ports free, random tokens."""
+    api_token, cluster_token = secrets.token_hex(16), secrets.token_hex(16)
+    config = workdir / "manager.toml"
+    q = json.dumps   # a JSON string is a TOML basic string
+    write_private(config, "[manager]\n"
+                          'http = "127.0.0.1:0"\n'
+                          'grpc = "127.0.0.1:0"\n'
+                          f"db = {q('sqlite:///' + str(workdir / 'fleet.db'))}\n"
+                          f"api_token = {q(api_token)}\n"
+                          f"cluster_token = {q(cluster_token)}\n")
+    log = workdir / "manager.log"
+    proc = spawn("manager", config, log)
+    procs.append(proc)
+    grpc_address = wait_for_listening(proc, log, "grpc")
+    http_address = wait_for_listening(proc, log, "http")
+    return Manager(proc, grpc_address, http_address, api_token, cluster_token)
+
+
+def launch_daemon(workdir: pathlib.Path, manager: Manager, procs: list) -> None:
+    """Start one real daemon, node NODE, with one `sleep` agent, reporting to manager."""
+    config = workdir / "daemon.toml"
+    q = json.dumps
+    write_private(config, "[daemon]\n"
+                          'listen = "127.0.0.1:0"\n'
+                          f"manager = {q(manager.grpc)}\n"
+                          f"cluster_token = {q(manager.cluster_token)}\n"
+                          f"node_id = {q(NODE)}\n"
+                          f"state_dir = {q(str(workdir / 'state'))}\n"
+                          "sync_interval = 5\n\n"
+                          "[[agents]]\n"
+                          f"id = {q(AGENT)}\n"
+                          'command = ["sleep", "100000"]\n'
+                          "start_seconds = 0.1\n"
+                          "stop_timeout = 2\n")
+    log = workdir / "daemon.log"
+    proc = spawn("daemon", config, log)
+    procs.append(proc)
+    wait_for_listening(proc, log, "grpc")
+
+
+def stop_all(procs: list[subprocess.Popen], state_dir: pathlib.Path) -> None:
+    """SIGTERM every process started, newest first (the daemon before the manager it
+    reports to); SIGKILL the group of any that outstays STOP_TIMEOUT."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)   # start_new_session: pgid == pid
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    kill_leftover_agents(state_dir)
+
+
+def kill_leftover_agents(state_dir: pathlib.Path) -> None:
+    """SIGKILL the group of any agent a daemon left running (it keeps a record of each)."""
+    for record in (state_dir / "agents").glob("*.json"):
+        try:
+            data = json.loads(record.read_text())
+            if abs(psutil.Process(data["pid"]).create_time() - data["create_time"]) < 1:
+                os.killpg(data["pgid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError, psutil.Error):
+            pass
 
 
 # ---- the simulated daemons ---------------------------------------------------
@@ -84,7 +178,7 @@ def node_states(agents: int) -> list:
                           last_heartbeat=1) for a in range(agents)]
 
 
-def reporter(stub, nodes: list[str], agents: int, full_every: int, go: threading.Event,
+def reporter(sync, nodes: list[str], agents: int, full_every: int, go: threading.Event,
              until: list[float], latencies: list[float], errors: list[str]) -> None:
     """One closed-loop sender cycling over its nodes until the deadline."""
     requests = [pb.SyncAgentStatesRequest(node_id=n, boot_id=1, states=node_states(agents))
@@ -99,7 +193,7 @@ def reporter(stub, nodes: list[str], agents: int, full_every: int, go: threading
             request.states[seq % agents].pid = seq   # something changes each time
             began = time.perf_counter()
             try:
-                stub.SyncAgentStates(request, timeout=DEADLINE)
+                sync(request)
             except Exception as exc:  # noqa: BLE001 - counted, the run goes on
                 errors.append(str(getattr(exc, "code", lambda: exc)()))
                 continue
@@ -110,24 +204,29 @@ def reporter(stub, nodes: list[str], agents: int, full_every: int, go: threading
 
 def client(address: str, first: int, count: int, agents: int, threads: int,
            full_every: int) -> None:
-    """A daemon-simulator process: register its nodes, wait for `go` on stdin, report."""
+    """A daemon-simulator process: register its nodes, wait for `go` on stdin, report.
+
+    Every call carries the cluster token (from $BENCH_CLUSTER_TOKEN) as metadata.
+    """
     from fleet.rpc import open_channel
     from fleet.v1 import fleet_pb2_grpc
 
+    metadata = (("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),)
     channel = open_channel(address)
     stub = fleet_pb2_grpc.ManagerServiceStub(channel)
     nodes = [f"bench-{i:05d}" for i in range(first, first + count)]
     for n in nodes:
-        stub.RegisterNode(pb.RegisterNodeRequest(node_id=n, boot_id=1), timeout=DEADLINE)
+        stub.RegisterNode(pb.RegisterNodeRequest(node_id=n, boot_id=1), timeout=DEADLINE,
+                          metadata=metadata)
+    sync = functools.partial(stub.SyncAgentStates, timeout=DEADLINE, metadata=metadata)
     go, until, latencies, errors = threading.Event(), [0.0], [], []
-    workers = [threading.Thread(target=reporter, args=(stub, nodes[t::threads], agents,
+    workers = [threading.Thread(target=reporter, args=(sync, nodes[t::threads], agents,
                                                        full_every, go, until, latencies, errors))
                for t in range(threads)]
     for w in workers:
         w.start()
     print("ready", flush=True)
-    duration = float(sys.stdin.readline())
-    until[0] = time.monotonic() + duration
+    until[0] = time.monotonic() + float(sys.stdin.readline())
     go.set()
     for w in workers:
         w.join()
@@ -135,20 +234,90 @@ def client(address: str, first: int, count: int, agents: int, threads: int,
     print(json.dumps({"latencies": latencies, "errors": errors}), flush=True)
 
 
-def launch_clients(address: str, args) -> list[subprocess.Popen]:
+def launch_clients(manager: Manager, args, procs: list) -> list[subprocess.Popen]:
     """Start the daemon-simulator processes, each owning nodes/procs nodes."""
     per = args.nodes // args.procs
-    procs = []
+    env = dict(os.environ, **{TOKEN_ENV: manager.cluster_token})
+    clients = []
     for p in range(args.procs):
-        command = [sys.executable, __file__, "--client", address, "--first", str(p * per),
+        command = [sys.executable, __file__, "--client", manager.grpc, "--first", str(p * per),
                    "--count", str(per), "--agents", str(args.agents),
                    "--threads", str(args.threads), "--full-every", str(args.full_every)]
-        procs.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True, start_new_session=True, close_fds=True, cwd=ROOT))
-    return procs
+        clients.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=env, cwd=ROOT,
+                                        start_new_session=True, close_fds=True))
+        procs.append(clients[-1])
+    return clients
 
 
 # ---- measurements -------------------------------------------------------------
+
+def measure_ingest(manager: Manager, args, procs: list) -> Ingest:
+    """Closed-loop reports from the simulators for args.duration seconds."""
+    clients = launch_clients(manager, args, procs)
+    for c in clients:
+        if c.stdout.readline().strip() != "ready":
+            raise RuntimeError("a simulated daemon failed to start")
+    server = psutil.Process(manager.proc.pid)
+    cpu_before = sum(server.cpu_times()[:2])
+    began = time.perf_counter()
+    for c in clients:
+        c.stdin.write(f"{args.duration}\n")
+        c.stdin.flush()
+    results = [json.loads(c.stdout.readline()) for c in clients]
+    elapsed = time.perf_counter() - began
+    cpu_seconds = sum(server.cpu_times()[:2]) - cpu_before
+    for c in clients:
+        c.wait(30)
+    return Ingest(results, elapsed, cpu_seconds)
+
+
+def http_json(conn: http.client.HTTPConnection, method: str, path: str, token: str,
+              body: dict | None = None) -> tuple[int, dict]:
+    """One request on conn with the API token; (status, decoded JSON body)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    response = conn.getresponse()
+    return response.status, json.loads(response.read() or b"{}")
+
+
+def wait_for_agent(conn: http.client.HTTPConnection, token: str) -> None:
+    """Poll the manager until it lists AGENT on NODE."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        status, body = http_json(conn, "GET", f"/api/v1/nodes/{NODE}/agents", token)
+        if status == 200 and any(a["agent_id"] == AGENT for a in body["agents"]):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the manager never listed {NODE}/{AGENT}: {status} {body}")
+        time.sleep(0.1)
+
+
+def measure_operate(manager: Manager, count: int) -> tuple[list[float], list[str]]:
+    """Seconds per HTTP restart of AGENT, `count` round trips on one keep-alive
+    connection; (latencies of the successful ones, failures)."""
+    host, port = manager.http.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=60)
+    path = f"/api/v1/nodes/{NODE}/agents/{AGENT}/operate"
+    latencies, failures = [], []
+    try:
+        wait_for_agent(conn, manager.api_token)
+        for _ in range(count):
+            began = time.perf_counter()
+            status, body = http_json(conn, "POST", path, manager.api_token,
+                                     {"operation": "restart"})
+            if status == 200:
+                latencies.append(time.perf_counter() - began)
+            else:
+                failures.append(f"{status} {body.get('error', {}).get('code')}")
+    finally:
+        conn.close()
+    return latencies, failures
+
 
 def raw_upsert_rate(workdir: pathlib.Path, nodes: int, agents: int) -> float:
     """Rows/s of the prepared agent upsert via executemany, 20,000 rows per transaction."""
@@ -173,64 +342,69 @@ def raw_upsert_rate(workdir: pathlib.Path, nodes: int, agents: int) -> float:
 
 
 def stored_rows(db_path: pathlib.Path) -> int:
-    """How many agent rows the manager's database holds after the run."""
+    """How many simulated agent rows the manager's database holds after the run."""
     import sqlite3
     with sqlite3.connect(db_path) as conn:
-        return conn.execute("SELECT COUNT(*) FROM agent").fetchone()[0]
+        return conn.execute("SELECT COUNT(*) FROM agent WHERE node_id != ?",
+                            (NODE,)).fetchone()[0]
 
 
 def run(args) -> None:
-    """Run one benchmark and print its figures."""
+    """Run one benchmark and print its figures; no process outlives it."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-    manager, address = launch_manager(workdir / "manager.db")
-    clients = launch_clients(address, args)
+    procs: list[subprocess.Popen] = []
     try:
-        for c in clients:
-            if c.stdout.readline().strip() != "ready":
-                raise RuntimeError("a simulated daemon failed to start")
-        began = time.perf_counter()
-        for c in clients:
-            c.stdin.write(f"{args.duration}\n")
-            c.stdin.flush()
-        results = [json.loads(c.stdout.readline()) for c in clients]
-        elapsed = time.perf_counter() - began
+        manager = launch_manager(workdir, procs)
+        ingest = measure_ingest(manager, args, procs)
+        launch_daemon(workdir, manager, procs)    # after the ingest run: not to disturb it
+        operate = measure_operate(manager, args.operations)
+    except BaseException:
+        print(f"benchmark failed; logs kept in {workdir}", file=sys.stderr)
+        raise
     finally:
-        for c in clients:
-            c.wait(30)
-        manager.send_signal(signal.SIGTERM)
-        stats = json.loads(manager.stdout.readline() or "{}")
-        manager.wait(30)
-    report(args, results, elapsed, stats, stored_rows(workdir / "manager.db"),
-           raw_upsert_rate(workdir, args.nodes, args.agents))
+        stop_all(procs, workdir / "state")
+    report_ingest(args, ingest, stored_rows(workdir / "fleet.db"))
+    report_operate(*operate)
+    print(f"raw SQLite executemany upsert: "
+          f"{raw_upsert_rate(workdir, args.nodes, args.agents):,.0f} rows/s")
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(args, results, elapsed, stats, rows, raw_rate) -> None:
-    """Print the figures of one run."""
-    latencies = sorted(x for r in results for x in r["latencies"])
-    errors = [e for r in results for e in r["errors"]]
+def report_ingest(args, ingest: Ingest, rows: int) -> None:
+    """Print the figures of the ingest run."""
+    latencies = sorted(x for r in ingest.results for x in r["latencies"])
+    errors = [e for r in ingest.results for e in r["errors"]]
     if not latencies:
         print(f"no report succeeded; errors: {errors[:5]}")
         return
     quantiles = statistics.quantiles(latencies, n=100)
-    states = len(latencies) * args.agents
+    elapsed = ingest.elapsed
     print(f"nodes={args.nodes} agents/node={args.agents} procs={args.procs} "
           f"in-flight={args.procs * args.threads} duration={elapsed:.1f}s")
     print(f"reports ok={len(latencies)} failed={len(errors)} {sorted(set(errors))[:3]}")
-    print(f"agent states stored/s: {states / elapsed:,.0f}  "
+    print(f"agent states stored/s: {len(latencies) * args.agents / elapsed:,.0f}  "
           f"(reports/s {len(latencies) / elapsed:,.0f})")
     print(f"report latency ms: p50={quantiles[49] * 1000:.1f} p99={quantiles[98] * 1000:.1f} "
           f"max={latencies[-1] * 1000:.1f}")
-    if stats:
-        print(f"group commit: {stats['reports']} reports in {stats['batches']} transactions "
-              f"({stats['reports'] / max(stats['batches'], 1):.1f}/txn); manager CPU "
-              f"{stats['cpu_seconds'] / elapsed * 100:.0f}% of one core")
+    print(f"manager CPU during the run: {ingest.cpu_seconds / elapsed * 100:.0f}% of one core")
     expected = args.nodes // args.procs * args.procs * args.agents
     print(f"agent rows stored: {rows} (expected {expected})")
-    print(f"raw SQLite executemany upsert: {raw_rate:,.0f} rows/s")
+
+
+def report_operate(latencies: list[float], failures: list[str]) -> None:
+    """Print the HTTP operate figure."""
+    if failures:
+        print(f"HTTP operate restart failures: {len(failures)} {sorted(set(failures))[:3]}")
+    if len(latencies) < 2:
+        print("HTTP operate restart: too few successful round trips to measure")
+        return
+    p95 = statistics.quantiles(latencies, n=20)[18]
+    print(f"HTTP operate restart: median {statistics.median(latencies) * 1000:.1f} ms, "
+          f"p95 {p95 * 1000:.1f} ms ({len(latencies)} round trips)")
 
 
 def main() -> None:
-    """Run the benchmark, or one of its child roles (--serve, --client)."""
+    """Run the benchmark, or its daemon-simulator child role (--client)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=20)
@@ -238,14 +412,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--full-every", type=int, default=10)
-    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--operations", type=int, default=50)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        serve(args.serve)
-    elif args.client:
+    if args.client:
         client(args.client, args.first, args.count, args.agents, args.threads, args.full_every)
     else:
         run(args)
