@@ -13,15 +13,7 @@ from hypothesis import strategies as st
 from fleet.daemon import logs
 from fleet.daemon.logs import LogKeeper, rotate_if_needed, tail
 from fleet.errors import InvalidArgument
-
-
-def wait_for(predicate, timeout=5.0, interval=0.01):
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(interval)
+from tests.helpers import wait_for
 
 
 def write(path, data: bytes, mode="ab"):

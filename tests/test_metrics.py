@@ -12,17 +12,9 @@ import pytest
 from fleet.daemon import metrics
 from fleet.daemon.metrics import DataPoint, Ring, Sampler, ring_capacity
 from fleet.errors import InvalidArgument
+from tests.helpers import wait_for
 
 MB = 1_000_000
-
-
-def wait_for(predicate, timeout=10.0, interval=0.02):
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def point(ts, n=0):

@@ -21,6 +21,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 
+from fleet.daemon.periodic import Periodic
 from fleet.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,7 @@ class LogKeeper:
         self._interval = check_interval          # seconds between size checks
         self._lock = threading.Lock()            # guards _limits
         self._limits: dict[str, tuple[int, int]] = {}  # agent id -> (max_bytes, backups)
-        self._stop = threading.Event()           # set by stop(); wakes the thread at once
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("fleet-logs", check_interval, lambda: self.rotate_all())
         os.makedirs(logs_dir, mode=0o750, exist_ok=True)
 
     def path_for(self, agent_id: str) -> str:
@@ -303,22 +303,8 @@ class LogKeeper:
 
     def start(self) -> None:
         """Start the rotation thread; a second call while running does nothing."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="fleet-logs", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the rotation thread at once; safe to call twice or before start."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.rotate_all()
-            except Exception:  # rotate_all catches per agent; this is the last net
-                log.exception("log rotation pass failed")
+        self._periodic.stop(timeout)

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import psutil
 
+from fleet.daemon.periodic import Periodic
 from fleet.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,9 @@ class Sampler:
         self._lock = threading.Lock()                  # guards _rings and _procs
         self._rings: dict[str, Ring] = {}              # agent id -> history
         self._procs: dict[str, psutil.Process] = {}    # agent id -> watched process
-        self._stop = threading.Event()                 # set by stop(); wakes the thread
-        self._thread: threading.Thread | None = None
+        # The first sweep runs at once, then one every interval.
+        self._periodic = Periodic("fleet-metrics", interval, lambda: self.sample_once(),
+                                  first_delay=0.0)
 
     def watch(self, agent_id: str, pid: int) -> None:
         """Start sampling ``pid`` for ``agent_id`` (replacing any previous pid)."""
@@ -223,31 +225,11 @@ class Sampler:
 
     def start(self) -> None:
         """Start the sampling thread; a second call while running does nothing."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="fleet-metrics", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the sampling thread at once; safe to call twice or before start."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        # Deadlines, not sleeps: sweeps stay on a fixed grid however long each takes.
-        deadline = time.monotonic()
-        while not self._stop.wait(max(0.0, deadline - time.monotonic())):
-            try:
-                self.sample_once()
-            except Exception:
-                log.exception("metrics sweep failed")
-            deadline += self.interval
-            now = time.monotonic()
-            if deadline < now:  # fell behind (suspend, huge sweep): skip, do not burst
-                deadline = now + self.interval
+        self._periodic.stop(timeout)
 
 
 def _new_process(agent_id: str, pid: int) -> psutil.Process | None:
