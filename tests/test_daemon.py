@@ -180,3 +180,17 @@ def test_clean_stop_leaves_no_agent(tmp_path):
         wait_for(lambda: psutil.Process(pids[1]).children())
         group = pids + [c.pid for c in psutil.Process(pids[1]).children()]
     wait_for(lambda: not [p for p in group if alive(p)], timeout=2)
+
+
+def test_shutdown_stops_many_stubborn_agents_in_parallel(tmp_path):
+    """40 TERM-ignoring agents stop within one stop_timeout (+2 s), not one after another."""
+    stubborn = [sys.executable, "-c", "import signal, time\n"
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)"]
+    agents = [agent(f"s{i}", stubborn, stop_timeout=1) for i in range(40)]
+    with running_daemon(tmp_path, agents) as (node, _):
+        pids = [wait_for(lambda i=i: running_pid(node, f"s{i}"), timeout=20) for i in range(40)]
+        began = time.monotonic()
+        node.supervisor.stop_all()
+        took = time.monotonic() - began
+    assert took < 1 + 2, took
+    wait_for(lambda: not [p for p in pids if alive(p)], timeout=2)

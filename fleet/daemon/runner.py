@@ -81,23 +81,25 @@ class Runner:
                 self._locked(lambda p, now: p.start(now))
             return self.snapshot()
 
-    def stop_for_shutdown(self) -> Snapshot:
-        """Stop the agent during shutdown (no later operation is taken)."""
+    def begin_shutdown(self) -> None:
+        """Refuse later operations and send the stop signal; do not wait."""
         with self.ops_lock:
             self.refuse_operations = True
-            self._stop()
-            return self.snapshot()
+            self._locked(lambda p, now: p.stop(now))
 
     def _stop(self) -> None:
-        program = self.program
         self._locked(lambda p, now: p.stop(now))
-        deadline = program.ops.monotonic() + STOP_WAIT_SECONDS
+        self.wait_stopped(self.program.ops.monotonic() + STOP_WAIT_SECONDS)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait until the agent is no longer STOPPING, or the deadline passes."""
+        program = self.program
         with program.lock:
             while program.state is State.STOPPING:
                 remaining = deadline - program.ops.monotonic()
                 if remaining <= 0:
-                    log.warning("%s: still stopping after %ss", program.config.id,
-                                STOP_WAIT_SECONDS)
+                    log.warning("%s: still stopping pid=%s", program.config.id,
+                                program.child.pid if program.child else 0)
                     break
                 program.lock.wait(remaining)
 

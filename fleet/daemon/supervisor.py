@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent import futures
 from typing import Callable
 
 from fleet.config import AgentConfig
@@ -88,12 +87,17 @@ class Supervisor:
         self.ops.close(child)
 
     def stop_all(self) -> None:
-        """Stop every agent in parallel; returns when all are stopped (or given up)."""
-        if not self.runners:
-            return
-        with futures.ThreadPoolExecutor(min(32, len(self.runners)),
-                                        thread_name_prefix="fleet-stop") as pool:
-            list(pool.map(lambda runner: runner.stop_for_shutdown(), self.runners.values()))
+        """Stop every agent in parallel: signal them all, then wait for them all.
+
+        Each agent is SIGKILLed after its own stop_timeout, so this returns within
+        the largest stop_timeout (plus a little), however many agents there are.
+        """
+        for runner in self.runners.values():
+            runner.begin_shutdown()
+        longest = max((r.program.config.stop_timeout for r in self.runners.values()), default=0)
+        deadline = self.ops.monotonic() + longest + 2.0
+        for runner in self.runners.values():
+            runner.wait_stopped(deadline)
 
     def close(self) -> None:
         """End the runner threads; agents' processes are left as they are."""
