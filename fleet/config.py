@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import signal
+import ssl
 import sys
 from typing import Any, Callable
 
@@ -45,7 +46,8 @@ class TLSConfig:
     cert: str = ""
     key: str = ""
     ca: str = ""            # daemon: the CA that signed the manager's certificate
-    client_ca: str = ""     # manager: the CA that signs daemons' certificates (mTLS)
+    client_ca: str = ""     # manager: the CA that signs daemons' certificates (client
+                            # and server: the manager dials daemons trusting it too)
     server_name: str = ""
 
 
@@ -96,6 +98,8 @@ class ManagerConfig:
     grpc: str = "0.0.0.0:9090"
     db: str = "sqlite:///fleet.db"
     offline_after: float = 90.0
+    daemon_timeout: float = 10.0       # deadline of each call to a daemon but operate
+    operate_timeout: float = 30.0      # deadline of an operate (a stop may take stop_timeout)
     api_tokens: tuple[tuple[str, str], ...] = ()   # (name, token)
     cluster_token: str = ""
     metrics_public: bool = False
@@ -291,6 +295,12 @@ def read_token(reader: _Reader, key: str) -> str:
 # ---- sections ----
 
 def read_tls(parent: _Reader, keys: tuple[str, ...]) -> TLSConfig | None:
+    """The `[<section>.tls]` table: cert and key required, every PEM file usable.
+
+    Files are checked here so that a missing, unreadable or mismatched one is a
+    config error naming its key (exit 2), not a traceback or a vague "cannot
+    listen" from the TLS library later.
+    """
     parent.seen.add("tls")
     if "tls" not in parent.table:
         return None
@@ -300,7 +310,43 @@ def read_tls(parent: _Reader, keys: tuple[str, ...]) -> TLSConfig | None:
     for key in ("cert", "key"):
         if not values.get(key):
             reader.fail(key, "required when TLS is configured")
+    _check_tls_files(reader, values)
     return TLSConfig(**values)
+
+
+def _check_tls_files(reader: _Reader, values: dict[str, str]) -> None:
+    """Fail the key of each PEM file that cannot be read or does not hold what it should."""
+    usable = {}
+    for key in ("cert", "key", "ca", "client_ca"):
+        path = values.get(key, "")
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                usable[key] = path
+        except OSError as exc:
+            reader.fail(key, f"cannot read {path}: {exc.strerror}")
+    for key in ("cert", "ca", "client_ca"):
+        if key in usable:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=usable[key])
+            except ssl.SSLError:
+                reader.fail(key, f"{usable[key]} holds no PEM certificate")
+                usable.pop(key)
+    if "cert" in usable and "key" in usable:
+        _check_key(reader, usable["cert"], usable["key"])
+
+
+def _check_key(reader: _Reader, cert: str, key: str) -> None:
+    """Fail `key` unless it is the unencrypted PEM private key of cert."""
+    try:
+        # The password callback stops OpenSSL prompting on the terminal for an
+        # encrypted key (gRPC could not use one either).
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        why = "does not match cert" if exc.reason == "KEY_VALUES_MISMATCH" \
+            else "is not an unencrypted PEM private key"
+        reader.fail("key", f"{key} {why}")
 
 
 def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
@@ -317,6 +363,10 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
         grpc=r.get("grpc", ManagerConfig.grpc, to_address),
         db=r.get("db", ManagerConfig.db, to_db_url),
         offline_after=r.get("offline_after", 90.0, lambda v: to_seconds(v, 0.1)),
+        daemon_timeout=r.get("daemon_timeout", ManagerConfig.daemon_timeout,
+                             lambda v: to_seconds(v, 0.1)),
+        operate_timeout=r.get("operate_timeout", ManagerConfig.operate_timeout,
+                              lambda v: to_seconds(v, 0.1)),
         api_tokens=tuple(tokens),
         cluster_token=read_token(r, "cluster_token"),
         metrics_public=r.get("metrics_public", False, to_bool),

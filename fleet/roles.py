@@ -10,7 +10,8 @@ import dataclasses
 import logging
 from typing import Callable
 
-from fleet.config import Config, join_address
+from fleet.config import Config, TLSConfig, join_address
+from fleet.rpc import as_client
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,17 @@ def run_manager(config: Config, wait: Callable[[], None]) -> int:
     return 0
 
 
+def local_daemon_tls(config: Config) -> TLSConfig | None:
+    """[daemon.tls] if set, else the manager's own material turned toward it.
+
+    A TLS manager refuses plaintext, so the local daemon must speak TLS too;
+    borrowing the manager's cert/key and client_ca (the cluster CA) needs no
+    second set of files. The manager's certificate must then be valid for
+    127.0.0.1, the address the local daemon dials and advertises.
+    """
+    return config.daemon.tls or as_client(config.manager.tls)
+
+
 def run_all(config: Config, wait: Callable[[], None]) -> int:
     """A manager and a local daemon reporting to it, in one process."""
     from fleet.daemon.app import Daemon
@@ -65,7 +77,8 @@ def run_all(config: Config, wait: Callable[[], None]) -> int:
         manager.start()
         local = join_address("127.0.0.1", manager.grpc_port)
         daemon_config = dataclasses.replace(config.daemon, managers=(local,),
-                                            cluster_token=manager.cluster_token)
+                                            cluster_token=manager.cluster_token,
+                                            tls=local_daemon_tls(config))
         daemon = Daemon(dataclasses.replace(config, daemon=daemon_config),
                         listen_label="daemon-grpc")
         daemon.start()

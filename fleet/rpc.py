@@ -3,6 +3,9 @@
 Servicers stay thin: they convert protos and call a service; `translate`
 turns FleetError into a status once, here. Both directions carry the cluster
 token as `authorization: Bearer <token>` metadata, compared in constant time.
+TLS settings are read in two shapes: a server's (cert, key, client_ca) and a
+client's (cert, key, ca, server_name); `as_client`/`as_server` turn one into
+the other, and only create_server/open_channel build credentials from them.
 """
 from __future__ import annotations
 
@@ -83,6 +86,31 @@ class _Details(grpc.ClientCallDetails):
         self.credentials = base.credentials
         self.wait_for_ready = getattr(base, "wait_for_ready", None)
         self.compression = getattr(base, "compression", None)
+
+
+def as_client(tls: TLSConfig | None) -> TLSConfig | None:
+    """Server-side TLS ([manager.tls]) turned into the settings to dial a peer with.
+
+    One cluster CA signs every certificate, so the CA that vouches for the
+    peers' client certificates (client_ca) also vouches for their server
+    certificates: the manager dials daemons, and a local daemon under
+    --role all dials its manager, presenting cert/key and trusting client_ca.
+    An empty client_ca leaves ca empty: gRPC's default roots verify the peer.
+    """
+    if tls is None:
+        return None
+    return TLSConfig(cert=tls.cert, key=tls.key, ca=tls.client_ca, server_name=tls.server_name)
+
+
+def as_server(tls: TLSConfig | None) -> TLSConfig | None:
+    """Client-side TLS ([daemon.tls]) turned into the settings to serve with.
+
+    The daemon serves with its own cert/key and, when ca is set, requires
+    client certificates signed by it: only the cluster's manager may call.
+    """
+    if tls is None:
+        return None
+    return TLSConfig(cert=tls.cert, key=tls.key, client_ca=tls.ca)
 
 
 def _read(path: str) -> bytes:

@@ -15,7 +15,7 @@ from fleet.daemon.service import DaemonServicer
 from fleet.daemon.statedir import StateDir
 from fleet.daemon.supervisor import Supervisor
 from fleet.daemon.syncer import StateSyncer
-from fleet.rpc import create_server
+from fleet.rpc import as_server, create_server
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
 
@@ -55,7 +55,7 @@ class Daemon:
         self._servicer = DaemonServicer(self.node_id, self.supervisor, self._logs, self._sampler)
         self._server, self.port = create_server(
             cfg.listen, [lambda s: pb_grpc.add_DaemonServiceServicer_to_server(self._servicer, s)],
-            token=cfg.cluster_token, tls=cfg.tls)
+            token=cfg.cluster_token, tls=as_server(cfg.tls))
         self.supervisor.start()
         self._logs.start()
         self._sampler.start()

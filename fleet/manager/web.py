@@ -8,9 +8,11 @@ so the caller can log `listening http=HOST:PORT` before serving.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Callable, Optional
 
+from cheroot import errors as cheroot_errors
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
@@ -37,7 +39,7 @@ class HttpServer:
         self._server.expiration_interval = 0.1
         self._server.max_request_header_size = MAX_HEADER_BYTES
         if tls:
-            self._server.ssl_adapter = BuiltinSSLAdapter(tls.cert, tls.key)
+            self._server.ssl_adapter = _TLSAdapter(tls.cert, tls.key)
         self._server.prepare()                # binds now: OSError if the port is taken
         self.host = host
         self.port: int = self._server.bind_addr[1]   # the real port, also for port 0
@@ -70,6 +72,48 @@ class HttpServer:
         self._server.stop()
         if self._thread is not None:
             self._thread.join(SHUTDOWN_SECONDS + 1)
+
+
+PLAIN_HTTP_ANSWER = (b"The client sent a plain HTTP request, "
+                     b"but this server only speaks HTTPS on this port.")   # cheroot's words
+_TLS_HANDSHAKE = b"\x16"   # the first byte of every TLS ClientHello record
+
+
+class _TLSAdapter(BuiltinSSLAdapter):
+    """cheroot's stdlib-ssl adapter, answering plain HTTP with a readable 400.
+
+    When a handshake fails the ssl module closes the socket itself, so the
+    400 cheroot means to send never leaves and the client sees a bare
+    connection reset (cheroot's own tests expect that). Peeking at the first
+    byte lets us answer before any TLS is attempted.
+    """
+
+    def wrap(self, sock):
+        try:
+            first = sock.recv(1, socket.MSG_PEEK)
+        except OSError as exc:
+            raise cheroot_errors.FatalSSLAlert(*exc.args) from exc
+        if first and first != _TLS_HANDSHAKE:
+            _answer_plain_http(sock)
+            raise cheroot_errors.FatalSSLAlert("plain HTTP on the HTTPS port: answered 400")
+        return super().wrap(sock)
+
+
+def _answer_plain_http(sock: socket.socket) -> None:
+    """Send a plain 400 and close, reading first what arrived (a close with unread
+    bytes sends a reset, which makes the client drop our answer unread)."""
+    head = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(PLAIN_HTTP_ANSWER))
+    try:
+        sock.sendall(head + PLAIN_HTTP_ANSWER)
+        sock.shutdown(socket.SHUT_WR)
+        sock.setblocking(False)
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass   # gone, or nothing more to read now: either way we are done
+    finally:
+        sock.close()
 
 
 def serve_http(app: Callable, address: str, tls: Optional[TLSConfig] = None,
