@@ -3,16 +3,19 @@
 It validates ids and parameters, checks in the database that the node (and
 agent) exists before calling a daemon, dials the node's advertise_address
 through the DaemonClientPool, and stores what an operate or sync brings back
-at once. It imports neither bottle nor servicer code: the HTTP layer is a thin
+at once. Operate, sync and node deletion are written to the AuditLog, if given.
+It imports neither bottle nor servicer code: the HTTP layer is a thin
 translator around it, and every failure is a FleetError kind.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Iterable, Optional
 
 from fleet import errors
 from fleet.config import valid_agent_id, valid_node_id
+from fleet.manager.audit import DEFAULT_LIMIT, LIMIT_RANGE, AuditLog
 from fleet.manager.nodes import NodeStore
 from fleet.manager.pool import DaemonClientPool
 
@@ -32,9 +35,11 @@ POINT_FIELDS = ("timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes
 class AgentService:
     """Nodes and agents for the HTTP API: stored reads, and calls to the daemons."""
 
-    def __init__(self, nodes: NodeStore, pool: DaemonClientPool):
+    def __init__(self, nodes: NodeStore, pool: DaemonClientPool,
+                 audit: Optional[AuditLog] = None):
         self._nodes = nodes   # the database side (fleet.manager.nodes)
         self._pool = pool     # one channel per node, shared with every request
+        self._audit = audit   # records operate, sync and delete; None: not recorded
 
     # ---- nodes ----
 
@@ -48,10 +53,19 @@ class AgentService:
         return self._nodes.get_node(_node_id(node_id))
 
     def delete_node(self, node_id: str, actor: str = "") -> None:
-        """Remove an offline node and its agents; Conflict while it is online."""
-        self._nodes.delete_node(_node_id(node_id))
+        """Remove an offline node and its agents; Conflict while it is online. Audited."""
+        with self._audited(actor, _node_id(node_id), None, "delete"):
+            self._nodes.delete_node(node_id)
         self._pool.close(node_id)
         log.info("node deleted: node=%s by=%s", node_id, actor or "-")
+
+    # ---- audit ----
+
+    def audit(self, node: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
+        """Audit entries newest first; `node` filters (malformed: NotFound, like paths)."""
+        node = _node_id(node) if node else None
+        limit = _in_range("limit", limit, LIMIT_RANGE)
+        return self._audit.list(node, limit) if self._audit is not None else []
 
     # ---- agents ----
 
@@ -60,27 +74,32 @@ class AgentService:
         return self._nodes.list_agents(_node_id(node_id))
 
     def sync(self, node_id: str, actor: str = "") -> list[dict]:
-        """Pull ListAgents from the node's daemon, store it as the node's agents, return them."""
-        node = self._nodes.get_node(_node_id(node_id))
-        with self._daemon(node) as daemon:
-            infos = daemon.list_agents()
-        agents = self._nodes.store_agent_infos(node_id, infos, full=True)
+        """Pull the daemon's ListAgents, store them as the node's agents, return them (audited)."""
+        with self._audited(actor, _node_id(node_id), None, "sync"):
+            node = self._nodes.get_node(node_id)
+            with self._daemon(node) as daemon:
+                infos = daemon.list_agents()
+            agents = self._nodes.store_agent_infos(node_id, infos, full=True)
         log.info("agents synced: node=%s agents=%d by=%s", node_id, len(agents), actor or "-")
         return agents
 
     def operate(self, node_id: str, agent_id: str, operation: str, actor: str = "") -> dict:
-        """start|stop|restart one agent on its daemon; the stored agent afterwards."""
+        """start|stop|restart one agent on its daemon; the stored agent afterwards.
+
+        Audited, failures too, once the ids and the operation are well-formed.
+        """
         node_id, agent_id = _node_id(node_id), _agent_id(agent_id)
         if not isinstance(operation, str) or operation not in OPERATIONS:
             shown = operation[:64] if isinstance(operation, str) else operation
             raise errors.InvalidArgument(
                 f"operation must be one of {', '.join(OPERATIONS)}, not {shown!r}")
-        node = self._node_with_agent(node_id, agent_id)
         log.info("operate: node=%s agent=%s op=%s by=%s", node_id, agent_id, operation,
                  actor or "-")
-        with self._daemon(node) as daemon:
-            info = daemon.operate(agent_id, operation)
-        agent = self._nodes.update_agent(node_id, info)
+        with self._audited(actor, node_id, agent_id, operation):
+            node = self._node_with_agent(node_id, agent_id)
+            with self._daemon(node) as daemon:
+                info = daemon.operate(agent_id, operation)
+            agent = self._nodes.update_agent(node_id, info)
         log.info("operated: node=%s agent=%s op=%s status=%s pid=%s", node_id, agent_id,
                  operation, agent["status"], agent["pid"])
         return agent
@@ -91,7 +110,8 @@ class AgentService:
         node_id, agent_id = _node_id(node_id), _agent_id(agent_id)
         lines = _in_range("lines", lines, LINES_RANGE)
         if not isinstance(grep, str) or len(grep) > MAX_GREP or "\x00" in grep:
-            raise errors.InvalidArgument(f"grep must be text of at most {MAX_GREP} characters")
+            raise errors.InvalidArgument(
+                f"grep must be text of at most {MAX_GREP} characters, without NUL")
         node = self._node_with_agent(node_id, agent_id)
         with self._daemon(node) as daemon:
             found, truncated = daemon.logs(agent_id, lines, grep)
@@ -107,6 +127,12 @@ class AgentService:
         return [{name: getattr(point, name) for name in POINT_FIELDS} for point in points]
 
     # ---- helpers ----
+
+    def _audited(self, actor: str, node_id: str, agent_id: Optional[str], operation: str):
+        """A context that records the operation it wraps (nothing without an AuditLog)."""
+        if self._audit is None:
+            return contextlib.nullcontext()
+        return self._audit.timed(actor, node_id, agent_id, operation)
 
     def _node_with_agent(self, node_id: str, agent_id: str) -> dict:
         """The node, once the database knows both it and the agent (else NotFound)."""

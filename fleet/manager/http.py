@@ -76,6 +76,7 @@ class _Routes:
             ("POST", agent + "/operate", self.operate, False),
             ("GET", agent + "/logs", self.logs, False),
             ("GET", agent + "/metrics", self.metrics, False),
+            ("GET", API + "/audit", self.audit, False),
         ]
 
     def index(self):
@@ -120,6 +121,10 @@ class _Routes:
     def metrics(self, node_id, agent_id):
         duration = _int_query("duration", 3600)
         return {"points": self._service.metrics(node_id, agent_id, duration)}
+
+    def audit(self):
+        node = _query("node") or None
+        return {"entries": self._service.audit(node, _int_query("limit", 100))}
 
 
 class _Raw(str):

@@ -1,4 +1,5 @@
-"""Peewee models of the manager's database: nodes, their agents, the schema version.
+"""Peewee models of the manager's database: nodes, their agents, the audit log, the
+schema version.
 
 The models are bound to `database_proxy`, which `fleet.manager.db.open_database`
 points at the database it opens, so one process can open many databases one
@@ -89,4 +90,20 @@ class Agent(BaseModel):
         indexes = ((("node_id", "agent_id"), True),)
 
 
-MODELS = (SchemaVersion, Node, Agent)
+class AuditEntry(BaseModel):
+    """One operation done through the HTTP API (fleet.manager.audit); never updated."""
+
+    time = peewee.BigIntegerField()                # when it began, Unix ms
+    actor = peewee.TextField()                     # the API token's name, never the token
+    node_id = peewee.CharField(max_length=128)
+    agent_id = peewee.CharField(max_length=64, null=True)   # NULL: a node-level operation
+    operation = peewee.CharField(max_length=16)    # start|stop|restart|sync|delete
+    result = peewee.CharField(max_length=32)       # "ok" or the error code
+    message = peewee.TextField(default="")         # the error message, "" when ok
+    duration_ms = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "audit"
+
+
+MODELS = (SchemaVersion, Node, Agent, AuditEntry)

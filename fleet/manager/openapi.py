@@ -10,11 +10,15 @@ import functools
 import json
 
 import fleet
+from fleet.errors import HTTP_STATUS
 from fleet.states import State
 
 NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # config.valid_node_id
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                          # config.valid_agent_id
 AGENT_STATUSES = [s.api_name for s in State if s is not State.UNSPECIFIED]
+AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete"]
+# "ok", or the code of any FleetError kind (what fleet.manager.audit records).
+AUDIT_RESULTS = ["ok"] + sorted({kind.code for kind in HTTP_STATUS})
 
 _INT = {"type": "integer", "format": "int64"}
 _TIME = {"type": "integer", "format": "int64", "nullable": True,
@@ -48,7 +52,7 @@ def _ref(name: str, kind: str = "schemas") -> dict:
 
 
 def schemas() -> dict:
-    """The component schemas: Node, Agent, MetricPoint, Error and the bodies."""
+    """The component schemas: Node, Agent, MetricPoint, AuditEntry, Error and the bodies."""
     node = _obj({
         "node_id": {"type": "string", "pattern": NODE_ID_PATTERN}, "hostname": _STR, "ip": _STR,
         "advertise_address": _STR, "os": _STR, "arch": _STR,
@@ -85,6 +89,18 @@ def schemas() -> dict:
         "Metrics": _obj({"points": {"type": "array", "items": _ref("MetricPoint")}}),
         "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}),
         "Index": _obj({"name": _STR, "api": _STR, "openapi": _STR}),
+        "AuditEntry": _obj({
+            "id": _INT, "time": {**_INT, "description": "when it began, Unix milliseconds"},
+            "actor": {**_STR, "description": "the API token's name (never the token)"},
+            "node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
+            "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN, "nullable": True,
+                         "description": "null for a node-level operation"},
+            "operation": {"type": "string", "enum": AUDIT_OPERATIONS},
+            "result": {"type": "string", "enum": AUDIT_RESULTS,
+                       "description": "ok, or the error code"},
+            "message": {**_STR, "description": "the error message; empty when ok"},
+            "duration_ms": {**_INT, "minimum": 0}}, "One operation, as audited"),
+        "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")}}),
     }
 
 
@@ -98,18 +114,23 @@ def parameters() -> dict:
                    "schema": {"type": "string", "pattern": NODE_ID_PATTERN}},
         "AgentId": {"name": "agent_id", "in": "path", "required": True,
                     "schema": {"type": "string", "pattern": AGENT_ID_PATTERN}},
-        "Status": query("status", {"type": "string", "enum": ["online", "offline"]},
-                        "Only nodes in this status"),
+        "Status": query("status", {"type": "string", "enum": ["", "online", "offline"]},
+                        "Only nodes in this status (empty: every node)"),
         "Label": {**query("label", {"type": "array", "items": {"type": "string",
                                                                  "pattern": "^[^=]+=.*$"}},
                           "Only nodes with this label, KEY=VALUE; repeat to require several"),
                   "style": "form", "explode": True},
         "Lines": query("lines", {"type": "integer", "minimum": 1, "maximum": 1000,
                                  "default": 100}, "How many of the last log lines"),
-        "Grep": query("grep", {"type": "string", "maxLength": 1024, "default": ""},
-                      "Only lines containing this text"),
+        "Grep": query("grep", {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00]*$",
+                               "default": ""}, "Only lines containing this text (no NUL)"),
         "Duration": query("duration", {"type": "integer", "minimum": 1, "maximum": 86400,
                                        "default": 3600}, "Seconds of samples, up to now"),
+        "AuditNode": query("node", {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN},
+                           "Only the entries of this node, deleted nodes included "
+                           "(empty: every node)"),
+        "Limit": query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
+                                 "default": 100}, "At most this many entries, newest first"),
     }
 
 
@@ -176,6 +197,9 @@ def paths() -> dict:
         "/api/v1/nodes/{node_id}/agents/{agent_id}/metrics": {"get": _op(
             "agentMetrics", "The agent's resource samples", "Metrics", "400 " + daemon,
             agent + ("Duration",))},
+        "/api/v1/audit": {"get": _op(
+            "listAudit", "Operations done, newest first", "AuditList", "400 404",
+            ("AuditNode", "Limit"))},
     }
 
 
