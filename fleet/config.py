@@ -34,11 +34,12 @@ MAX_SECONDS = 365 * 86400.0
 
 def valid_node_id(value: str) -> bool:
     """node_id rule of DESIGN.md: a safe file name, no `..`."""
-    return bool(NODE_ID_RE.match(value)) and ".." not in value
+    # fullmatch: `$` would also match before a trailing newline.
+    return bool(NODE_ID_RE.fullmatch(value)) and ".." not in value
 
 
 def valid_agent_id(value: str) -> bool:
-    return bool(AGENT_ID_RE.match(value))
+    return bool(AGENT_ID_RE.fullmatch(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,7 @@ class _Reader:
             return default
         try:
             return convert(self.table[key])
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:   # inf, 10**400 in TOML
             self.fail(key, str(exc))
             return default
 
@@ -286,6 +287,8 @@ def read_token(reader: _Reader, key: str) -> str:
                 token = handle.read().strip()
         except OSError as exc:
             reader.fail(f"{key}_file", f"cannot read {path}: {exc.strerror}")
+        except UnicodeError:
+            reader.fail(f"{key}_file", f"{path} is not UTF-8 text")
         else:
             if not token:
                 reader.fail(f"{key}_file", f"{path} is empty")
@@ -388,6 +391,9 @@ def _named_token(r: _Reader, name: str, spec: str) -> str:
             token = handle.read().strip()
     except OSError as exc:
         r.fail(f"api_tokens.{name}", f"cannot read {spec[5:]}: {exc.strerror}")
+        return ""
+    except UnicodeError:
+        r.fail(f"api_tokens.{name}", f"{spec[5:]} is not UTF-8 text")
         return ""
     if not token:
         r.fail(f"api_tokens.{name}", f"{spec[5:]} is empty")
@@ -516,6 +522,8 @@ def read_file(path: str, problems: list[str]) -> dict:
         problems.append(f"config file {path}: {exc.strerror}")
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         problems.append(f"config file {path}: {exc}")
+    except RecursionError:
+        problems.append(f"config file {path}: nested too deeply")
     return {}
 
 

@@ -23,6 +23,7 @@ from fleet.config import TLSConfig, join_address, split_address
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_DETAILS_BYTES = 1024        # of an error status's message (percent-encoded: up to 3x)
 KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -173,7 +174,7 @@ def translate(method: Callable) -> Callable:
             return method(self, request, context)
         except errors.FleetError as exc:
             code = getattr(grpc.StatusCode, errors.lookup(errors.GRPC_CODE_NAMES, exc))
-            context.abort(code, exc.message)
+            context.abort(code, short_details(exc.message))
         except Exception:  # noqa: BLE001 - the edge: log the bug, tell nothing
             if _is_abort(context):
                 raise
@@ -181,6 +182,15 @@ def translate(method: Callable) -> Callable:
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     return wrapper
+
+
+def short_details(message: str, limit: int = MAX_DETAILS_BYTES) -> str:
+    """`message` cut to `limit` UTF-8 bytes: a status carrying a client's megabyte id
+    back would overflow the peer's metadata limit and arrive as RESOURCE_EXHAUSTED."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return message
+    return data[:limit].decode("utf-8", "ignore") + "..."
 
 
 def _is_abort(context: grpc.ServicerContext) -> bool:

@@ -14,6 +14,7 @@ upgrade it to write.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import urllib.parse
@@ -32,6 +33,20 @@ DEFAULT_BUSY_TIMEOUT_MS = 5000
 def now_ms(clock: Callable[[], float] = time.time) -> int:
     """The current time in Unix milliseconds."""
     return int(clock() * 1000)
+
+
+def storage_faults(function: Callable) -> Callable:
+    """Decorator: the database failing to operate (locked, disk full, I/O error, connection
+    lost) raises errors.Unavailable (HTTP 503, gRPC UNAVAILABLE), not a bug's 500."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except peewee.OperationalError as exc:
+            raise errors.Unavailable(f"database unavailable: {exc}") from exc
+
+    return wrapper
 
 
 # ---- backends -------------------------------------------------------------
@@ -153,6 +168,20 @@ def open_database(url: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> p
     return db
 
 
+class _SqliteDatabase(peewee.SqliteDatabase):
+    """peewee's SqliteDatabase whose rollback leaves alone a transaction SQLite ended itself.
+
+    On SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY or SQLITE_NOMEM SQLite may roll the
+    transaction back on its own; peewee's ROLLBACK would then fail with "cannot
+    rollback - no transaction is active" and hide the real error (a full disk).
+    """
+
+    def rollback(self) -> None:
+        if not self.is_closed() and not self.connection().in_transaction:
+            return
+        super().rollback()
+
+
 def _open_sqlite(path: str, busy_timeout_ms: int) -> peewee.SqliteDatabase:
     if not path:
         raise errors.ConfigError(["[manager] db: sqlite:/// needs a file path"])
@@ -163,8 +192,8 @@ def _open_sqlite(path: str, busy_timeout_ms: int) -> peewee.SqliteDatabase:
         "foreign_keys": 0,
     }
     # lock_type makes every peewee transaction BEGIN IMMEDIATE.
-    return peewee.SqliteDatabase(path, pragmas=pragmas, lock_type="IMMEDIATE",
-                                 timeout=busy_timeout_ms / 1000.0, check_same_thread=False)
+    return _SqliteDatabase(path, pragmas=pragmas, lock_type="IMMEDIATE",
+                           timeout=busy_timeout_ms / 1000.0, check_same_thread=False)
 
 
 def _open_postgres(url: str) -> peewee.PostgresqlDatabase:
@@ -222,9 +251,24 @@ def _migration_1(db: peewee.Database, backend: Backend) -> None:
         db.execute_sql(statement)
 
 
+def _migration_2(db: peewee.Database, backend: Backend) -> None:
+    """audit table: one row per operation (fleet.manager.audit), read newest first."""
+    statements = [
+        f"""CREATE TABLE audit ({backend.auto_pk()},
+            time BIGINT NOT NULL, actor TEXT NOT NULL, node_id VARCHAR(128) NOT NULL,
+            agent_id VARCHAR(64), operation VARCHAR(16) NOT NULL, result VARCHAR(32) NOT NULL,
+            message TEXT NOT NULL DEFAULT '', duration_ms BIGINT NOT NULL)""",
+        "CREATE INDEX audit_time ON audit (time)",
+        "CREATE INDEX audit_node_id_time ON audit (node_id, time)",
+    ]
+    for statement in statements:
+        db.execute_sql(statement)
+
+
 # (version, function): append only; a released migration never changes.
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
+    (2, _migration_2),
 )
 
 

@@ -36,6 +36,11 @@ SUBMIT_TIMEOUT = 4.0            # seconds; below the daemons' 5 s deadline
 WRITER_LOCK_TIMEOUT_MS = 2000   # the writer gives a locked database this long
 MAX_BATCH_ROWS = 20000          # rows per group-commit transaction
 STORED_STATUSES = frozenset(int(s) for s in State if s is not State.UNSPECIFIED)
+HEALTHS = ("healthy", "unhealthy", "unknown")
+MAX_TEXT = 1024                 # characters of a state's type or version
+# The raw cursor raises the driver's own errors; inside this they become peewee's kinds
+# (OperationalError: locked, disk full), as peewee's own calls do.
+DRIVER_ERRORS = peewee.ExceptionWrapper(peewee.EXCEPTIONS)
 
 # Column order of the tuples ReportService builds (REPORT_COLUMNS) and of the
 # pulled AgentInfo rows (PULL_COLUMNS, written by fleet.manager.nodes).
@@ -197,7 +202,7 @@ class IngestWriter:
     def _write(self, batch: list[_Pending]) -> None:
         try:
             self._connect()
-            with self._db.atomic():
+            with self._db.atomic(), DRIVER_ERRORS:
                 self._apply(self._db.cursor(), [p.report for p in batch])
         except Exception as exc:  # noqa: BLE001 - locked, disk full, a bug: fail the batch
             log.warning("state write of %d reports failed: %s", len(batch), exc,
@@ -339,23 +344,41 @@ def build_rows(node_id: str, boot_id: int, seq: int, received: int,
     ids = [s.agent_id for s in states]
     duplicated = _duplicates(ids) if len(set(ids)) != len(ids) else ()
     for s in states:
-        agent_id, status = s.agent_id, s.status
+        agent_id = s.agent_id
         if agent_id in duplicated:
             reason = "agent_id appears more than once in the report"
-        elif not valid_agent_id(agent_id):
-            reason = "invalid agent_id: want ^[A-Za-z0-9_-]{1,64}$"
-        elif status not in STORED_STATUSES:
-            reason = f"status {status} is unspecified or unknown"
-        elif s.pid < 0:
-            reason = f"negative pid {s.pid}"
         else:
-            rows.append((node_id, agent_id, s.type, s.version, status, s.pid,
+            reason = state_fault(s)
+        if reason is None:
+            rows.append((node_id, agent_id, s.type, s.version, s.status, s.pid,
                          s.start_time or None, s.restart_count, s.last_exit_code,
-                         s.last_exit_signal, s.health, s.last_heartbeat or None,
+                         s.last_exit_signal, s.health or "unknown", s.last_heartbeat or None,
                          boot_id, seq, received))
-            continue
-        rejected.append((agent_id[:128], reason))
+        else:
+            rejected.append((agent_id[:128], reason))
     return rows, rejected
+
+
+def state_fault(s) -> Optional[str]:
+    """Why one AgentState or AgentInfo cannot be stored, or None when it can.
+
+    Besides the wire's rules (agent_id, a known status, pid >= 0), its text
+    must be storable on every backend (no NUL, bounded) and its health one of
+    the API's values ("" is unset: stored as "unknown").
+    """
+    if not valid_agent_id(s.agent_id):
+        return "invalid agent_id: want ^[A-Za-z0-9_-]{1,64}$"
+    if s.status not in STORED_STATUSES:
+        return f"status {s.status} is unspecified or unknown"
+    if s.pid < 0:
+        return f"negative pid {s.pid}"
+    if s.health and s.health not in HEALTHS:
+        return f"health must be one of {', '.join(HEALTHS)}"
+    for name in ("type", "version"):
+        text = getattr(s, name)
+        if len(text) > MAX_TEXT or "\x00" in text:
+            return f"{name} must be at most {MAX_TEXT} characters, without NUL"
+    return None
 
 
 def _duplicates(ids: list[str]) -> frozenset[str]:

@@ -3,7 +3,8 @@ and the agent rows the manager pulls from a daemon (manual sync, operate).
 
 Results are plain dicts shaped like the HTTP API's Node and Agent objects
 (DESIGN.md, "HTTP API"), so callers never touch peewee. Every call opens and
-closes its own connection: the HTTP and gRPC worker threads keep none.
+closes its own connection: the HTTP and gRPC worker threads keep none. A database
+that fails to operate (locked, full) raises Unavailable, never a peewee error.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from typing import Callable, Iterable, Optional, Sequence
 import peewee
 
 from fleet import errors
-from fleet.config import valid_agent_id, valid_node_id
-from fleet.manager.db import backend_of, now_ms
-from fleet.manager.ingest import PULL_COLUMNS, STORED_STATUSES, agent_upsert
+from fleet.config import valid_node_id
+from fleet.manager.db import backend_of, now_ms, storage_faults
+from fleet.manager.ingest import HEALTHS, PULL_COLUMNS, agent_upsert, state_fault
 from fleet.manager.models import Agent, Node
 from fleet.manager.registry import Registry
 from fleet.states import State
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 NODE_STATUSES = ("online", "offline")
 MAX_KEEP_IDS = 10000   # a pull naming more agents than this skips its delete step
+MAX_ERROR = 4096       # characters of a pulled last_error kept
 
 NODE_FACTS = ("hostname", "ip", "advertise_address", "os", "arch", "labels", "daemon_version")
 AGENT_FIELDS = ("node_id", "agent_id", "type", "version", "status", "pid", "start_time",
@@ -71,6 +73,7 @@ class NodeStore:
 
     # ---- registration ----
 
+    @storage_faults
     def register(self, facts: NodeFacts) -> None:
         """Create or update a node from its RegisterNode; InvalidArgument for a bad node_id.
 
@@ -97,6 +100,7 @@ class NodeStore:
 
     # ---- nodes ----
 
+    @storage_faults
     def list_nodes(self, status: Optional[str] = None,
                    label: Optional[str | Iterable[str]] = None) -> list[dict]:
         """Nodes by node_id, optionally only `status` ("online"|"offline") and labels "k=v"."""
@@ -115,10 +119,12 @@ class NodeStore:
         return [self._node_dict(row, now) for row in rows
                 if all(row.labels.get(k) == v for k, v in wanted)]
 
+    @storage_faults
     def get_node(self, node_id: str) -> dict:
         """One node; NotFound if it is not registered."""
         return self._node_dict(self._node_row(node_id), now_ms(self._clock))
 
+    @storage_faults
     def delete_node(self, node_id: str, force: bool = False) -> None:
         """Remove a node and its agents; Conflict while it is online unless `force`."""
         with self._db.connection_context(), self._db.atomic():
@@ -151,6 +157,7 @@ class NodeStore:
 
     # ---- agents ----
 
+    @storage_faults
     def list_agents(self, node_id: str) -> list[dict]:
         """The stored agents of a node by agent_id; NotFound for an unknown node."""
         query = Agent.select().where(Agent.node_id == node_id).order_by(Agent.agent_id)
@@ -158,6 +165,7 @@ class NodeStore:
             self._node_row(node_id)
             return [agent_dict(row) for row in query.execute(self._db)]
 
+    @storage_faults
     def get_agent(self, node_id: str, agent_id: str) -> dict:
         """One stored agent; NotFound for an unknown node or agent."""
         query = Agent.select().where((Agent.node_id == node_id) & (Agent.agent_id == agent_id))
@@ -168,6 +176,7 @@ class NodeStore:
             raise errors.NotFound(f"agent {agent_id!r} not found on node {node_id!r}")
         return agent_dict(rows[0])
 
+    @storage_faults
     def store_agent_infos(self, node_id: str, infos: Sequence, full: bool = True) -> list[dict]:
         """Store AgentInfo protos (or alike) pulled from the node; its agents afterwards.
 
@@ -188,6 +197,7 @@ class NodeStore:
                 self._delete_others(node_id, [row[1] for row in rows])
         return self.list_agents(node_id)
 
+    @storage_faults
     def update_agent(self, node_id: str, info) -> dict:
         """Store one AgentInfo returned by an operate; the stored agent."""
         self.store_agent_infos(node_id, [info], full=False)
@@ -208,16 +218,16 @@ def _pull_rows(node_id: str, known: tuple[int, int], now: int, infos: Sequence) 
     rows, seen = [], set()
     boot_id, seq = known
     for i in infos:
-        if not valid_agent_id(i.agent_id) or i.status not in STORED_STATUSES \
-                or i.pid < 0 or i.agent_id in seen:
-            log.warning("node %s: skipping pulled agent %r (status %s, pid %s)",
-                        node_id, i.agent_id[:128], i.status, i.pid)
+        fault = "listed twice" if i.agent_id in seen else state_fault(i)
+        if fault:
+            log.warning("node %s: skipping pulled agent %r: %s", node_id, i.agent_id[:128], fault)
             continue
         seen.add(i.agent_id)
+        last_error = i.last_error[:MAX_ERROR].replace("\x00", "\ufffd")
         rows.append((node_id, i.agent_id, i.type, i.version, int(i.status), i.pid,
                      i.start_time or None, i.restart_count, i.last_exit_code,
-                     i.last_exit_signal, i.health, i.last_heartbeat or None, boot_id, seq,
-                     now, i.last_error, i.next_retry_time or None))
+                     i.last_exit_signal, i.health or "unknown", i.last_heartbeat or None,
+                     boot_id, seq, now, last_error, i.next_retry_time or None))
     return rows
 
 
@@ -228,6 +238,8 @@ def agent_dict(row: Agent) -> dict:
         agent["status"] = State(row.status).api_name
     except ValueError:
         agent["status"] = State.UNKNOWN.api_name
+    if agent["health"] not in HEALTHS:        # rows written before health was checked
+        agent["health"] = "unknown"
     return agent
 
 
