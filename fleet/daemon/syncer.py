@@ -202,8 +202,9 @@ class StateSyncer:
             cap = min(RETRY_MAX, max(self.sync_interval, 0.05))
             delay = min(cap, RETRY_INITIAL * 2 ** min(self._failures - 1, 10))
             self._retry_at = self.clock() + delay * random.uniform(0.8, 1.0)
-        self._warn("report to manager %s failed (%s); retrying in %.1fs",
-                   self.client.address, exc, delay)
+            pending = len(self._pending)
+        self._warn("report to manager %s failed (%s); %d pending; retrying in %.1fs",
+                   self.client.address, exc, pending, delay)
 
     def _warn(self, message: str, *args) -> None:
         """A warning at most once a minute: a manager down for hours is one story."""

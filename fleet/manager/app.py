@@ -6,13 +6,14 @@ import logging
 
 from fleet.config import ManagerConfig, join_address, split_address
 from fleet.manager.agents import AgentService
+from fleet.manager.audit import AuditLog
 from fleet.manager.db import migrate, open_database
 from fleet.manager.http import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.servicer import ManagerParts, build_manager
 from fleet.manager.tokens import ApiAuth, resolve_tokens
 from fleet.manager.web import HttpServer, serve_http
-from fleet.rpc import create_server
+from fleet.rpc import as_client, create_server
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,11 @@ class Manager:
         db = open_database(cfg.db)
         migrate(db)
         self.parts = build_manager(db, offline_after=cfg.offline_after)
-        self.pool = DaemonClientPool(self.cluster_token, None)
-        service = AgentService(self.parts.nodes, self.pool)
+        # With [manager.tls] set, daemons are dialled over TLS too (mutual with client_ca).
+        self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
+                                     timeout=cfg.daemon_timeout,
+                                     operate_timeout=cfg.operate_timeout)
+        service = AgentService(self.parts.nodes, self.pool, AuditLog(db))
         app = make_app(service, ApiAuth(api_tokens, self.cluster_token))
         self._grpc, self.grpc_port = create_server(
             cfg.grpc, [self.parts.servicer.add_to], token=self.cluster_token, tls=cfg.tls,
