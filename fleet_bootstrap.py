@@ -300,7 +300,6 @@ def prune(root, current, now):
 def remove_extraction(root, digest, seen_mtime):
     """Delete ``root/<digest>`` if nobody holds its lock and it is still the one judged old."""
     import fcntl
-    import shutil
 
     fd = lock(os.path.join(root, digest + ".lock"), fcntl.LOCK_EX | fcntl.LOCK_NB)
     if fd is None:

@@ -195,7 +195,8 @@ def reporter(sync, nodes: list[str], agents: int, full_every: int, go: threading
             try:
                 sync(request)
             except Exception as exc:  # noqa: BLE001 - counted, the run goes on
-                errors.append(str(getattr(exc, "code", lambda: exc)()))
+                code = getattr(exc, "code", None)
+                errors.append(str(code() if callable(code) else exc))
                 continue
             latencies.append(time.perf_counter() - began)
             if time.monotonic() >= until[0]:

@@ -2,14 +2,13 @@
 clients for the manager's HTTP API and both gRPC services (with the cluster token)."""
 import json
 import socket
-import urllib.error
-import urllib.request
 
 import grpc
 
 from fleet.states import State
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
+from tests import httpapi
 from tests.procs import FleetProcess, kill_recorded_agents
 
 API_TOKEN = "api-token-for-fault-tests-0123456789"
@@ -107,37 +106,11 @@ class Cluster:
             kill_recorded_agents(state)
 
 
-class Api:
-    """The manager's JSON HTTP API."""
+class Api(httpapi.Api):
+    """The manager's JSON HTTP API, with the fault tests' token."""
 
     def __init__(self, port, token=API_TOKEN):
-        self.base = f"http://127.0.0.1:{port}"
-        self.token = token
-
-    def call(self, method, path, body=None, timeout=40):
-        """(status, parsed JSON) of one request."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def get(self, path, **kw):
-        return self.call("GET", path, **kw)
-
-    def post(self, path, body=None, **kw):
-        return self.call("POST", path, {} if body is None else body, **kw)
-
-    def agents(self, node):
-        """{agent_id: Agent} as the manager stores them; {} for a node not registered yet."""
-        status, body = self.get(f"/api/v1/nodes/{node}/agents")
-        if status == 404:
-            return {}
-        assert status == 200, body
-        return {a["agent_id"]: a for a in body["agents"]}
+        super().__init__(port, token)
 
     def stored(self, node):
         """{agent_id: (status, pid)} as the manager stores them."""

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 
-import psutil
 
 from tests.helpers import wait_for
 

@@ -11,7 +11,7 @@ import pytest
 
 from fleet.states import State
 from fleet.v1 import fleet_pb2 as pb
-from tests.daemon_harness import SLEEPER, agent, running_daemon
+from tests.daemon_harness import agent, running_daemon
 from tests.helpers import wait_for
 
 

@@ -1,15 +1,13 @@
 """End to end with the built fleet.pyz: one manager and two daemons as real processes."""
-import json
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from tests.helpers import wait_for
+from tests.httpapi import Api
 from tests.procs import FleetProcess, alive, kill_recorded_agents
 
 API_TOKEN = "api-token-for-tests-0123456789"
@@ -52,33 +50,6 @@ stop_timeout = 2
 """
 
 
-class Api:
-    """A tiny HTTP client for the manager's JSON API."""
-
-    def __init__(self, port, token=API_TOKEN):
-        self.base = f"http://127.0.0.1:{port}"
-        self.token = token
-
-    def call(self, method, path, body=None, token=None, timeout=40):
-        """(status, parsed JSON) of one request."""
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        token = self.token if token is None else token
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def get(self, path, **kw):
-        return self.call("GET", path, **kw)
-
-    def post(self, path, body=None, **kw):
-        return self.call("POST", path, body if body is not None else {}, **kw)
-
-
 @pytest.fixture(scope="module")
 def cluster(pyz, tmp_path_factory):
     """A manager and daemons n1, n2 from the pyz; yields (api, processes by name)."""
@@ -98,7 +69,7 @@ def cluster(pyz, tmp_path_factory):
             procs[node] = FleetProcess("--role", "daemon", "--config", str(path),
                                        entry=entry, log_dir=tmp, env=env)
             procs[node].port("grpc")
-        yield Api(http_port), procs
+        yield Api(http_port, API_TOKEN), procs
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -107,9 +78,7 @@ def cluster(pyz, tmp_path_factory):
 
 
 def agents_of(api, node):
-    status, body = api.get(f"/api/v1/nodes/{node}/agents")
-    assert status == 200, body
-    return {a["agent_id"]: a for a in body["agents"]}
+    return api.agents(node)
 
 
 def running(api, node, agent, other_than=None):
