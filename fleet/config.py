@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
 import json
 import os
-import re
-import shlex
 import signal
 import ssl
 import sys
@@ -25,21 +22,11 @@ else:  # pragma: no cover - 3.10 carries tomli in the pyz
     import tomli as tomllib
 
 from fleet.errors import ConfigError
+from fleet.values import (AGENT_ID_RE, is_loopback, to_address, to_address_list, to_bool,
+                          to_choice, to_command, to_db_url, to_int, to_node_id, to_nonempty_str,
+                          to_seconds, to_signal, to_str, to_str_map, valid_agent_id)
 
-AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESTART_POLICIES = ("always", "on-failure", "never")
-MAX_SECONDS = 365 * 86400.0
-
-
-def valid_node_id(value: str) -> bool:
-    """node_id rule of DESIGN.md: a safe file name, no `..`."""
-    # fullmatch: `$` would also match before a trailing newline.
-    return bool(NODE_ID_RE.fullmatch(value)) and ".." not in value
-
-
-def valid_agent_id(value: str) -> bool:
-    return bool(AGENT_ID_RE.fullmatch(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,131 +135,6 @@ class _Reader:
     def check_unknown(self) -> None:
         for key in sorted(set(self.table) - self.seen):
             self.fail(key, "unknown key")
-
-
-# ---- converters: each raises ValueError with a message naming the rule ----
-
-def to_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"not a string: {value!r}")
-    if "\x00" in value:
-        raise ValueError("contains a NUL byte")
-    return value
-
-
-def to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.lower() in ("1", "true", "yes", "on")
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def to_seconds(value: Any, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"not a number of seconds: {value!r}")
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"not a number of seconds: {value!r}") from None
-    if not minimum <= seconds <= MAX_SECONDS:
-        raise ValueError(f"must be between {minimum:g} and {MAX_SECONDS:g} seconds")
-    return seconds
-
-
-def to_int(value: Any, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"not an integer: {value!r}")
-    try:
-        number = int(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"not an integer: {value!r}") from None
-    if isinstance(value, float) and value != number:
-        raise ValueError(f"not an integer: {value!r}")
-    if not minimum <= number <= maximum:
-        raise ValueError(f"must be between {minimum} and {maximum}")
-    return number
-
-
-def to_address(value: Any) -> str:
-    """HOST:PORT or [v6]:PORT, port 0..65535 (0 = pick a free one)."""
-    text = to_str(value)
-    host, port = split_address(text)
-    if not host:
-        raise ValueError(f"not HOST:PORT: {text!r}")
-    return text
-
-
-def split_address(text: str) -> tuple[str, int]:
-    """('host', port) of HOST:PORT / [v6]:PORT; ValueError if malformed."""
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", text)
-    if not match:
-        raise ValueError(f"not HOST:PORT: {text!r}")
-    host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4))
-    if port > 65535:
-        raise ValueError(f"port out of range: {text!r}")
-    if match.group(1):
-        ipaddress.IPv6Address(host)
-    return host, port
-
-
-def join_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def is_loopback(address: str) -> bool:
-    host, _ = split_address(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def to_address_list(value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not items:
-        raise ValueError("not an address or a non-empty list of addresses")
-    return tuple(to_address(item.strip() if isinstance(item, str) else item) for item in items)
-
-
-def to_str_map(value: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict):
-        raise ValueError("not a table of strings")
-    for key, item in value.items():
-        if not isinstance(item, str) or "\x00" in key or "\x00" in item:
-            raise ValueError(f"{key}: not a string")
-    return tuple(sorted(value.items()))
-
-
-def to_signal(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.isdigit():
-        number = int(value)
-    elif isinstance(value, str):
-        name = value.upper()
-        name = name if name.startswith("SIG") else "SIG" + name
-        if not hasattr(signal.Signals, name):
-            raise ValueError(f"unknown signal: {value!r}")
-        number = int(signal.Signals[name])
-    else:
-        raise ValueError(f"not a signal: {value!r}")
-    if number not in {int(s) for s in signal.Signals}:
-        raise ValueError(f"unknown signal: {value!r}")
-    return number
-
-
-def to_command(value: Any) -> tuple[str, ...]:
-    """A list of strings, or one string split like a shell would."""
-    parts = shlex.split(to_str(value)) if isinstance(value, str) else value
-    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
-        raise ValueError("must be a non-empty list of strings")
-    if any("\x00" in p for p in parts):
-        raise ValueError("contains a NUL byte")
-    return tuple(parts)
 
 
 def read_token(reader: _Reader, key: str) -> str:
@@ -400,13 +262,6 @@ def _named_token(r: _Reader, name: str, spec: str) -> str:
     return token
 
 
-def to_db_url(value: Any) -> str:
-    url = to_str(value)
-    if not re.match(r"^(sqlite:///.+|sqlite:///:memory:|postgres(ql)?://.+)$", url):
-        raise ValueError(f"not sqlite:///PATH or postgresql://...: {url!r}")
-    return url
-
-
 def read_daemon(table: Any, problems: list[str]) -> DaemonConfig:
     r = _Reader("daemon", table, problems)
     config = DaemonConfig(
@@ -425,20 +280,6 @@ def read_daemon(table: Any, problems: list[str]) -> DaemonConfig:
     )
     r.check_unknown()
     return config
-
-
-def to_nonempty_str(value: Any) -> str:
-    text = to_str(value)
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def to_node_id(value: Any) -> str:
-    text = to_str(value)
-    if text and not valid_node_id(text):
-        raise ValueError(f"{text!r} does not match {NODE_ID_RE.pattern} (and no '..')")
-    return text
 
 
 def read_agent(index: int, table: Any, problems: list[str]) -> AgentConfig | None:
@@ -470,17 +311,6 @@ def read_agent(index: int, table: Any, problems: list[str]) -> AgentConfig | Non
     return AgentConfig(id=agent_id, command=command, **values) if command else None
 
 
-def to_choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}: {value!r}")
-        return value
-    return convert
-
-
-# ---- layering ----
-
-# flag name -> (section, key); None section = top level. cluster_token feeds both roles.
 FLAG_KEYS: dict[str, list[tuple[str | None, str]]] = {
     "http": [("manager", "http")], "grpc": [("manager", "grpc")], "db": [("manager", "db")],
     "manager": [("daemon", "manager")], "listen": [("daemon", "listen")],

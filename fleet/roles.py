@@ -10,7 +10,8 @@ import dataclasses
 import logging
 from typing import Callable
 
-from fleet.config import Config, TLSConfig, join_address
+from fleet.config import Config, TLSConfig
+from fleet.values import join_address
 from fleet.rpc import as_client
 
 log = logging.getLogger(__name__)

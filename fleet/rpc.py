@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable
 import grpc
 
 from fleet import errors
-from fleet.config import TLSConfig, join_address, split_address
+from fleet.config import TLSConfig
+from fleet.values import join_address, split_address
 
 log = logging.getLogger(__name__)
 

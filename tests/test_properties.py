@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from fleet import config as configuration
 from fleet import errors
+from fleet import values as fleet_values
 from fleet.errors import ConfigError
 from fleet.manager import db as dbmod
 from fleet.manager.ingest import IngestWriter, ReportService
@@ -178,7 +179,7 @@ def test_a_token_file_that_is_not_utf8_is_a_config_error(tmp_path):
 @pytest.mark.parametrize("good, bad", [("n1", "n1\n"), ("a1", "a1\n")])
 def test_ids_with_a_trailing_newline_are_invalid(good, bad):
     """`$` in the id patterns does not let a trailing newline through."""
-    check = configuration.valid_node_id if good == "n1" else configuration.valid_agent_id
+    check = fleet_values.valid_node_id if good == "n1" else fleet_values.valid_agent_id
     assert check(good) and not check(bad)
 
 
@@ -276,7 +277,7 @@ def test_a_report_stores_valid_states_exactly_and_names_the_rest(reports, report
        report=st.lists(states, max_size=3))
 def test_a_malformed_or_unknown_node_fails_the_whole_report(reports, node_id, report):
     """A report from a malformed or unregistered node raises InvalidArgument or NotFound."""
-    expected = errors.NotFound if configuration.valid_node_id(node_id) else \
+    expected = errors.NotFound if fleet_values.valid_node_id(node_id) else \
         errors.InvalidArgument
     if reports.registry.get(node_id) is not None:
         return

@@ -7,7 +7,8 @@ import platform
 import socket
 
 import fleet
-from fleet.config import Config, join_address, split_address
+from fleet.config import Config
+from fleet.values import join_address, split_address
 from fleet.daemon.logs import LogKeeper
 from fleet.daemon.manager_client import ManagerClient, local_ip_towards
 from fleet.daemon.metrics import Sampler

@@ -8,7 +8,8 @@ import threading
 
 import grpc
 
-from fleet.config import TLSConfig, split_address
+from fleet.config import TLSConfig
+from fleet.values import split_address
 from fleet.errors import Unavailable
 from fleet.rpc import from_rpc_error, open_channel
 from fleet.v1 import fleet_pb2 as pb

@@ -18,7 +18,7 @@ import logging
 import os
 import uuid
 
-from fleet.config import valid_agent_id, valid_node_id
+from fleet.values import valid_agent_id, valid_node_id
 from fleet.errors import FleetError, InvalidArgument
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import logging
 from typing import Iterable, Optional
 
 from fleet import errors
-from fleet.config import valid_agent_id, valid_node_id
+from fleet.values import valid_agent_id, valid_node_id
 from fleet.manager.audit import DEFAULT_LIMIT, LIMIT_RANGE, AuditLog
 from fleet.manager.nodes import NodeStore
 from fleet.manager.pool import DaemonClientPool

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from fleet.config import ManagerConfig, join_address, split_address
+from fleet.config import ManagerConfig
+from fleet.values import join_address, split_address
 from fleet.manager.agents import AgentService
 from fleet.manager.audit import AuditLog
 from fleet.manager.db import migrate, open_database

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import peewee
 
 from fleet import errors
-from fleet.config import valid_agent_id, valid_node_id
+from fleet.values import valid_agent_id, valid_node_id
 from fleet.manager.db import Backend, backend_of, now_ms
 from fleet.manager.registry import Registry
 from fleet.states import State

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import peewee
 
 from fleet import errors
-from fleet.config import valid_node_id
+from fleet.values import valid_node_id
 from fleet.manager.db import backend_of, now_ms, storage_faults
 from fleet.manager.ingest import HEALTHS, PULL_COLUMNS, agent_upsert, state_fault
 from fleet.manager.models import Agent, Node

@@ -13,8 +13,8 @@ import fleet
 from fleet.errors import HTTP_STATUS
 from fleet.states import State
 
-NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # config.valid_node_id
-AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                          # config.valid_agent_id
+NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # values.valid_node_id
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                          # values.valid_agent_id
 AGENT_STATUSES = [s.api_name for s in State if s is not State.UNSPECIFIED]
 AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete"]
 # "ok", or the code of any FleetError kind (what fleet.manager.audit records).

@@ -16,7 +16,8 @@ from cheroot import errors as cheroot_errors
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from fleet.config import TLSConfig, join_address, split_address
+from fleet.config import TLSConfig
+from fleet.values import join_address, split_address
 
 log = logging.getLogger(__name__)
 
