@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional
 import peewee
 
 from fleet import errors
-from fleet.manager.db import now_ms
+from fleet.manager.db import now_ms, storage_faults
 from fleet.manager.models import AuditEntry
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class AuditLog:
             log.error("audit write failed: node=%s agent=%s op=%s by=%s result=%s: %s",
                       node_id, agent_id or "-", operation, row["actor"], result, exc)
 
+    @storage_faults
     def list(self, node: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
         """Entries newest first, at most `limit`, only those of `node` if given."""
         low, high = LIMIT_RANGE
