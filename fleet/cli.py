@@ -96,5 +96,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return roles.run(config, shutdown.wait)
     except (FleetError, OSError) as exc:
-        log.error("fleet: %s", getattr(exc, "message", None) or exc)
+        log.error("%s", getattr(exc, "message", None) or exc)
         return 1

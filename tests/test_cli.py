@@ -114,3 +114,40 @@ def test_sigkilled_daemon_leaves_agents_running_and_the_next_one_adopts_them(tmp
     second.popen.send_signal(signal.SIGTERM)
     assert second.popen.wait(15) == 0
     wait_for(lambda: not [p for p in pids if alive(p)], timeout=5)
+
+
+def test_manager_runtime_failures_exit_1_with_one_message(tmp_path):
+    """A port in use or an unreachable database exits 1 with a clear message, no traceback."""
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_fleet("--role", "manager", "--http", f"127.0.0.1:{port}", "--grpc", "127.0.0.1:0",
+                         "--db", f"sqlite:///{tmp_path}/m.db")
+    assert busy.returncode == 1 and f"{port}" in busy.stderr and "Traceback" not in busy.stderr
+    nowhere = run_fleet("--role", "manager", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+                        "--db", f"sqlite:///{tmp_path}/no/such/dir/m.db")
+    assert nowhere.returncode == 1 and "Traceback" not in nowhere.stderr
+    assert "beside the database" in nowhere.stderr and "No such file or directory" in nowhere.stderr
+
+
+def test_a_second_sigint_forces_exit_130(tmp_path):
+    """SIGINT starts a clean stop; a second SIGINT while agents are still stopping exits 130."""
+    config = tmp_path / "stubborn.toml"
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('ready', flush=True); time.sleep(3600)")
+    config.write_text(CONFIG.format(state=tmp_path / "state", python=sys.executable)
+                      .replace("import time; print('up', flush=True); time.sleep(3600)", stubborn)
+                      .replace("stop_timeout = 2", "stop_timeout = 30"))
+    daemon = FleetProcess("--role", "daemon", "--config", str(config), log_dir=tmp_path)
+    daemon.port()
+    pids = wait_for(lambda: agent_pids(daemon.pid))
+    agent_log = tmp_path / "state" / "logs" / "sleeper.log"
+    wait_for(lambda: agent_log.exists() and "ready" in agent_log.read_text())
+    daemon.popen.send_signal(signal.SIGINT)
+    wait_for(lambda: "stopping" in daemon.read())
+    daemon.popen.send_signal(signal.SIGINT)
+    assert daemon.popen.wait(10) == 130, daemon.read()
+    for pid in pids:          # the stubborn agent outlives a forced exit: clean it up
+        os.kill(pid, signal.SIGKILL)

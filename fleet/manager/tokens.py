@@ -88,7 +88,12 @@ def resolve_tokens(config) -> tuple[tuple[tuple[str, str], ...], str, list[str]]
         raise errors.ConfigError(["[manager] api_token and cluster_token: both must be "
                                   "configured when the database is not SQLite"])
     first = named[0][1] if named else ""
-    api, cluster, paths = ensure_tokens(config.db[len("sqlite:///"):], first, cluster)
+    db_path = config.db[len("sqlite:///"):]
+    try:
+        api, cluster, paths = ensure_tokens(db_path, first, cluster)
+    except OSError as exc:
+        raise errors.Unavailable(f"cannot keep token files in {token_dir(db_path)} (beside the "
+                                 f"database): {exc.strerror or exc}") from exc
     named = named or (("default", api),)
     if any(hmac.compare_digest(token.encode(), cluster.encode()) for _, token in named):
         raise errors.ConfigError(["[manager] api_token: must differ from cluster_token"])
