@@ -49,3 +49,24 @@ def test_pyz_from_an_empty_directory_serves_and_leaves_no_agent(pyz, tmp_path):
     assert (work / "fleet-state" / "logs" / "one.log").exists()   # default state_dir, in cwd
     assert daemon.terminate() == 0
     assert not [p for p in pids if alive(p)]
+
+
+def test_a_cold_start_runs_fleet_fresh_under_the_same_pid(pyz, tmp_path):
+    """After unpacking, fleet re-execs itself (same pid) and the marker never reaches agents."""
+    config = tmp_path / "env.toml"
+    config.write_text(
+        '[daemon]\nlisten = "127.0.0.1:0"\nmanager = "127.0.0.1:1"\n'
+        f'state_dir = "{tmp_path}/state"\n[[agents]]\nid = "env"\n'
+        f'command = ["{sys.executable}", "-c", "import os, time; print(sorted(os.environ), flush=True); '
+        'time.sleep(3600)"]\nstart_seconds = 0.2\n')
+    daemon = FleetProcess("--role", "daemon", "--config", str(config), entry=[sys.executable, str(pyz)],
+                          log_dir=tmp_path, env={"FLEET_CACHE_DIR": str(tmp_path / "fresh-cache"),
+                               "FLEET_LOG_LEVEL": "debug"})
+    daemon.port()
+    lock_pid = (tmp_path / "state" / "daemon.lock").read_text().strip()
+    assert lock_pid == str(daemon.pid)          # the same process, after exec
+    assert daemon.read().count("starting fleet in a fresh interpreter") == 1
+    log = tmp_path / "state" / "logs" / "env.log"
+    printed = wait_for(lambda: log.exists() and log.read_text())
+    assert "FLEET_CACHE_DIR" in printed and "FLEET_BOOTSTRAP_FRESH" not in printed
+    assert daemon.terminate() == 0
