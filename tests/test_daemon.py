@@ -194,3 +194,28 @@ def test_shutdown_stops_many_stubborn_agents_in_parallel(tmp_path):
         took = time.monotonic() - began
     assert took < 1 + 2, took
     wait_for(lambda: not [p for p in pids if alive(p)], timeout=2)
+
+
+def test_restarted_daemon_adopts_stops_removed_agents_and_flags_changed_config(tmp_path):
+    """A daemon restarted in place adopts live agents, stops those no longer configured,
+    and flags an agent whose command changed (applied at its next restart)."""
+    from fleet.daemon.app import Daemon
+    from tests.daemon_harness import daemon_config
+    first = Daemon(daemon_config(tmp_path, [agent("keep"), agent("drop"), agent("edit")]))
+    first.start()
+    pids = {i: wait_for(lambda i=i: running_pid(first, i)) for i in ("keep", "drop", "edit")}
+    first.close()                       # the daemon goes away; its agents stay
+    assert all(alive(p) for p in pids.values())
+    edited = [sys.executable, "-c", "import time; time.sleep(3599)"]
+    second = Daemon(daemon_config(tmp_path, [agent("keep"), agent("edit", edited)]))
+    second.start()
+    try:
+        assert snap(second, "keep").pid == pids["keep"] and snap(second, "keep").state is State.RUNNING
+        assert snap(second, "edit").pid == pids["edit"] and snap(second, "edit").config_changed
+        wait_for(lambda: not alive(pids["drop"]), timeout=5)
+        second.supervisor.operate("edit", "restart")
+        assert not snap(second, "edit").config_changed
+        assert psutil.Process(snap(second, "edit").pid).cmdline()[-1].endswith("3599)")
+    finally:
+        second.stop()
+    assert not [p for p in pids.values() if alive(p)]
