@@ -219,3 +219,18 @@ def test_restarted_daemon_adopts_stops_removed_agents_and_flags_changed_config(t
     finally:
         second.stop()
     assert not [p for p in pids.values() if alive(p)]
+
+
+def test_an_unreadable_record_leaves_the_agent_unknown_until_an_operator_acts(tmp_path):
+    """A corrupt state record: the agent is UNKNOWN (not started twice); start then runs it."""
+    state = tmp_path / "state" / "agents"
+    state.mkdir(parents=True)
+    (state / "a.json").write_text("{not json")
+    with running_daemon(tmp_path, [agent("a")]) as (node, stub):
+        info = stub.ListAgents(pb.ListAgentsRequest()).agents[0]
+        assert info.status == pb.AGENT_STATUS_UNKNOWN and info.pid == 0
+        assert "unreadable state record" in info.last_error and info.health == "unknown"
+        assert (state / "a.json").read_text() == "{not json"
+        answer = stub.OperateAgent(pb.OperateAgentRequest(agent_id="a", operation="start"))
+        assert answer.agent.pid > 0
+        wait_for(lambda: running_pid(node, "a"))

@@ -19,6 +19,8 @@ import time
 
 import psutil
 
+from fleet.daemon.statedir import UnreadableRecord
+
 log = logging.getLogger(__name__)
 
 
@@ -64,12 +66,17 @@ class ProcOps:
         return Child(popen.pid, popen.pid, create_time, popen, self._pidfd(popen.pid))
 
     def adopt(self, pid: int, pgid: int, create_time: float) -> Child | None:
-        """A Child for a live pid whose create time matches, else None."""
+        """A Child for a live pid whose create time matches, else None.
+
+        Raises UnreadableRecord when the pid lives but its facts cannot be read.
+        """
         try:
             proc = psutil.Process(pid)
             if abs(proc.create_time() - create_time) > 0.01 or \
                     proc.status() == psutil.STATUS_ZOMBIE:
                 return None
+        except psutil.AccessDenied as exc:
+            raise UnreadableRecord(f"pid {pid} lives but cannot be inspected") from exc
         except psutil.Error:
             return None
         pidfd = self._pidfd(pid)

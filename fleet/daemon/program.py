@@ -112,6 +112,11 @@ class Program:
         else:
             self.change_state(State.STOPPED, now)
 
+    def set_unknown(self, reason: str, now: float) -> None:
+        """A record says a process may run, but it cannot be checked: UNKNOWN."""
+        self.last_error = reason
+        self.change_state(State.UNKNOWN, now)
+
     def adopt(self, child: Child, start_time: int, restart_count: int, running_hash: str,
               now: float) -> None:
         """Take over a live process a previous daemon started."""

@@ -28,6 +28,10 @@ class StateDirLocked(FleetError):
     """Another daemon holds this state directory."""
 
 
+class UnreadableRecord(FleetError):
+    """A record exists but cannot be read: whether its process runs is unknown."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AgentRecord:
     """What a restarted daemon needs to adopt a live agent."""
@@ -122,15 +126,17 @@ class StateDir:
         write_atomic(path, json.dumps(dataclasses.asdict(record)).encode())
 
     def read_agent(self, agent_id: str) -> AgentRecord | None:
-        """The record kept for agent_id, or None if there is none or it is unreadable."""
+        """The record kept for agent_id, or None if there is none.
+
+        Raises UnreadableRecord if the file exists but cannot be read or parsed.
+        """
         try:
             with open(self._agent_path(agent_id), encoding="utf-8") as handle:
                 return AgentRecord(**json.load(handle))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as exc:
-            log.warning("%s: unreadable state record (%s); ignoring it", agent_id, exc)
-            return None
+            raise UnreadableRecord(f"unreadable state record: {exc}") from exc
 
     def recorded_agents(self) -> list[str]:
         """Ids of every agent with a record."""

@@ -16,7 +16,7 @@ from fleet.daemon.metrics import Sampler
 from fleet.daemon.procops import SIGKILL, ProcOps
 from fleet.daemon.program import Program, Snapshot
 from fleet.daemon.runner import Runner
-from fleet.daemon.statedir import AgentRecord, StateDir
+from fleet.daemon.statedir import AgentRecord, StateDir, UnreadableRecord
 from fleet.errors import NotFound
 from fleet.states import State
 
@@ -55,8 +55,14 @@ class Supervisor:
             runner.start(self._initial_action(config))
 
     def _initial_action(self, config: AgentConfig) -> Callable[[Program, float], None]:
-        record = self.statedir.read_agent(config.id)
-        child = self.ops.adopt(record.pid, record.pgid, record.create_time) if record else None
+        try:
+            record = self.statedir.read_agent(config.id)
+            child = self.ops.adopt(record.pid, record.pgid, record.create_time) if record else None
+        except UnreadableRecord as exc:
+            # Starting it could make a duplicate; leave it to an operator's start or stop.
+            reason = exc.message
+            log.warning("%s: %s; state UNKNOWN until started or stopped", config.id, reason)
+            return lambda program, now: program.set_unknown(reason, now)
         if child is None:
             return lambda program, now: program.set_initial(now)
         if record.config_hash != config.config_hash():
@@ -68,8 +74,12 @@ class Supervisor:
 
     def _stop_orphan(self, agent_id: str) -> None:
         """Stop a recorded agent that left the config, in the background."""
-        record = self.statedir.read_agent(agent_id)
-        child = self.ops.adopt(record.pid, record.pgid, record.create_time) if record else None
+        try:
+            record = self.statedir.read_agent(agent_id)
+            child = self.ops.adopt(record.pid, record.pgid, record.create_time) if record else None
+        except UnreadableRecord as exc:
+            log.warning("%s: no longer configured and %s; leaving it", agent_id, exc.message)
+            record = child = None
         self.statedir.write_agent(agent_id, None)
         if child is None:
             return
@@ -127,7 +137,8 @@ class Supervisor:
     def _publisher(self, agent_id: str) -> Callable[[Snapshot, AgentRecord | None], None]:
         def publish(snapshot: Snapshot, record: AgentRecord | None) -> None:
             try:
-                self.statedir.write_agent(agent_id, record)
+                if snapshot.state is not State.UNKNOWN:  # keep the evidence until an operator acts
+                    self.statedir.write_agent(agent_id, record)
             except OSError as exc:
                 log.error("%s: cannot write the state record: %s", agent_id, exc)
             if snapshot.pid and snapshot.state in (State.STARTING, State.RUNNING):
