@@ -45,3 +45,13 @@ def running_daemon(tmp_path, agents, token="", **daemon):
     finally:
         channel.close()
         node.stop()
+
+
+@contextlib.contextmanager
+def started(thing):
+    """Start a Manager or Daemon for the block; stop it after (a Daemon stops its agents)."""
+    thing.start()
+    try:
+        yield thing
+    finally:
+        thing.stop() if isinstance(thing, Daemon) else thing.close()

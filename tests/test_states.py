@@ -21,3 +21,10 @@ def test_health_follows_the_state():
     assert health(State.RUNNING) == "healthy"
     assert {health(s) for s in (State.BACKOFF, State.EXITED, State.FATAL)} == {"unhealthy"}
     assert health(State.STARTING) == "unknown"
+
+
+def test_the_daemon_fills_every_field_of_the_wire_agent_messages():
+    """convert.py names every field of AgentState and AgentInfo (none left at its default)."""
+    from fleet.daemon.convert import INFO_FIELDS, STATE_FIELDS
+    assert set(STATE_FIELDS) | {"status"} == set(pb.AgentState.DESCRIPTOR.fields_by_name)
+    assert set(INFO_FIELDS) | {"status"} == set(pb.AgentInfo.DESCRIPTOR.fields_by_name)

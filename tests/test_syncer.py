@@ -1,12 +1,11 @@
 """The daemon's state syncer against a real in-process manager over gRPC."""
-import contextlib
 import dataclasses
 
 from fleet import config as configuration
 from fleet.daemon.app import Daemon
 from fleet.manager.app import Manager
 from fleet.states import State
-from tests.daemon_harness import agent, daemon_config
+from tests.daemon_harness import agent, daemon_config, started
 from tests.helpers import wait_for
 
 CLUSTER = "cluster-token-syncer-tests"
@@ -20,15 +19,6 @@ def manager_config(tmp_path, grpc="127.0.0.1:0"):
         problems)
     assert not problems, problems
     return config.manager
-
-
-@contextlib.contextmanager
-def started(thing):
-    thing.start()
-    try:
-        yield thing
-    finally:
-        thing.stop() if isinstance(thing, Daemon) else thing.close()
 
 
 def daemon_for(tmp_path, manager_port, agents, **daemon):

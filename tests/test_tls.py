@@ -4,7 +4,6 @@ One throwaway cluster CA signs the manager's and the daemons' certificates; a
 second CA plays an impostor. Managers and daemons run in-process on 127.0.0.1
 port 0, except where the command line itself is under test.
 """
-import contextlib
 import json
 import ssl
 import subprocess
@@ -22,7 +21,7 @@ from fleet.manager.app import Manager
 from fleet.rpc import open_channel
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
-from tests.daemon_harness import agent, daemon_config
+from tests.daemon_harness import agent, daemon_config, started
 from tests.helpers import wait_for
 from tests.procs import FLEET_PY, REPO, FleetProcess
 from tests.tls_certs import issue, make_ca
@@ -67,16 +66,6 @@ def make_daemon(tmp_path, manager, tls, node_id="n1"):
     config = daemon_config(tmp_path / node_id, [agent("a")], node_id=node_id, tls=tls,
                            manager=f"127.0.0.1:{manager.grpc_port}", cluster_token=CLUSTER)
     return Daemon(config)
-
-
-@contextlib.contextmanager
-def started(thing):
-    """Start a Manager or Daemon for the block; stop it after."""
-    thing.start()
-    try:
-        yield thing
-    finally:
-        thing.stop() if isinstance(thing, Daemon) else thing.close()
 
 
 def https(port, ca, method, path, body=None):
