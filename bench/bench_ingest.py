@@ -330,10 +330,10 @@ def raw_upsert_rate(workdir: pathlib.Path, nodes: int, agents: int) -> float:
     backend = backend_of(db)
     sql = agent_upsert(backend, REPORT_COLUMNS)
     rows = [(f"bench-{n:05d}", f"agent-{a:03d}", "t", "1", 3, 1000 + a, 1, 0, -1, 0, "healthy",
-             1, 1, 1, 1) for n in range(nodes) for a in range(agents)]
+             1, 1, 1, 1, "", None, 1, False) for n in range(nodes) for a in range(agents)]
     done, began = 0, time.perf_counter()
     for seq in range(1, 4):
-        batch = [r[:13] + (seq, r[14]) for r in rows]
+        batch = [r[:13] + (seq,) + r[14:] for r in rows]
         for start in range(0, len(batch), 20000):
             with db.atomic():
                 backend.upsert_many(db.cursor(), sql, batch[start:start + 20000])

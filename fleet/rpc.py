@@ -12,6 +12,9 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import threading
+import time
+import urllib.parse
 from concurrent import futures
 from typing import Any, Callable, Iterable
 
@@ -24,6 +27,7 @@ from fleet.values import join_address, split_address
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+REFUSAL_LOG_SECONDS = 60.0     # at most one line per peer host about refused calls
 MAX_DETAILS_BYTES = 1024        # of an error status's message (percent-encoded: up to 3x)
 KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -47,24 +51,75 @@ def _bearer(token: str) -> str:
 
 
 class TokenCheck(grpc.ServerInterceptor):
-    """Refuses every call whose metadata lacks the cluster token."""
+    """Refuses every call whose metadata lacks the cluster token, and logs who called."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, refusals: "RefusalLog | None" = None):
         self._expected = _bearer(token).encode()
-
-        def deny(request: Any, context: grpc.ServicerContext) -> None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._refusals = refusals or RefusalLog()
 
     def intercept_service(self, continuation, handler_call_details):
+        why = "missing cluster token"
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
                 if hmac.compare_digest(given, self._expected):
                     return continuation(handler_call_details)
+                why = "wrong cluster token"
                 break
-        return self._deny
+        return self._deny(handler_call_details.method, why)
+
+    def _deny(self, method: str, why: str) -> grpc.RpcMethodHandler:
+        def deny(request: Any, context: grpc.ServicerContext) -> None:
+            self._refusals.refused(context.peer(), method, why)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+class RefusalLog:
+    """Warnings about refused calls, at most one per peer host per `every` seconds; the
+    next line counts the ones left out. A client hammering with a wrong token is one
+    line a minute, and many such clients cost at most MAX_PEERS entries."""
+
+    MAX_PEERS = 1024
+
+    def __init__(self, every: float = REFUSAL_LOG_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.every = every
+        self.clock = clock
+        self._lock = threading.Lock()
+        # peer host -> [when its last line was logged, refusals left out since]
+        self._peers: dict[str, list] = {}
+
+    def refused(self, peer: str, method: str, why: str) -> None:
+        """Record one refused call from `peer` (gRPC's "ipv4:1.2.3.4:5678" form)."""
+        host = peer_host(peer)
+        now = self.clock()
+        with self._lock:
+            entry = self._peers.get(host)
+            if entry is not None and now - entry[0] < self.every:
+                entry[1] += 1
+                return
+            suppressed = entry[1] if entry is not None else 0
+            self._peers.pop(host, None)
+            if len(self._peers) >= self.MAX_PEERS:
+                self._peers.pop(next(iter(self._peers)))   # the least recently logged
+            self._peers[host] = [now, 0]
+        more = f" ({suppressed} more from {host} not logged)" if suppressed else ""
+        log.warning("refused call %r from %s: %s%s", method[:200], _peer_address(peer), why,
+                    more)
+
+
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer string: "ipv4:10.0.0.5:4242" -> "10.0.0.5"."""
+    address = _peer_address(peer)
+    host, sep, port = address.rpartition(":")
+    return host.strip("[]") if sep and port.isdigit() else address
+
+
+def _peer_address(peer: str) -> str:
+    kind, sep, rest = urllib.parse.unquote(peer).partition(":")
+    return rest if sep and kind in ("ipv4", "ipv6", "unix") else peer
 
 
 class _TokenAttach(grpc.UnaryUnaryClientInterceptor):

@@ -21,7 +21,7 @@ MANAGER = """
 http = "127.0.0.1:{http}"
 grpc = "127.0.0.1:{grpc}"
 db = "sqlite:///{db}"
-offline_after = 3
+offline_after = {offline_after}
 api_token = "{api}"
 cluster_token = "{cluster}"
 {extra}
@@ -75,10 +75,11 @@ class Cluster:
         self.procs = []           # (role, FleetProcess) in start order
         self.state_dirs = []
 
-    def manager_config(self, grpc_port=0, http_port=0, extra=""):
+    def manager_config(self, grpc_port=0, http_port=0, extra="", offline_after=3):
         path = self.tmp / "manager.toml"
         path.write_text(MANAGER.format(http=http_port, grpc=grpc_port, db=self.db_path,
-                                       api=API_TOKEN, cluster=CLUSTER_TOKEN, extra=extra))
+                                       api=API_TOKEN, cluster=CLUSTER_TOKEN, extra=extra,
+                                       offline_after=offline_after))
         return path
 
     def daemon_config(self, node, manager_port, agents):

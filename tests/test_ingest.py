@@ -7,7 +7,7 @@ import pytest
 
 from fleet import errors
 from fleet.manager import db as dbmod
-from fleet.manager.ingest import IngestWriter, Report, ReportService
+from fleet.manager.ingest import IngestWriter, Report, ReportService, agent_row
 from fleet.manager.models import Agent, Node
 from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.registry import Registry
@@ -261,8 +261,8 @@ def test_concurrent_reports_share_transactions(tmp_path):
 
 def test_report_of_deleted_node_leaves_no_rows(manager):
     """Rows of a report whose node was deleted meanwhile are not kept (no orphans)."""
-    manager.writer.submit(Report("gone", 1, 1, False, [("gone", "a", "", "", RUNNING, 1, None, 0,
-                                                        -1, 0, "", None, 1, 1, 0)], (), 0))
+    row = agent_row("gone", state("a"), 1, 1, 0)
+    manager.writer.submit(Report("gone", 1, 1, False, [row], (), 0))
     assert manager.rows("gone") == {}
 
 
@@ -277,3 +277,93 @@ def test_writer_start_stop_idempotent_and_drains(tmp_path):
     with pytest.raises(errors.Unavailable, match="shutting down"):
         m.sync(2, [state("a")])
     assert set(m.rows()) == {"a"}
+
+
+# ---- every agent field in reports (issue 7, item 2) --------------------------------------
+
+BACKOFF = pb.AGENT_STATUS_BACKOFF
+
+
+def test_reports_store_every_agent_field(manager):
+    """last_error, next_retry_time, changed_at and config_changed of a report are stored and
+    shown as the HTTP Agent shows them (0 times as null)."""
+    manager.sync(1, [state("a", status=BACKOFF, pid=0, last_error="exited within start_seconds",
+                           next_retry_time=1_700_000_060_000, changed_at=1_700_000_000_000,
+                           config_changed=True),
+                     state("b", changed_at=1_700_000_000_500)])
+    agents = {a["agent_id"]: a for a in manager.nodes.list_agents("n1")}
+    assert (agents["a"]["status"], agents["a"]["last_error"], agents["a"]["next_retry_time"],
+            agents["a"]["changed_at"], agents["a"]["config_changed"]) == \
+        ("backoff", "exited within start_seconds", 1_700_000_060_000, 1_700_000_000_000, True)
+    assert (agents["b"]["last_error"], agents["b"]["next_retry_time"],
+            agents["b"]["changed_at"], agents["b"]["config_changed"]) == \
+        ("", None, 1_700_000_000_500, False)
+    manager.sync(2, [state("a", changed_at=1_700_000_061_000)])   # it started: all cleared
+    a = manager.nodes.get_agent("n1", "a")
+    assert (a["last_error"], a["next_retry_time"], a["config_changed"]) == ("", None, False)
+
+
+def test_a_report_of_the_previous_release_is_stored_and_keeps_pulled_fields(manager):
+    """A daemon of the previous release (AgentState without the appended fields) reports
+    fine; what a pull stored of those fields stays (next_retry_time only in BACKOFF)."""
+    old = pb.AgentState(agent_id="a", status=BACKOFF, pid=0, health="unhealthy")
+    assert manager.sync(1, [old]).success
+    assert manager.nodes.get_agent("n1", "a")["changed_at"] is None
+    manager.nodes.store_agent_infos("n1", [pb.AgentInfo(
+        agent_id="a", status=BACKOFF, last_error="boom", next_retry_time=5, changed_at=3,
+        config_changed=True)])
+    assert manager.sync(2, [pb.AgentState.FromString(old.SerializeToString())]).success
+    a = manager.nodes.get_agent("n1", "a")
+    assert (a["last_error"], a["next_retry_time"], a["config_changed"]) == ("boom", 5, True)
+    manager.sync(3, [pb.AgentState(agent_id="a", status=RUNNING, pid=7)])
+    a = manager.nodes.get_agent("n1", "a")
+    assert (a["status"], a["last_error"], a["next_retry_time"]) == ("running", "boom", None)
+
+
+def test_report_fields_are_checked_and_bounded(manager):
+    """A negative next_retry_time or changed_at rejects the state; a long last_error or one
+    with NUL is stored cut and cleaned, never costing the state."""
+    result = manager.sync(1, [state("retry", next_retry_time=-1), state("changed", changed_at=-5),
+                              state("long", last_error="x" * 10_000 + "\x00", changed_at=1)])
+    assert dict(result.errors).keys() == {"retry", "changed"}
+    assert "next_retry_time" in dict(result.errors)["retry"]
+    stored = manager.nodes.get_agent("n1", "long")["last_error"]
+    assert stored == "x" * 4096
+
+
+def test_an_unexpected_error_in_the_writer_is_internal_without_its_text(manager, monkeypatch,
+                                                                        caplog):
+    """A bug while writing a batch fails its reports as an internal error (INTERNAL on the
+    wire) with the traceback logged, not as Unavailable carrying the exception's text."""
+    def broken(*args):
+        raise RuntimeError("secret detail of a bug")
+
+    monkeypatch.setattr(manager.writer, "_apply", broken)
+    with pytest.raises(errors.FleetError) as caught:
+        manager.sync(1, [state("a")])
+    assert type(caught.value) is errors.FleetError and caught.value.code == "internal"
+    assert "secret" not in caught.value.message
+    assert "secret detail of a bug" in caplog.text and "Traceback" in caplog.text
+    monkeypatch.undo()
+    assert manager.sync(1, [state("a")]).success     # the writer lives on
+
+
+# ---- a clean stop (issue 7, item 5) ------------------------------------------------------
+
+def test_a_stopping_report_shows_the_node_offline_until_it_speaks_again(manager):
+    """A report flagged stopping makes the node read offline at once (and deletable); a
+    later heartbeat, report or registration makes it online again."""
+    manager.sync(1, [state("a")])
+    manager.reports.sync("n1", 1, 2, True, [state("a", status=pb.AGENT_STATUS_STOPPED, pid=0)],
+                         stopping=True)
+    assert manager.nodes.get_node("n1")["status"] == "offline"
+    assert [n["node_id"] for n in manager.nodes.list_nodes(status="offline")] == ["n1"]
+    assert manager.nodes.list_nodes(status="online") == []
+    seq = 2
+    for speak in (lambda: manager.reports.heartbeat("n1", 1), lambda: manager.sync(seq + 1, []),
+                  lambda: manager.nodes.register(NodeFacts("n1", boot_id=1))):
+        speak()
+        assert manager.nodes.get_node("n1")["status"] == "online"
+        seq += 2
+        manager.reports.sync("n1", 1, seq, True, [], stopping=True)
+        assert manager.nodes.get_node("n1")["status"] == "offline"

@@ -1,6 +1,7 @@
 """ManagerService over real gRPC on 127.0.0.1, backed by a SQLite file."""
 import sqlite3
 import threading
+from concurrent import futures
 
 import grpc
 import pytest
@@ -199,3 +200,63 @@ def test_locked_database_unavailable_then_succeeds(manager, stub, tmp_path):
     assert stored(manager[0]) == {"a": ("", RUNNING, 1, 0)}
     assert sync(stub, 2, [state("a", pid=2), state("b", pid=2)], full=True).success
     assert {k: v[2] for k, v in stored(manager[0]).items()} == {"a": 2, "b": 2}
+
+
+def test_a_bug_in_the_ingest_writer_answers_internal_without_its_text(manager, stub,
+                                                                      monkeypatch, caplog):
+    """An unexpected exception while writing a report is INTERNAL with "internal error" on
+    the wire and its traceback in the manager's log; a storage fault stays UNAVAILABLE."""
+    register(stub)
+
+    def broken(*args):
+        raise KeyError("secret detail of a bug")
+
+    monkeypatch.setattr(manager[0].writer, "_apply", broken)
+    with pytest.raises(grpc.RpcError) as caught:
+        sync(stub, 1, [state("a")])
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert caught.value.details() == "internal error"
+    assert "secret detail of a bug" in caplog.text and "Traceback" in caplog.text
+    monkeypatch.undo()
+    assert sync(stub, 1, [state("a")]).success
+
+
+def test_refused_calls_are_logged_with_the_peer_at_most_once_a_window(tmp_path, caplog):
+    """A call with a wrong or missing cluster token is logged with the caller's address,
+    one line per peer host per window; the next line counts the ones left out."""
+    from fleet.rpc import RefusalLog, TokenCheck
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    check = TokenCheck("the-cluster-token", RefusalLog(every=60, clock=clock))
+    server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[check])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = fleet_pb2_grpc.ManagerServiceStub(channel)
+    try:
+        def refused(metadata):
+            return code_of(lambda: stub.Heartbeat(pb.HeartbeatRequest(node_id="n1"),
+                                                  metadata=metadata, timeout=DEADLINE))
+
+        with caplog.at_level("WARNING", logger="fleet.rpc"):
+            assert refused((("authorization", "Bearer not-the-token-xyz"),)) == \
+                grpc.StatusCode.UNAUTHENTICATED
+            for _ in range(3):
+                refused(())
+            clock.now = 61
+            refused(())
+        lines = [r.getMessage() for r in caplog.records if r.name == "fleet.rpc"]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith("refused call '/fleet.v1.ManagerService/Heartbeat' from "
+                                   "127.0.0.1:") and lines[0].endswith("wrong cluster token")
+        assert lines[1].endswith("missing cluster token (3 more from 127.0.0.1 not logged)")
+        assert "not-the-token-xyz" not in caplog.text
+    finally:
+        channel.close()
+        server.stop(None)

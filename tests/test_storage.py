@@ -6,7 +6,7 @@ import pytest
 from fleet import errors
 from fleet.manager import db as dbmod
 from fleet.manager.db import PostgresBackend, SQLiteBackend, migrate, open_database, schema_version
-from fleet.manager.ingest import PULL_COLUMNS, REPORT_COLUMNS, agent_upsert
+from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert
 from fleet.manager.models import Agent, Node
 from fleet.manager.nodes import AGENT_FIELDS, NodeFacts, NodeStore
 from fleet.manager.registry import Registry
@@ -115,7 +115,7 @@ def test_postgresql_without_driver_is_a_clear_error():
 def test_backend_sql_per_engine():
     """Placeholders and the bulk VALUES clause are per backend; the upsert keeps its guard."""
     sqlite_sql = agent_upsert(SQLiteBackend(), REPORT_COLUMNS)
-    pg_sql = agent_upsert(PostgresBackend(), PULL_COLUMNS)
+    pg_sql = agent_upsert(PostgresBackend(), REPORT_COLUMNS)
     assert sqlite_sql.count("?") == len(REPORT_COLUMNS) and "%s" not in sqlite_sql
     assert "VALUES %s ON CONFLICT (node_id, agent_id)" in pg_sql
     for sql in (sqlite_sql, pg_sql):
@@ -243,3 +243,22 @@ def test_registry_tracks_newest_boot_and_seq():
     assert registry.get("n1") == (2, 6)
     registry.forget("n1")
     assert "n1" not in registry and len(registry) == 0
+
+
+def test_migration_3_adds_the_reported_fields_to_a_version_2_database(tmp_path, monkeypatch):
+    """A version 2 database gains agent changed_at/config_changed and node stopped_at,
+    keeping its rows (unset, false, unset)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS[:2])
+    db = open_database(url)
+    assert migrate(db) == 2
+    with db.connection_context():
+        db.execute_sql("INSERT INTO node (node_id, registered_at, last_seen) VALUES ('n1', 1, 1)")
+        db.execute_sql("INSERT INTO agent (node_id, agent_id, status) VALUES ('n1', 'a', 3)")
+    monkeypatch.undo()
+    assert migrate(open_database(url)) == 3
+    with db.connection_context():
+        row = Agent.get(Agent.agent_id == "a")
+        assert (row.status, row.changed_at, row.config_changed) == (3, None, False)
+        assert Node.get(Node.node_id == "n1").stopped_at is None
+    dbmod.close_database(db)

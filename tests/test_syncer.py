@@ -1,9 +1,18 @@
 """The daemon's state syncer against a real in-process manager over gRPC."""
 import dataclasses
+import threading
+
+import grpc
+import pytest
 
 from fleet import config as configuration
 from fleet.daemon.app import Daemon
+from fleet.daemon.manager_client import ManagerClient, local_ip_towards
+from fleet.errors import DeadlineExceeded
 from fleet.manager.app import Manager
+from fleet.rpc import create_server
+from fleet.v1 import fleet_pb2 as pb
+from fleet.v1 import fleet_pb2_grpc as pb_grpc
 from fleet.states import State
 from tests.daemon_harness import agent, daemon_config, started
 from tests.helpers import wait_for
@@ -87,11 +96,6 @@ def test_manager_down_then_back_converges_and_pending_stays_bounded(tmp_path):
 
 def test_manager_refuses_calls_without_the_cluster_token(tmp_path):
     """ManagerService answers UNAUTHENTICATED to no token or a wrong one, and stores nothing."""
-    import grpc
-    import pytest
-
-    from fleet.v1 import fleet_pb2 as pb
-    from fleet.v1 import fleet_pb2_grpc as pb_grpc
     with started(Manager(manager_config(tmp_path))) as manager:
         channel = grpc.insecure_channel(f"127.0.0.1:{manager.grpc_port}")
         stub = pb_grpc.ManagerServiceStub(channel)
@@ -103,3 +107,67 @@ def test_manager_refuses_calls_without_the_cluster_token(tmp_path):
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         channel.close()
         assert manager.parts.nodes.list_nodes() == []
+
+
+class HungManager:
+    """A ManagerService on 127.0.0.1 whose every call blocks until close(): a manager that
+    accepts calls and never answers."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.calls = 0
+        hung = self
+
+        class Servicer(pb_grpc.ManagerServiceServicer):
+            def RegisterNode(self, request, context):
+                hung.calls += 1
+                hung.release.wait(30)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "released")
+
+        self.server, port = create_server("127.0.0.1:0", [
+            lambda s: pb_grpc.add_ManagerServiceServicer_to_server(Servicer(), s)], token=CLUSTER)
+        self.address = f"127.0.0.1:{port}"
+        self.server.start()
+
+    def close(self):
+        self.release.set()
+        self.server.stop(None)
+
+
+def test_a_manager_that_never_answers_fails_over_to_the_next_on_deadline_exceeded(tmp_path):
+    """A call that meets its deadline (DEADLINE_EXCEEDED) moves the client to the next
+    manager address, as UNAVAILABLE does; the next call reaches the answering manager."""
+    hung = HungManager()
+    try:
+        with started(Manager(manager_config(tmp_path))) as manager:
+            live = f"127.0.0.1:{manager.grpc_port}"
+            client = ManagerClient((hung.address, live), CLUSTER, deadline=0.5)
+            request = pb.RegisterNodeRequest(node_id="n1", boot_id=1)
+            with pytest.raises(DeadlineExceeded):
+                client.register(request)
+            assert hung.calls == 1 and client.address == live
+            client.register(request)
+            assert [n["node_id"] for n in manager.parts.nodes.list_nodes()] == ["n1"]
+            client.close()
+    finally:
+        hung.close()
+
+
+def test_registration_facts_are_computed_for_the_manager_registered_with(tmp_path):
+    """After failing over from an unreachable first manager, the daemon registers with the
+    IP (and advertised address) routed towards the manager it reached, not the first."""
+    from tests.realfleet import free_port
+
+    outside = local_ip_towards("192.0.2.1:9")    # the interface a non-loopback route uses
+    if outside.startswith("127."):
+        pytest.skip("no non-loopback interface to tell the managers apart")
+    config = dataclasses.replace(manager_config(tmp_path), grpc="0.0.0.0:0")
+    with started(Manager(config)) as manager:
+        dead = f"127.0.0.1:{free_port()}"
+        daemon = Daemon(daemon_config(
+            tmp_path, [agent("a")], manager=f"{dead},{outside}:{manager.grpc_port}",
+            cluster_token=CLUSTER, node_id="n1", listen="0.0.0.0:0"))
+        with started(daemon):
+            node = wait_for(lambda: manager.parts.nodes.list_nodes(), timeout=10)[0]
+            assert node["ip"] == outside
+            assert node["advertise_address"] == f"{outside}:{daemon.port}"

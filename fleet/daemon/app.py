@@ -70,15 +70,16 @@ class Daemon:
     def _start_syncer(self) -> None:
         cfg = self.config.daemon
         self._client = ManagerClient(cfg.managers, cfg.cluster_token, cfg.tls)
-        self.syncer = StateSyncer(self._client, self.registration(), self.supervisor.snapshots,
+        self.syncer = StateSyncer(self._client, self.registration, self.supervisor.snapshots,
                                   cfg.sync_interval, cfg.heartbeat_interval)
         self.supervisor.listeners.append(self.syncer.notify)
         self.syncer.start()
 
-    def registration(self) -> pb.RegisterNodeRequest:
-        """This node's facts, as RegisterNode carries them."""
+    def registration(self, manager: str = "") -> pb.RegisterNodeRequest:
+        """This node's facts now, as RegisterNode to `manager` (default: the first) carries
+        them: the IP is the local one routed towards that manager."""
         cfg = self.config.daemon
-        ip = local_ip_towards(cfg.managers[0])
+        ip = local_ip_towards(manager or cfg.managers[0])
         host, _ = split_address(cfg.listen)
         advertise = cfg.advertise or join_address(ip if host in WILDCARDS else host, self.port)
         return pb.RegisterNodeRequest(

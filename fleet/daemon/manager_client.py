@@ -1,5 +1,6 @@
 """The daemon's client of ManagerService: one channel, a deadline on every call,
-and failover along the configured manager addresses when one is unreachable."""
+and failover along the configured manager addresses when one is unreachable or
+does not answer in time."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,7 @@ import grpc
 
 from fleet.config import TLSConfig
 from fleet.values import split_address
-from fleet.errors import Unavailable
+from fleet.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from fleet.rpc import from_rpc_error, open_channel
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -60,8 +61,13 @@ class ManagerClient:
         try:
             return getattr(stub, name)(request, timeout=self.deadline)
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc, f"manager {self.address} {name}")
-            if isinstance(error, Unavailable):
+            address = self.address
+            if getattr(exc, "code", lambda: None)() == grpc.StatusCode.UNAUTHENTICATED:
+                raise Unauthenticated(
+                    f"manager {address} refused the cluster token ({name})") from None
+            error = from_rpc_error(exc, f"manager {address} {name}")
+            # A manager that hangs is as useless as one that is down: try the next.
+            if isinstance(error, (Unavailable, DeadlineExceeded)):
                 self._failover()
             raise error from None
 

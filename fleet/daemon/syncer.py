@@ -6,8 +6,11 @@ after any state change; heartbeats between. Changed states wait in `pending`
 count) until a report carrying them is acknowledged. Failures keep them and
 retry with capped, jittered backoff. `seq` counts acknowledged reports of this
 boot; a retry reuses it. A manager that forgot the node (NOT_FOUND or
-`reregister`) gets a registration and then a full report. An unreachable
-manager changes nothing else on the node.
+`reregister`) gets a registration and then a full report. The registration's
+facts are computed afresh each time, for the manager then dialled (after a
+failover, the IP towards that one). An unreachable manager changes nothing
+else on the node. A clean stop ends with a full report flagged `stopping`, so
+the manager shows the node offline at once.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from typing import Callable
 from fleet.daemon.manager_client import ManagerClient
 from fleet.daemon.program import Snapshot
 from fleet.daemon.convert import agent_state
-from fleet.errors import FleetError, NotFound
+from fleet.errors import FleetError, NotFound, Unauthenticated
 from fleet.v1 import fleet_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -31,11 +34,13 @@ WARN_EVERY_SECONDS = 60.0
 
 
 class StateSyncer:
-    def __init__(self, client: ManagerClient, node: pb.RegisterNodeRequest,
+    def __init__(self, client: ManagerClient,
+                 registration: Callable[[str], pb.RegisterNodeRequest],
                  snapshots: Callable[[], list[Snapshot]], sync_interval: float,
                  heartbeat_interval: float, clock: Callable[[], float] = time.monotonic):
         self.client = client
-        self.node = node                      # the registration, with node_id and boot_id
+        self.registration = registration      # manager address -> this node's facts
+        self.node: pb.RegisterNodeRequest | None = None   # the last accepted registration
         self.snapshots = snapshots            # every agent's current state
         self.sync_interval = sync_interval
         self.heartbeat_interval = heartbeat_interval
@@ -69,7 +74,8 @@ class StateSyncer:
             self._thread.start()
 
     def stop(self, final_report: bool = True) -> None:
-        """End the thread, then send one last full report (best effort)."""
+        """End the thread, then send one last full report flagged `stopping` (best effort):
+        the manager shows the node offline at once."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -77,7 +83,7 @@ class StateSyncer:
             self._thread.join(self.client.deadline * 2 + 1)
         if final_report and self._registered:
             try:
-                self._report(full=True)
+                self._report(full=True, stopping=True)
             except FleetError as exc:
                 log.warning("final state report failed: %s", exc)
 
@@ -132,14 +138,17 @@ class StateSyncer:
             self._report(full=due == "full")
 
     def _register(self) -> None:
-        answer = self.client.register(self.node)
+        node = self.registration(self.client.address)
+        answer = self.client.register(node)
         if answer.sync_interval_seconds > 0:
             self.sync_interval = answer.sync_interval_seconds
         if answer.heartbeat_interval_seconds > 0:
             self.heartbeat_interval = answer.heartbeat_interval_seconds
-        log.info("registered node %s with manager %s (boot %s)", self.node.node_id,
-                 self.client.address, self.node.boot_id)
+        log.info("registered node %s with manager %s (boot %s, ip %s, address %s)",
+                 node.node_id, self.client.address, node.boot_id, node.ip,
+                 node.advertise_address)
         with self._cond:
+            self.node = node
             self._registered = True
             self._full_at = 0.0  # a full report follows every registration
 
@@ -152,14 +161,14 @@ class StateSyncer:
             if answer.reregister:
                 self._registered = False
 
-    def _report(self, full: bool) -> None:
+    def _report(self, full: bool, stopping: bool = False) -> None:
         with self._cond:
             taken = dict(self._pending)   # acknowledged entries leave pending below
             self._prompt_at = None
         states = self.snapshots() if full else list(taken.values())
         request = pb.SyncAgentStatesRequest(
             node_id=self.node.node_id, boot_id=self.node.boot_id, seq=self._seq + 1,
-            full=full, states=[agent_state(s) for s in states])
+            full=full, states=[agent_state(s) for s in states], stopping=stopping)
         try:
             answer = self.client.sync(request)
         except NotFound:
@@ -203,6 +212,11 @@ class StateSyncer:
             delay = min(cap, RETRY_INITIAL * 2 ** min(self._failures - 1, 10))
             self._retry_at = self.clock() + delay * random.uniform(0.8, 1.0)
             pending = len(self._pending)
+        if isinstance(exc, Unauthenticated):
+            # Nothing gets through until an operator fixes the token: say so every time.
+            log.error("%s; check [daemon] cluster_token; %d pending; retrying in %.1fs",
+                      exc, pending, delay)
+            return
         self._warn("report to manager %s failed (%s); %d pending; retrying in %.1fs",
                    self.client.address, exc, pending, delay)
 

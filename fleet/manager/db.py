@@ -265,10 +265,22 @@ def _migration_2(db: peewee.Database, backend: Backend) -> None:
         db.execute_sql(statement)
 
 
+def _migration_3(db: peewee.Database, backend: Backend) -> None:
+    """Reports carry every agent field (changed_at, config_changed); a node's clean stop."""
+    statements = [
+        "ALTER TABLE agent ADD COLUMN changed_at BIGINT",
+        "ALTER TABLE agent ADD COLUMN config_changed BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE node ADD COLUMN stopped_at BIGINT",
+    ]
+    for statement in statements:
+        db.execute_sql(statement)
+
+
 # (version, function): append only; a released migration never changes.
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
+    (3, _migration_3),
 )
 
 

@@ -9,8 +9,9 @@ dicts or model objects: this is the hot path) and hands them to the
 `IngestWriter` is one thread, `fleet-ingest`. It takes every report waiting in
 its queue (up to a row bound), applies them in ONE transaction with one
 executemany of a prepared upsert, commits, and only then wakes each report's
-caller. A failed transaction fails every report in it with Unavailable (the
-daemon retries) and leaves nothing half-applied. SQLite has one writer at a
+caller. A failed transaction fails every report in it and leaves nothing
+half-applied: with Unavailable when the database failed to operate (the daemon
+retries), with an internal error (INTERNAL, the traceback logged here) otherwise. SQLite has one writer at a
 time, so one thread that batches is faster than many that queue for the lock.
 """
 from __future__ import annotations
@@ -41,39 +42,54 @@ MAX_TEXT = 1024                 # characters of a state's type or version
 # The raw cursor raises the driver's own errors; inside this they become peewee's kinds
 # (OperationalError: locked, disk full), as peewee's own calls do.
 DRIVER_ERRORS = peewee.ExceptionWrapper(peewee.EXCEPTIONS)
+# The database failing to operate: UNAVAILABLE, the daemon retries. Anything else
+# (a constraint, bad SQL, a bug in this module) is INTERNAL with a logged traceback.
+STORAGE_FAULTS = (peewee.OperationalError, peewee.InterfaceError)
 
-# Column order of the tuples ReportService builds (REPORT_COLUMNS) and of the
-# pulled AgentInfo rows (PULL_COLUMNS, written by fleet.manager.nodes).
+# Column order of the tuples ReportService builds from reports and fleet.manager.nodes
+# from pulled AgentInfo rows: the same columns, since both carry every field.
 REPORT_COLUMNS = ("node_id", "agent_id", "type", "version", "status", "pid", "start_time",
                   "restart_count", "last_exit_code", "last_exit_signal", "health",
-                  "last_heartbeat", "boot_id", "seq", "last_sync_time")
-PULL_COLUMNS = REPORT_COLUMNS + ("last_error", "next_retry_time")
+                  "last_heartbeat", "boot_id", "seq", "last_sync_time", "last_error",
+                  "next_retry_time", "changed_at", "config_changed")
+MAX_ERROR = 4096                # characters of a last_error kept
 # Only a row whose stored (boot_id, seq) is not newer than the incoming one changes.
 NOT_NEWER = ("agent.boot_id < excluded.boot_id OR "
              "(agent.boot_id = excluded.boot_id AND agent.seq <= excluded.seq)")
+# A state without changed_at comes from a daemon of the previous release, whose reports
+# lacked these fields: it keeps what a pull stored (next_retry_time only in BACKOFF).
+OLD_DAEMON_KEEPS = {
+    "last_error": "agent.last_error",
+    "next_retry_time": (f"CASE WHEN excluded.status = {int(State.BACKOFF)} "
+                        "THEN agent.next_retry_time ELSE NULL END"),
+    "config_changed": "agent.config_changed",
+}
 
 
-def agent_upsert(backend: Backend, columns: Sequence[str], bulk: bool = True) -> str:
+def agent_upsert(backend: Backend, columns: Sequence[str], bulk: bool = True,
+                 report: bool = True) -> str:
     """The agent upsert for rows of `columns`: keeps `type` from creation.
 
-    An empty stored type counts as unset. A report (without next_retry_time)
-    clears a stored next_retry_time unless the agent is still in BACKOFF.
+    An empty stored type counts as unset. In a `report`, a state from a daemon
+    of the previous release (changed_at unset) keeps the fields it does not
+    carry; a pulled AgentInfo has always carried them.
     """
     updates = {c: f"excluded.{c}" for c in columns if c not in ("node_id", "agent_id", "type")}
     updates["type"] = "CASE WHEN agent.type = '' THEN excluded.type ELSE agent.type END"
-    if "next_retry_time" not in columns:
-        updates["next_retry_time"] = (f"CASE WHEN excluded.status = {int(State.BACKOFF)} "
-                                      "THEN agent.next_retry_time ELSE NULL END")
+    for column, kept in OLD_DAEMON_KEEPS.items() if report else ():
+        if column in columns:
+            updates[column] = (f"CASE WHEN excluded.changed_at IS NULL THEN {kept} "
+                               f"ELSE excluded.{column} END")
     return backend.upsert("agent", columns, ("node_id", "agent_id"), updates, NOT_NEWER, bulk)
 
 
 class Report:
     """One validated report, ready to write; a heartbeat is one with seq None."""
 
-    __slots__ = ("node_id", "boot_id", "seq", "full", "rows", "keep", "received")
+    __slots__ = ("node_id", "boot_id", "seq", "full", "rows", "keep", "received", "stopping")
 
     def __init__(self, node_id: str, boot_id: int, seq: Optional[int], full: bool,
-                 rows: list, keep: Sequence[str], received: int):
+                 rows: list, keep: Sequence[str], received: int, stopping: bool = False):
         self.node_id = node_id
         self.boot_id = boot_id
         self.seq = seq            # None: touch last_seen only (heartbeat)
@@ -81,6 +97,7 @@ class Report:
         self.rows = rows          # REPORT_COLUMNS tuples
         self.keep = keep          # agent_ids mentioned but rejected: a full report keeps them
         self.received = received  # manager receive time, Unix ms
+        self.stopping = stopping  # the daemon's last report before a clean stop
 
 
 class _Pending:
@@ -118,8 +135,10 @@ class IngestWriter:
         # Built once: the hot path only binds parameters.
         return {
             "upsert": agent_upsert(backend, REPORT_COLUMNS),
-            "touch": backend.sql("UPDATE node SET last_seen = ? WHERE node_id = ? "
-                                 "AND (last_seen IS NULL OR last_seen < ?)"),
+            # Any message says the node runs, except a clean stop's last report.
+            "touch": backend.sql("UPDATE node SET last_seen = CASE WHEN last_seen IS NULL "
+                                 "OR last_seen < ? THEN ? ELSE last_seen END, stopped_at = ? "
+                                 "WHERE node_id = ?"),
             "advance": backend.sql("UPDATE node SET boot_id = ?, seq = ? WHERE node_id = ? "
                                    "AND (boot_id < ? OR (boot_id = ? AND seq < ?))"),
             "delete_older": backend.sql("DELETE FROM agent WHERE node_id = ? "
@@ -204,11 +223,15 @@ class IngestWriter:
             self._connect()
             with self._db.atomic(), DRIVER_ERRORS:
                 self._apply(self._db.cursor(), [p.report for p in batch])
-        except Exception as exc:  # noqa: BLE001 - locked, disk full, a bug: fail the batch
-            log.warning("state write of %d reports failed: %s", len(batch), exc,
-                        exc_info=not isinstance(exc, peewee.DatabaseError))
+        except STORAGE_FAULTS as exc:       # locked, disk full, connection lost
+            log.warning("state write of %d reports failed: %s", len(batch), exc)
             self._close()                   # a broken connection reconnects next batch
             self._finish(batch, errors.Unavailable(f"database unavailable: {exc}"))
+            return
+        except Exception:  # noqa: BLE001 - a bug: logged here, never told to the daemons
+            log.exception("state write of %d reports failed", len(batch))
+            self._close()
+            self._finish(batch, errors.FleetError("internal error"))
             return
         self.batches += 1
         self.reports += len(batch)
@@ -221,7 +244,8 @@ class IngestWriter:
         touches, advances, nodes = [], [], {}
         for r in reports:
             rows += r.rows
-            touches.append((r.received, r.node_id, r.received))
+            touches.append((r.received, r.received, r.received if r.stopping else None,
+                            r.node_id))
             nodes[r.node_id] = (r.node_id,)
             if r.seq is not None:
                 advances.append((r.boot_id, r.seq, r.node_id, r.boot_id, r.boot_id, r.seq))
@@ -297,8 +321,11 @@ class ReportService:
         self._submit_timeout = submit_timeout
 
     def sync(self, node_id: str, boot_id: int, seq: int, full: bool,
-             states: Sequence) -> SyncResult:
+             states: Sequence, stopping: bool = False) -> SyncResult:
         """Store a report; `states` are AgentState protos (or objects alike).
+
+        `stopping`: the daemon's last report before a clean stop; the node
+        reads offline until its next message.
 
         Raises InvalidArgument (bad node_id, too many states), NotFound (node
         not registered), Conflict (boot older than the stored one) with
@@ -317,8 +344,10 @@ class ReportService:
         received = now_ms(self._clock)
         rows, rejected = build_rows(node_id, boot_id, seq, received, states)
         keep = [agent_id for agent_id, _ in rejected if valid_agent_id(agent_id)]
-        self._writer.submit(Report(node_id, boot_id, seq, full, rows, keep, received),
+        self._writer.submit(Report(node_id, boot_id, seq, full, rows, keep, received, stopping),
                             self._submit_timeout)
+        if stopping:
+            log.info("node %s stopped cleanly (boot %d): offline", node_id, boot_id)
         self._registry.advance(node_id, boot_id, seq)
         # A full report already repairs any gap: asking for another is waste.
         missed = boot_id > known[0] or seq != known[1] + 1
@@ -350,28 +379,37 @@ def build_rows(node_id: str, boot_id: int, seq: int, received: int,
         else:
             reason = state_fault(s)
         if reason is None:
-            rows.append((node_id, agent_id, s.type, s.version, s.status, s.pid,
-                         s.start_time or None, s.restart_count, s.last_exit_code,
-                         s.last_exit_signal, s.health or "unknown", s.last_heartbeat or None,
-                         boot_id, seq, received))
+            rows.append(agent_row(node_id, s, boot_id, seq, received))
         else:
             rejected.append((agent_id[:128], reason))
     return rows, rejected
 
 
+def agent_row(node_id: str, s, boot_id: int, seq: int, received: int) -> tuple:
+    """The REPORT_COLUMNS tuple of one valid AgentState or AgentInfo (0 times: NULL)."""
+    return (node_id, s.agent_id, s.type, s.version, s.status, s.pid, s.start_time or None,
+            s.restart_count, s.last_exit_code, s.last_exit_signal, s.health or "unknown",
+            s.last_heartbeat or None, boot_id, seq, received,
+            s.last_error[:MAX_ERROR].replace("\x00", "\ufffd"), s.next_retry_time or None,
+            s.changed_at or None, bool(s.config_changed))
+
+
 def state_fault(s) -> Optional[str]:
     """Why one AgentState or AgentInfo cannot be stored, or None when it can.
 
-    Besides the wire's rules (agent_id, a known status, pid >= 0), its text
-    must be storable on every backend (no NUL, bounded) and its health one of
-    the API's values ("" is unset: stored as "unknown").
+    Besides the wire's rules (agent_id, a known status, pid >= 0), its
+    next_retry_time and changed_at are not negative, its type and version storable on every backend (no NUL,
+    bounded) and its health one of the API's values ("" is unset: stored as
+    "unknown"). A last_error is stored cut to MAX_ERROR, NUL replaced: a long
+    message never costs the state.
     """
     if not valid_agent_id(s.agent_id):
         return "invalid agent_id: want ^[A-Za-z0-9_-]{1,64}$"
     if s.status not in STORED_STATUSES:
         return f"status {s.status} is unspecified or unknown"
-    if s.pid < 0:
-        return f"negative pid {s.pid}"
+    for name in ("pid", "next_retry_time", "changed_at"):
+        if getattr(s, name) < 0:
+            return f"negative {name} {getattr(s, name)}"
     if s.health and s.health not in HEALTHS:
         return f"health must be one of {', '.join(HEALTHS)}"
     for name in ("type", "version"):

@@ -59,6 +59,8 @@ class Node(BaseModel):
     seq = peewee.BigIntegerField(default=0)        # newest report seq of that boot
     registered_at = peewee.BigIntegerField()       # first registration
     last_seen = peewee.BigIntegerField(null=True)  # manager receive time of the last message
+    stopped_at = peewee.BigIntegerField(null=True) # receive time of a clean stop's last report;
+                                                   # NULL once the node speaks again
 
     class Meta:
         table_name = "node"
@@ -80,6 +82,8 @@ class Agent(BaseModel):
     health = peewee.TextField(default="unknown")
     last_error = peewee.TextField(default="")
     next_retry_time = peewee.BigIntegerField(null=True)
+    changed_at = peewee.BigIntegerField(null=True)       # the daemon's time of the last change
+    config_changed = peewee.BooleanField(default=False)  # config differs from the process's
     last_heartbeat = peewee.BigIntegerField(null=True)
     boot_id = peewee.BigIntegerField(default=0)    # (boot_id, seq) of the report that wrote it
     seq = peewee.BigIntegerField(default=0)

@@ -18,7 +18,7 @@ import peewee
 from fleet import errors
 from fleet.values import valid_node_id
 from fleet.manager.db import backend_of, now_ms, storage_faults
-from fleet.manager.ingest import HEALTHS, PULL_COLUMNS, agent_upsert, state_fault
+from fleet.manager.ingest import HEALTHS, REPORT_COLUMNS, agent_row, agent_upsert, state_fault
 from fleet.manager.models import Agent, Node
 from fleet.manager.registry import Registry
 from fleet.states import State
@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 
 NODE_STATUSES = ("online", "offline")
 MAX_KEEP_IDS = 10000   # a pull naming more agents than this skips its delete step
-MAX_ERROR = 4096       # characters of a pulled last_error kept
 
 NODE_FACTS = ("hostname", "ip", "advertise_address", "os", "arch", "labels", "daemon_version")
 AGENT_FIELDS = ("node_id", "agent_id", "type", "version", "status", "pid", "start_time",
                 "restart_count", "last_exit_code", "last_exit_signal", "last_error",
-                "next_retry_time", "health", "last_heartbeat", "last_sync_time")
+                "next_retry_time", "health", "changed_at", "config_changed", "last_heartbeat",
+                "last_sync_time")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ class NodeStore:
         self._offline_after_ms = int(offline_after * 1000)  # seconds, from ManagerConfig
         self._clock = clock
         self._register_sql = self._build_register_sql()
-        self._pull_sql = agent_upsert(self._backend, PULL_COLUMNS, bulk=True)
+        self._pull_sql = agent_upsert(self._backend, REPORT_COLUMNS, report=False)
 
     def _build_register_sql(self) -> str:
         columns = ("node_id",) + NODE_FACTS + ("boot_id", "seq", "registered_at", "last_seen")
@@ -69,6 +69,7 @@ class NodeStore:
         # SET expressions see the old row: seq restarts only with a new boot.
         updates["seq"] = "CASE WHEN node.boot_id = excluded.boot_id THEN node.seq ELSE 0 END"
         updates["boot_id"] = "excluded.boot_id"
+        updates["stopped_at"] = "NULL"      # a registering daemon is running again
         return self._backend.upsert("node", columns, ("node_id",), updates)
 
     # ---- registration ----
@@ -110,10 +111,12 @@ class NodeStore:
         now = now_ms(self._clock)
         query = Node.select().order_by(Node.node_id)
         if status == "online":
-            query = query.where(Node.last_seen >= now - self._offline_after_ms)
+            query = query.where((Node.last_seen >= now - self._offline_after_ms) &
+                                Node.stopped_at.is_null())
         elif status == "offline":
             query = query.where(Node.last_seen.is_null() |
-                                (Node.last_seen < now - self._offline_after_ms))
+                                (Node.last_seen < now - self._offline_after_ms) |
+                                Node.stopped_at.is_null(False))
         with self._db.connection_context():
             rows = list(query.execute(self._db))
         return [self._node_dict(row, now) for row in rows
@@ -129,7 +132,7 @@ class NodeStore:
         """Remove a node and its agents; Conflict while it is online unless `force`."""
         with self._db.connection_context(), self._db.atomic():
             row = self._node_row(node_id)
-            if not force and self._is_online(row.last_seen, now_ms(self._clock)):
+            if not force and self._is_online(row, now_ms(self._clock)):
                 raise errors.Conflict(f"node {node_id!r} is online; stop its daemon first")
             Agent.delete().where(Agent.node_id == node_id).execute(self._db)
             Node.delete().where(Node.node_id == node_id).execute(self._db)
@@ -143,14 +146,16 @@ class NodeStore:
             raise errors.NotFound(f"node {node_id!r} not found")
         return rows[0]
 
-    def _is_online(self, last_seen: Optional[int], now: int) -> bool:
-        return last_seen is not None and now - last_seen <= self._offline_after_ms
+    def _is_online(self, row: Node, now: int) -> bool:
+        """Seen within offline_after, and not since stopped cleanly."""
+        return (row.stopped_at is None and row.last_seen is not None
+                and now - row.last_seen <= self._offline_after_ms)
 
     def _node_dict(self, row: Node, now: int) -> dict:
         node = {"node_id": row.node_id}
         node.update((name, getattr(row, name)) for name in NODE_FACTS)
         node["labels"] = dict(row.labels)
-        node["status"] = "online" if self._is_online(row.last_seen, now) else "offline"
+        node["status"] = "online" if self._is_online(row, now) else "offline"
         node["registered_at"] = row.registered_at
         node["last_seen"] = row.last_seen
         return node
@@ -214,7 +219,7 @@ class NodeStore:
 
 
 def _pull_rows(node_id: str, known: tuple[int, int], now: int, infos: Sequence) -> list[tuple]:
-    """PULL_COLUMNS tuples of the valid infos; the rest are logged and skipped."""
+    """REPORT_COLUMNS tuples of the valid infos; the rest are logged and skipped."""
     rows, seen = [], set()
     boot_id, seq = known
     for i in infos:
@@ -223,11 +228,7 @@ def _pull_rows(node_id: str, known: tuple[int, int], now: int, infos: Sequence) 
             log.warning("node %s: skipping pulled agent %r: %s", node_id, i.agent_id[:128], fault)
             continue
         seen.add(i.agent_id)
-        last_error = i.last_error[:MAX_ERROR].replace("\x00", "\ufffd")
-        rows.append((node_id, i.agent_id, i.type, i.version, int(i.status), i.pid,
-                     i.start_time or None, i.restart_count, i.last_exit_code,
-                     i.last_exit_signal, i.health or "unknown", i.last_heartbeat or None,
-                     boot_id, seq, now, last_error, i.next_retry_time or None))
+        rows.append(agent_row(node_id, i, boot_id, seq, now))
     return rows
 
 

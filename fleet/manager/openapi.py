@@ -65,8 +65,11 @@ def schemas() -> dict:
         "pid": {**_INT, "description": "0 when no process"}, "start_time": _TIME,
         "restart_count": _INT, "last_exit_code": {**_INT, "description": "-1: none"},
         "last_exit_signal": {**_INT, "description": "0: none"}, "last_error": _STR,
-        "next_retry_time": _TIME,
+        "next_retry_time": {**_TIME, "description": "Unix ms when a BACKOFF agent starts again; null when unset"},
         "health": {"type": "string", "enum": ["healthy", "unhealthy", "unknown"]},
+        "changed_at": {**_TIME, "description": "Unix ms of the daemon's last state change; null when unknown"},
+        "config_changed": {"type": "boolean",
+                           "description": "its config differs from the running process's"},
         "last_heartbeat": _TIME, "last_sync_time": _TIME}, "An agent as last stored")
     point = _obj({
         "timestamp": _INT, "cpu": {"type": "number", "description": "percent of one core"},

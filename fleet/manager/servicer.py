@@ -59,7 +59,7 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
     def SyncAgentStates(self, request, context):
         """Store a report's valid states (committed before the reply) and name the rest."""
         result = self._reports.sync(request.node_id, request.boot_id, request.seq,
-                                    request.full, request.states)
+                                    request.full, request.states, request.stopping)
         response = fleet_pb2.SyncAgentStatesResponse(
             success=result.success, accepted=result.accepted, rejected=result.rejected,
             report_full_state=result.report_full_state)

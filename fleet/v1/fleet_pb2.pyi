@@ -29,7 +29,7 @@ AGENT_STATUS_FATAL: AgentStatus
 AGENT_STATUS_UNKNOWN: AgentStatus
 
 class AgentState(_message.Message):
-    __slots__ = ("agent_id", "type", "version", "status", "pid", "start_time", "restart_count", "last_exit_code", "last_exit_signal", "health", "last_heartbeat")
+    __slots__ = ("agent_id", "type", "version", "status", "pid", "start_time", "restart_count", "last_exit_code", "last_exit_signal", "health", "last_heartbeat", "next_retry_time", "last_error", "changed_at", "config_changed")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,10 @@ class AgentState(_message.Message):
     LAST_EXIT_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RETRY_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_CHANGED_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     type: str
     version: str
@@ -52,7 +56,11 @@ class AgentState(_message.Message):
     last_exit_signal: int
     health: str
     last_heartbeat: int
-    def __init__(self, agent_id: _Optional[str] = ..., type: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., last_exit_signal: _Optional[int] = ..., health: _Optional[str] = ..., last_heartbeat: _Optional[int] = ...) -> None: ...
+    next_retry_time: int
+    last_error: str
+    changed_at: int
+    config_changed: bool
+    def __init__(self, agent_id: _Optional[str] = ..., type: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., last_exit_signal: _Optional[int] = ..., health: _Optional[str] = ..., last_heartbeat: _Optional[int] = ..., next_retry_time: _Optional[int] = ..., last_error: _Optional[str] = ..., changed_at: _Optional[int] = ..., config_changed: _Optional[bool] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
     __slots__ = ("agent_id", "type", "version", "status", "pid", "start_time", "restart_count", "last_exit_code", "last_exit_signal", "health", "last_heartbeat", "next_retry_time", "last_error", "changed_at", "config_changed")
@@ -164,18 +172,20 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, reregister: _Optional[bool] = ..., sync_interval_seconds: _Optional[float] = ...) -> None: ...
 
 class SyncAgentStatesRequest(_message.Message):
-    __slots__ = ("node_id", "boot_id", "seq", "full", "states")
+    __slots__ = ("node_id", "boot_id", "seq", "full", "states", "stopping")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
+    STOPPING_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boot_id: int
     seq: int
     full: bool
     states: _containers.RepeatedCompositeFieldContainer[AgentState]
-    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., seq: _Optional[int] = ..., full: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[AgentState, _Mapping]]] = ...) -> None: ...
+    stopping: bool
+    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., seq: _Optional[int] = ..., full: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[AgentState, _Mapping]]] = ..., stopping: _Optional[bool] = ...) -> None: ...
 
 class StateError(_message.Message):
     __slots__ = ("agent_id", "reason")
