@@ -67,7 +67,9 @@ def test_term_ignoring_agent_is_killed_after_stop_timeout(tmp_path):
 def test_always_crashing_agent_ends_fatal(tmp_path):
     """An agent that always exits 3 ends FATAL after start_retries, with count and code."""
     crash = [sys.executable, "-c", "raise SystemExit(3)"]
-    with running_daemon(tmp_path, [agent("c", crash, start_retries=2, start_seconds=5)]) as (node, stub):
+    # start_seconds well past python's start-up under load: every exit is a failed start
+    crashing = agent("c", crash, start_retries=2, start_seconds=5)
+    with running_daemon(tmp_path, [crashing]) as (node, stub):
         wait_for(lambda: snap(node, "c").state is State.FATAL, timeout=10)
         info = stub.ListAgents(pb.ListAgentsRequest()).agents[0]
         assert info.status == pb.AGENT_STATUS_FATAL

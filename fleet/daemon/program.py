@@ -219,7 +219,8 @@ class Program:
         delay = self.backoff_delay(self.failures)
         self.retry_at = now + delay
         self.retry_wall_ms = self.ops.wall_ms() + int(delay * 1000)
-        self.change_state(State.BACKOFF, now, f"{self.last_error}; {self._retry()} in {delay:.1f} s")
+        self.change_state(State.BACKOFF, now,
+                          f"{self.last_error}; {self._retry()} in {delay:.1f} s")
 
     def _retry(self) -> str:
         """`retry 2 of 5`: the retry that follows the current failure."""
