@@ -221,10 +221,12 @@ def test_shutdown_signals_every_agent_while_an_operation_holds_one_agents_lock(t
     """A stop waiting out a stubborn agent's stop_timeout does not delay the shutdown's
     signal to the other agents."""
     stubborn = [sys.executable, "-c", "import signal, time\n"
-                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)"]
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+                "time.sleep(3600)"]
     with running_daemon(tmp_path, [agent("slow", stubborn, stop_timeout=6),
                                    agent("b")]) as (node, _):
         slow = wait_for(lambda: running_pid(node, "slow"))
+        wait_for(lambda: "ready" in (tmp_path / "state" / "logs" / "slow.log").read_text())
         other = wait_for(lambda: running_pid(node, "b"))
         stopping = threading.Thread(target=node.supervisor.operate, args=("slow", "stop"))
         stopping.start()
@@ -264,7 +266,7 @@ def test_stopping_an_unknown_agent_never_forgets_a_process_that_may_live(tmp_pat
             ops.uninspectable = False
             assert supervisor.operate("a", "stop").state is State.STOPPED
             assert popen.wait(5) == -signal.SIGTERM
-            assert not path.exists()
+            wait_for(lambda: not path.exists())   # published just after the stop answers
     finally:
         popen.kill()
         popen.wait()
@@ -282,3 +284,20 @@ def test_stopping_an_agent_with_an_unreadable_record_is_refused_until_it_is_remo
         assert (agents_dir / "a.json").read_text() == "{not json"
         (agents_dir / "a.json").unlink()
         assert supervisor.operate("a", "stop").state is State.STOPPED
+
+
+def test_a_removed_agent_whose_pid_cannot_be_inspected_keeps_its_record(tmp_path):
+    """An agent no longer configured whose recorded pid cannot be inspected is left
+    running with its record kept (never forgotten while it may live)."""
+    popen, record = own_sleeper()
+    (tmp_path / "state" / "agents").mkdir(parents=True)
+    StateDir(str(tmp_path / "state")).write_agent("gone", record)
+    ops = SeamOps()
+    ops.uninspectable = True
+    try:
+        with supervising(tmp_path, [agent("a", autostart=False)], ops):
+            assert (tmp_path / "state" / "agents" / "gone.json").exists()
+            assert alive(popen.pid)
+    finally:
+        popen.kill()
+        popen.wait()
