@@ -76,6 +76,7 @@ class DaemonConfig:
     sync_interval: float = 10.0
     heartbeat_interval: float = 30.0
     metrics_interval: float = 10.0
+    stop_agents_on_exit: bool = True   # False: SIGTERM leaves agents for the next daemon
     insecure: bool = False
     tls: TLSConfig | None = None
 
@@ -275,6 +276,7 @@ def read_daemon(table: Any, problems: list[str]) -> DaemonConfig:
         sync_interval=r.get("sync_interval", 10.0, lambda v: to_seconds(v, 0.05)),
         heartbeat_interval=r.get("heartbeat_interval", 30.0, lambda v: to_seconds(v, 0.05)),
         metrics_interval=r.get("metrics_interval", 10.0, lambda v: to_seconds(v, 1.0)),
+        stop_agents_on_exit=r.get("stop_agents_on_exit", True, to_bool),
         insecure=r.get("insecure", False, to_bool),
         tls=read_tls(r, ("cert", "key", "ca", "server_name")),
     )

@@ -140,11 +140,27 @@ def to_signal(value: Any) -> int:
     return number
 
 
+COMMAND_FORMS = "a list of strings or one shell-like string"
+
+
 def to_command(value: Any) -> tuple[str, ...]:
-    """A list of strings, or one string split like a shell would."""
-    parts = shlex.split(to_str(value)) if isinstance(value, str) else value
-    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
-        raise ValueError("must be a non-empty list of strings")
+    """A list of strings, or one string split like a shell would.
+
+    Empty in either form ("", "  ", []) gets the same message, naming both forms.
+    """
+    if isinstance(value, str):
+        try:
+            parts = shlex.split(to_str(value))
+        except ValueError as exc:  # shlex: "No closing quotation"
+            raise ValueError(f"not a shell-like string ({exc})") from None
+    elif isinstance(value, list) and all(isinstance(p, str) for p in value):
+        parts = value
+    else:
+        raise ValueError(f"must be {COMMAND_FORMS}: {value!r}")
+    if not parts:
+        raise ValueError(f"must not be empty: {COMMAND_FORMS}")
+    if not parts[0]:
+        raise ValueError("the program (the first item) is empty")
     if any("\x00" in p for p in parts):
         raise ValueError("contains a NUL byte")
     return tuple(parts)

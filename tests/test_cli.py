@@ -15,6 +15,7 @@ CONFIG = """
 listen = "127.0.0.1:0"
 manager = "127.0.0.1:1"
 state_dir = "{state}"
+{extra}
 
 [[agents]]
 id = "sleeper"
@@ -29,9 +30,9 @@ def run_fleet(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
-def write_config(tmp_path):
+def write_config(tmp_path, extra=""):
     path = tmp_path / "fleet.toml"
-    path.write_text(CONFIG.format(state=tmp_path / "state", python=sys.executable))
+    path.write_text(CONFIG.format(state=tmp_path / "state", python=sys.executable, extra=extra))
     return str(path)
 
 
@@ -116,6 +117,27 @@ def test_sigkilled_daemon_leaves_agents_running_and_the_next_one_adopts_them(tmp
     wait_for(lambda: not [p for p in pids if alive(p)], timeout=5)
 
 
+def test_stop_agents_on_exit_false_leaves_agents_for_the_next_daemon_to_adopt(tmp_path):
+    """stop_agents_on_exit = false: SIGTERM exits 0 and leaves agents running with their
+    records; the next daemon adopts the same pids and, by default, stops them at SIGTERM."""
+    first = FleetProcess("--role", "daemon", "--config",
+                         write_config(tmp_path, "stop_agents_on_exit = false"), log_dir=tmp_path)
+    first.port()
+    pids = wait_for(lambda: agent_pids(first.pid))
+    record = tmp_path / "state" / "agents" / "sleeper.json"
+    wait_for(record.exists)
+    first.popen.send_signal(signal.SIGTERM)
+    assert first.popen.wait(15) == 0
+    assert all(alive(p) for p in pids) and record.exists()
+    second = FleetProcess("--role", "daemon", "--config", write_config(tmp_path), log_dir=tmp_path)
+    second.port()
+    assert wait_for(lambda: "adopted pid=%d" % next(iter(pids)) in second.read())
+    assert agent_pids(second.pid) == set()   # adopted, not a new child
+    second.popen.send_signal(signal.SIGTERM)
+    assert second.popen.wait(15) == 0
+    wait_for(lambda: not [p for p in pids if alive(p)], timeout=5)
+
+
 def test_manager_runtime_failures_exit_1_with_one_message(tmp_path):
     """A port in use or an unreachable database exits 1 with a clear message, no traceback."""
     import socket
@@ -137,7 +159,7 @@ def test_a_second_sigint_forces_exit_130(tmp_path):
     config = tmp_path / "stubborn.toml"
     stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "print('ready', flush=True); time.sleep(3600)")
-    config.write_text(CONFIG.format(state=tmp_path / "state", python=sys.executable)
+    config.write_text(CONFIG.format(state=tmp_path / "state", python=sys.executable, extra="")
                       .replace("import time; print('up', flush=True); time.sleep(3600)", stubborn)
                       .replace("stop_timeout = 2", "stop_timeout = 30"))
     daemon = FleetProcess("--role", "daemon", "--config", str(config), log_dir=tmp_path)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from fleet.config import AgentConfig
-from fleet.daemon.procops import Child, Exit
+from fleet.daemon.procops import UNKNOWN_EXIT, Child, Exit, SignalDenied, SpawnError
 from fleet.daemon.program import Program
 from fleet.errors import Conflict
 from fleet.states import State
@@ -20,6 +20,7 @@ class FakeOps:
         self.spawned = []
         self.signals = []
         self.fail_spawn = False
+        self.deny_signals = False      # kill_group raises SignalDenied (EPERM)
 
     def monotonic(self):
         return self.now
@@ -32,12 +33,14 @@ class FakeOps:
 
     def spawn(self, command, cwd, env, log_fd):
         if self.fail_spawn:
-            raise FileNotFoundError(2, "No such file or directory")
+            raise SpawnError("command not found: /usr/bin/nope")
         self.next_pid += 1
         self.spawned.append(self.next_pid)
         return Child(self.next_pid, self.next_pid, 1.0)
 
     def kill_group(self, pgid, sig):
+        if self.deny_signals:
+            raise SignalDenied(f"no permission to signal process group {pgid}")
         self.signals.append((pgid, sig))
         return True
 
@@ -45,12 +48,12 @@ class FakeOps:
         pass
 
 
-def make(**overrides):
+def make(log_path=os.devnull, **overrides):
     config = AgentConfig(id="a", command=("x",), start_seconds=1, backoff_initial=1,
                          backoff_max=8, start_retries=3)
     ops = FakeOps()
     program = Program(dataclasses.replace(config, **overrides), ops,
-                      lambda agent_id: os.open(os.devnull, os.O_WRONLY))
+                      lambda agent_id: os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
     return program, ops
 
 
@@ -151,13 +154,94 @@ def test_start_from_fatal_resets_retries_and_start_while_stopping_conflicts():
         program.start(6.1)
 
 
-def test_spawn_failure_is_a_failed_start():
-    """A command that cannot be spawned goes to BACKOFF with last_error set."""
-    program, ops = make()
+def test_spawn_failure_is_a_failed_start_named_in_last_error_and_the_log(tmp_path):
+    """A command that cannot be spawned goes to BACKOFF; last_error and one line of
+    the agent's log name the cause."""
+    log_path = str(tmp_path / "a.log")
+    program, ops = make(log_path=log_path)
     ops.fail_spawn = True
     program.set_initial(0.0)
     assert program.state is State.BACKOFF
-    assert "spawn failed" in program.last_error
+    assert program.last_error == "command not found: /usr/bin/nope"
+    lines = open(log_path).read().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[fleet ")
+    assert lines[0].endswith("] start failed: command not found: /usr/bin/nope")
+
+
+def test_state_changes_are_logged_with_the_exit_and_the_reason(caplog):
+    """`id: OLD -> NEW` lines carry the exit code or signal and why the change happened."""
+    program, ops = make(start_retries=5)
+    with caplog.at_level("INFO", logger="fleet.daemon.program"):
+        program.set_initial(0.0)
+        program.exited(Exit(-1, 9), 0.1)
+        program.tick(1.1)
+        program.tick(5.0)
+        program.exited(Exit(3, 0), 20.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert "a: STARTING -> BACKOFF pid=0 (exited 0.1 s after start with signal 9; " \
+           "retry 1 of 5 in 1.0 s)" in lines
+    assert any(line.startswith("a: STARTING -> RUNNING pid=") for line in lines)
+    assert "a: RUNNING -> STARTING pid=103 (exited with code 3; restarting: restart=always)" \
+        in lines
+
+
+@pytest.mark.parametrize("policy,expected", [("on-failure", State.STARTING),
+                                             ("never", State.EXITED)])
+def test_an_adopted_process_exit_is_unknown_and_on_failure_restarts_it(policy, expected):
+    """An adopted agent's exit is reported as unknown (code -1, last_error says so),
+    never as a clean exit; on-failure counts it as a failure and restarts."""
+    program, ops = make(restart=policy)
+    program.adopt(Child(50, 50, 1.0), 0, 4, program.running_hash, 0.0)
+    program.exited(UNKNOWN_EXIT, 1.0)
+    snapshot = program.snapshot()
+    assert program.state is expected
+    assert (snapshot.last_exit_code, snapshot.last_exit_signal) == (-1, 0)
+    assert snapshot.last_error == "exit status unknown: adopted process pid=50"
+
+
+def test_a_stop_refused_by_the_kernel_is_an_error_not_a_gone_process():
+    """EPERM on the stop signal: stop fails (Conflict) naming it, the agent stays
+    RUNNING with last_error set, never STOPPING forever; once allowed, stop works."""
+    program, ops = make()
+    program.set_initial(0.0)
+    program.tick(1.0)
+    ops.deny_signals = True
+    with pytest.raises(Conflict, match="no permission to signal process group"):
+        program.stop(2.0)
+    assert program.state is State.RUNNING
+    assert program.last_error.startswith("stop failed: no permission")
+    ops.deny_signals = False
+    program.stop(3.0)
+    assert program.state is State.STOPPING
+
+
+def test_stop_then_start_is_not_a_restart_but_the_restart_operation_is():
+    """restart_count: a start after a stop does not count; restart, crash restarts,
+    retries and a start from EXITED do."""
+    program, ops = make(restart="never")
+    program.set_initial(0.0)
+    program.stop(1.0)
+    program.exited(Exit(-1, 15), 1.1)
+    program.start(2.0)
+    assert program.restart_count == 0
+    program.stop(3.0)
+    program.exited(Exit(-1, 15), 3.1)
+    program.start(3.2, restart=True)
+    assert program.restart_count == 1
+    program.tick(5.0)
+    program.exited(Exit(0, 0), 6.0)
+    assert program.state is State.EXITED
+    program.start(7.0)
+    assert program.restart_count == 2
+
+
+def test_stop_leaves_an_unknown_agent_alone():
+    """Program.stop on UNKNOWN changes nothing: only the runner, which reads the
+    record, may decide the process is gone."""
+    program, ops = make()
+    program.set_unknown("pid 5 lives but cannot be inspected", 0.0)
+    program.stop(1.0)
+    assert program.state is State.UNKNOWN and not ops.signals
 
 
 def test_noop_operations():

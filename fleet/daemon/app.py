@@ -89,13 +89,18 @@ class Daemon:
             daemon_version=fleet.__version__, boot_id=self.boot_id)
 
     def stop(self) -> None:
-        """Stop serving, stop every agent (in parallel), send the final report."""
+        """Stop serving, stop every agent (in parallel) unless stop_agents_on_exit
+        is false, send the final report."""
         if self._servicer is not None:
             self._servicer.shutting_down = True
         if self._server is not None:
             self._server.stop(grace=1.0).wait(2.0)
         if self.supervisor is not None:
-            self.supervisor.stop_all()
+            if self.config.daemon.stop_agents_on_exit:
+                self.supervisor.stop_all()
+            else:  # their state records stay, for the next daemon to adopt
+                log.info("leaving %d agent(s) running for the next daemon "
+                         "(stop_agents_on_exit = false)", len(self.supervisor.runners))
         if self.syncer is not None:
             self.syncer.stop(final_report=True)
         self.close()

@@ -39,6 +39,62 @@ class Child:
 class Exit:
     code: int      # -1 when unknown (an adopted process) or killed by a signal
     signal: int    # 0 when it exited by itself
+    known: bool = True   # False for an adopted process: not our child, its status is lost
+
+    def describe(self) -> str:
+        """The exit in words, for logs and last_error."""
+        if not self.known:
+            return "exit status unknown (adopted process)"
+        if self.signal:
+            return f"signal {self.signal}"
+        return f"code {self.code}"
+
+
+UNKNOWN_EXIT = Exit(-1, 0, known=False)
+
+
+class SpawnError(Exception):
+    """A command that could not be started; the message names the cause and the path."""
+
+
+class SignalDenied(Exception):
+    """The process group lives but we may not signal it (EPERM): it is not gone."""
+
+
+def describe_spawn_error(exc: OSError, command, cwd: str) -> str:
+    """`command not found: /usr/bin/nope`, `cwd does not exist: /srv/x`, ... from
+    the error Popen raised (its filename is the cwd when chdir failed)."""
+    if cwd and exc.filename == cwd:
+        why = {errno.ENOENT: "cwd does not exist", errno.ENOTDIR: "cwd is not a directory",
+               errno.EACCES: "cwd not accessible (permission denied)"}
+        return f"{why.get(exc.errno, f'cwd unusable ({exc.strerror})')}: {cwd}"
+    path = command[0] if command else ""
+    if exc.errno == errno.ENOENT:
+        return f"command not found: {path}" + ("" if "/" in path else " (searched PATH)")
+    if exc.errno == errno.EACCES:
+        return f"not executable: {path} (permission denied)"
+    if exc.errno == errno.ENOEXEC:
+        return f"not executable: {path} (exec format error)"
+    return f"cannot execute {path}: {exc.strerror or exc}"
+
+
+def find_problem(command, cwd: str, env: dict[str, str]) -> str:
+    """What would make spawning command fail, resolved as spawn resolves it (the
+    env's PATH for a bare name, cwd for a relative path); "" if nothing."""
+    if cwd and not os.path.isdir(cwd):
+        return f"cwd does not exist: {cwd}" if not os.path.exists(cwd) \
+            else f"cwd is not a directory: {cwd}"
+    path = command[0]
+    if "/" in path:
+        candidates = [os.path.join(cwd, path) if cwd else path]
+    else:
+        candidates = [os.path.join(folder, path) for folder in os.get_exec_path(env)]
+    found = [c for c in candidates if os.path.isfile(c)]
+    if not found:
+        return f"command not found: {path}" + ("" if "/" in path else " (searched PATH)")
+    if not any(os.access(c, os.X_OK) for c in found):
+        return f"not executable: {found[0]}"
+    return ""
 
 
 class ProcOps:
@@ -55,47 +111,75 @@ class ProcOps:
         return random.uniform(0.8, 1.0)
 
     def spawn(self, command, cwd: str, env: dict[str, str], log_fd: int) -> Child:
-        """Start command in a new session with stdout and stderr on log_fd."""
-        popen = subprocess.Popen(
-            list(command), cwd=cwd or None, env=env, stdin=subprocess.DEVNULL,
-            stdout=log_fd, stderr=log_fd, start_new_session=True, close_fds=True)
+        """Start command in a new session with stdout and stderr on log_fd.
+
+        Raises SpawnError naming the cause and path. A child that cannot be
+        watched (no pidfd) is killed and reaped: none runs unsupervised.
+        """
+        try:
+            popen = subprocess.Popen(
+                list(command), cwd=cwd or None, env=env, stdin=subprocess.DEVNULL,
+                stdout=log_fd, stderr=log_fd, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise SpawnError(describe_spawn_error(exc, command, cwd)) from exc
+        try:
+            pidfd = self.pidfd_open(popen.pid)
+        except OSError as exc:
+            self._discard(popen)
+            raise SpawnError(f"cannot watch pid {popen.pid} (pidfd_open: {exc.strerror}); "
+                             "killed it") from exc
         try:
             create_time = psutil.Process(popen.pid).create_time()
         except psutil.Error:
             create_time = 0.0  # exited already; the pidfd will say so at once
-        return Child(popen.pid, popen.pid, create_time, popen, self._pidfd(popen.pid))
+        return Child(popen.pid, popen.pid, create_time, popen, pidfd)
+
+    @staticmethod
+    def _discard(popen: subprocess.Popen) -> None:
+        """SIGKILL the new session's group and reap its leader."""
+        try:
+            os.killpg(popen.pid, signal.SIGKILL)
+        except OSError:
+            popen.kill()
+        popen.wait()
 
     def adopt(self, pid: int, pgid: int, create_time: float) -> Child | None:
         """A Child for a live pid whose create time matches, else None.
 
-        Raises UnreadableRecord when the pid lives but its facts cannot be read.
+        The pidfd is opened first and the create time checked after: the pidfd
+        then refers to the very process checked, so a pid reused in between
+        cannot be adopted. Raises UnreadableRecord when the pid lives but its
+        facts cannot be read.
         """
         try:
+            pidfd = self.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        except OSError as exc:
+            raise UnreadableRecord(f"pid {pid} cannot be watched (pidfd_open: "
+                                   f"{exc.strerror})") from exc
+        try:
             proc = psutil.Process(pid)
-            if abs(proc.create_time() - create_time) > 0.01 or \
-                    proc.status() == psutil.STATUS_ZOMBIE:
-                return None
+            if abs(proc.create_time() - create_time) <= 0.01 and \
+                    proc.status() != psutil.STATUS_ZOMBIE:
+                return Child(pid, pgid, create_time, None, pidfd)
         except psutil.AccessDenied as exc:
+            os.close(pidfd)
             raise UnreadableRecord(f"pid {pid} lives but cannot be inspected") from exc
         except psutil.Error:
-            return None
-        pidfd = self._pidfd(pid)
-        return Child(pid, pgid, create_time, None, pidfd) if pidfd >= 0 else None
+            pass
+        os.close(pidfd)
+        return None
 
-    @staticmethod
-    def _pidfd(pid: int) -> int:
-        try:
-            return os.pidfd_open(pid)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:
-                raise
-            return -1
+    def pidfd_open(self, pid: int) -> int:
+        """A pidfd for pid; OSError (ProcessLookupError when there is no such pid)."""
+        return os.pidfd_open(pid)
 
     def reap(self, child: Child) -> Exit:
         """The exit of a child whose pidfd became readable (or that is gone)."""
         self.close(child)
         if child.popen is None:
-            return Exit(-1, 0)
+            return UNKNOWN_EXIT  # not our child: its parent (init) reaped it
         returncode = child.popen.wait()
         if returncode < 0:
             return Exit(-1, -returncode)
@@ -107,22 +191,32 @@ class ProcOps:
             child.pidfd = -1
 
     def kill_group(self, pgid: int, sig: int) -> bool:
-        """Send sig to the process group; False if the group is gone."""
+        """Send sig to the process group; False if the group is gone (ESRCH).
+
+        Raises SignalDenied when the group lives but may not be signalled (EPERM).
+        """
         try:
-            os.killpg(pgid, sig)
+            self.killpg(pgid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError as exc:
+            raise SignalDenied(f"no permission to signal process group {pgid} "
+                               f"(signal {sig}: {exc.strerror})") from exc
+
+    def group_alive(self, pgid: int) -> bool:
+        """True while any process of the group lives (one we may not signal too)."""
+        try:
+            self.killpg(pgid, 0)
             return True
         except ProcessLookupError:
             return False
         except PermissionError:
-            log.warning("pgid=%s: no permission to signal the group", pgid)
-            return False
-
-    def group_alive(self, pgid: int) -> bool:
-        try:
-            os.killpg(pgid, 0)
             return True
-        except (ProcessLookupError, PermissionError):
-            return False
+
+    def killpg(self, pgid: int, sig: int) -> None:
+        """os.killpg: the one syscall every group signal goes through."""
+        os.killpg(pgid, sig)
 
 
 SIGKILL = int(signal.SIGKILL)

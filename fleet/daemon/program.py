@@ -12,10 +12,11 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from typing import Callable
 
 from fleet.config import AgentConfig
-from fleet.daemon.procops import SIGKILL, Child, Exit, ProcOps
+from fleet.daemon.procops import SIGKILL, Child, Exit, ProcOps, SignalDenied, SpawnError
 from fleet.daemon.statedir import AgentRecord
 from fleet.errors import Conflict
 from fleet.states import RUNNING_STATES, STOPPED_STATES, State, check_transition, health
@@ -56,6 +57,7 @@ class Program:
         self.changed_at = ops.wall_ms()
         self.child: Child | None = None
         self.start_time = 0               # wall ms of the current process's spawn
+        self.spawned_at = 0.0             # monotonic time of the current process's spawn
         self.spawns = 0                   # processes started since the daemon started
         self.restart_count = 0
         self.failures = 0                 # consecutive failed starts
@@ -70,52 +72,81 @@ class Program:
 
     # ---- the one state changer ----
 
-    def change_state(self, new: State, now: float) -> None:
+    def change_state(self, new: State, now: float, why: str = "") -> None:
+        """Move to `new` (the table permitting); `why` is logged with the change."""
         old = self.state
         check_transition(old, new)
         self.state = new
         self.changed_at = self.ops.wall_ms()
-        log.info("%s: %s -> %s pid=%s", self.config.id, old.name, new.name,
-                 self.child.pid if self.child else 0)
+        log.info("%s: %s -> %s pid=%s%s", self.config.id, old.name, new.name,
+                 self.child.pid if self.child else 0, f" ({why})" if why else "")
         self.dirty = True
 
     # ---- operations (the runner serialises them per agent) ----
 
-    def start(self, now: float) -> None:
-        """Spawn unless already starting or running; from FATAL, retries reset."""
+    def start(self, now: float, restart: bool = False) -> None:
+        """Spawn unless already starting or running; from FATAL, retries reset.
+
+        A start from STOPPED is not counted in restart_count (a stop then a start
+        is two operations, not a restart); the restart operation passes restart.
+        """
         if self.state in (State.STARTING, State.RUNNING):
             return
         if self.state is State.STOPPING:
             raise Conflict(f"agent '{self.config.id}' is still stopping")
+        counts = restart or self.state is not State.STOPPED
         if self.state in (State.FATAL, State.BACKOFF, State.STOPPED, State.EXITED):
             self.failures = 0
         self.retry_at = None
-        self.spawn(now)
+        self.spawn(now, "restart requested" if restart else "start requested", counts)
 
-    def stop(self, now: float) -> None:
-        """Send stop_signal to the group; the runner waits for the exit."""
-        if self.state in STOPPED_STATES or self.state is State.STOPPING:
+    def stop(self, now: float, why: str = "stop requested") -> None:
+        """Send stop_signal to the group; the runner waits for the exit.
+
+        UNKNOWN is left alone: a process fleet cannot identify may run, and only
+        the runner, which can read the state record, may settle that. Conflict
+        if the group may not be signalled (EPERM): it is not gone.
+        """
+        if self.state in STOPPED_STATES or self.state in (State.STOPPING, State.UNKNOWN):
             return
-        if self.state in (State.BACKOFF, State.UNKNOWN, State.UNSPECIFIED) or self.child is None:
+        if self.state in (State.BACKOFF, State.UNSPECIFIED) or self.child is None:
             self.retry_at = None
-            self.change_state(State.STOPPED, now)
+            self.change_state(State.STOPPED, now, why)
             return
-        self.kill_at = now + self.config.stop_timeout
-        self.change_state(State.STOPPING, now)
-        if not self.ops.kill_group(self.child.pgid, self.config.stop_signal):
-            self.kill_at = now  # the group is gone already; the exit is on its way
+        pgid, sig = self.child.pgid, self.config.stop_signal
+        try:
+            sent = self.ops.kill_group(pgid, sig)
+        except SignalDenied as exc:
+            self.note_error(f"stop failed: {exc}")
+            raise Conflict(f"agent '{self.config.id}': {self.last_error}") from exc
+        # Not sent: the group is gone already and the exit is on its way.
+        self.kill_at = now + self.config.stop_timeout if sent else now
+        self.change_state(State.STOPPING, now, f"{why}: signal {sig} to group {pgid}")
+
+    def note_error(self, message: str) -> None:
+        """Keep message as last_error and log it as an error."""
+        self.last_error = message
+        self.dirty = True
+        log.error("%s: %s pid=%s", self.config.id, message, self.child.pid if self.child else 0)
+
+    def signal_group(self, pgid: int, sig: int) -> None:
+        """Signal the group; a refusal (EPERM) is reported, never taken for "gone"."""
+        try:
+            self.ops.kill_group(pgid, sig)
+        except SignalDenied as exc:
+            self.note_error(str(exc))
 
     def set_initial(self, now: float) -> None:
         """First decision at daemon start for an agent not adopted."""
         if self.config.autostart:
-            self.spawn(now)
+            self.spawn(now, "autostart")
         else:
-            self.change_state(State.STOPPED, now)
+            self.change_state(State.STOPPED, now, "autostart = false")
 
     def set_unknown(self, reason: str, now: float) -> None:
         """A record says a process may run, but it cannot be checked: UNKNOWN."""
         self.last_error = reason
-        self.change_state(State.UNKNOWN, now)
+        self.change_state(State.UNKNOWN, now, reason)
 
     def adopt(self, child: Child, start_time: int, restart_count: int, running_hash: str,
               now: float) -> None:
@@ -125,55 +156,76 @@ class Program:
         self.restart_count = restart_count
         self.running_hash = running_hash
         self.spawns = 1
-        self.change_state(State.RUNNING, now)
+        self.change_state(State.RUNNING, now, "adopted")
 
     # ---- events ----
 
-    def spawn(self, now: float) -> None:
-        """Start the process: STARTING, or a failed start (BACKOFF / FATAL)."""
+    def spawn(self, now: float, why: str, counts: bool = True) -> None:
+        """Start the process: STARTING, or a failed start (BACKOFF / FATAL).
+
+        counts: a respawn adds one to restart_count (not a start from STOPPED).
+        """
         try:
-            fd = self.open_log(self.config.id)
-            try:
-                child = self.ops.spawn(self.config.command, self.config.cwd,
-                                       self.environment(), fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
+            child = self._spawn_logged()
+        except SpawnError as exc:
             # A failed spawn is a failed start: through STARTING to BACKOFF or FATAL.
-            self.last_error = f"spawn failed: {exc.strerror or exc}"
-            log.warning("%s: %s", self.config.id, self.last_error)
+            self.last_error = str(exc)
             if self.state is not State.STARTING:
-                self.change_state(State.STARTING, now)
+                self.change_state(State.STARTING, now, why)
             self.start_failed(now)
             return
         self.child = child
         self.start_time = self.ops.wall_ms()
+        self.spawned_at = now
         self.running_hash = self.config.config_hash()
-        if self.spawns:
+        if self.spawns and counts:
             self.restart_count += 1
         self.spawns += 1
         self.start_deadline = now + self.config.start_seconds
-        self.change_state(State.STARTING, now)
+        self.change_state(State.STARTING, now, why)
         if self.config.start_seconds <= 0:
             self.tick(now)
 
+    def _spawn_logged(self) -> Child:
+        """ops.spawn with the agent's log as stdout and stderr; a failure to
+        start is also written to that log, as one fleet line."""
+        try:
+            fd = self.open_log(self.config.id)
+        except OSError as exc:
+            raise SpawnError(f"cannot open the agent's log: {exc.strerror or exc}") from exc
+        try:
+            return self.ops.spawn(self.config.command, self.config.cwd, self.environment(), fd)
+        except SpawnError as exc:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.ops.wall_ms() / 1000))
+            try:
+                os.write(fd, f"[fleet {stamp}] start failed: {exc}\n".encode())
+            except OSError:
+                pass  # the log is only a second copy; last_error keeps the cause
+            raise
+        finally:
+            os.close(fd)
+
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
-        env.update(self.config.env)
-        return env
+        return agent_environment(self.config)
 
     def start_failed(self, now: float) -> None:
+        """A start failed (last_error says why): BACKOFF before a retry, or FATAL."""
         self.failures += 1
         retries = self.config.start_retries
         if retries != -1 and self.failures > retries:
-            self.last_error = self.last_error or "start_retries used up"
-            self.change_state(State.FATAL, now)
+            self.change_state(State.FATAL, now,
+                              f"{self.last_error}; start_retries ({retries}) used up")
             return
         delay = self.backoff_delay(self.failures)
         self.retry_at = now + delay
         self.retry_wall_ms = self.ops.wall_ms() + int(delay * 1000)
-        self.change_state(State.BACKOFF, now)
+        self.change_state(State.BACKOFF, now,
+                          f"{self.last_error}; {self._retry()} in {delay:.1f} s")
+
+    def _retry(self) -> str:
+        """`retry 2 of 5`: the retry that follows the current failure."""
+        limit = self.config.start_retries
+        return f"retry {self.failures}" + ("" if limit == -1 else f" of {limit}")
 
     def backoff_delay(self, failures: int) -> float:
         """min(backoff_max, initial * 2^(n-1)) * U(0.8, 1.0) before retry n."""
@@ -186,28 +238,33 @@ class Program:
         self.last_exit = status
         self.start_deadline = self.kill_at = None
         if child is not None:
-            self.ops.kill_group(child.pgid, SIGKILL)  # leave no stray group member
+            self.signal_group(child.pgid, SIGKILL)  # leave no stray group member
         if self.state is State.STOPPING:
-            self.change_state(State.STOPPED, now)
+            self.change_state(State.STOPPED, now, f"exited with {status.describe()}")
         elif self.state is State.STARTING:
-            self.last_error = f"exited within start_seconds ({self.describe_exit()})"
+            self.last_error = (f"exited {now - self.spawned_at:.1f} s after start "
+                               f"with {status.describe()}")
             self.start_failed(now)
         elif self.state is State.RUNNING:
-            self.after_running_exit(now)
+            self.after_running_exit(child.pid if child else 0, now)
 
-    def after_running_exit(self, now: float) -> None:
-        policy = self.config.restart
-        failed = self.last_exit.code != 0 or self.last_exit.signal != 0
+    def after_running_exit(self, pid: int, now: float) -> None:
+        """Restart at once, or EXITED, as the restart policy says.
+
+        An adopted process's exit status is unknown (it is not our child): it
+        counts as a failure, so on-failure restarts it. Were the exit clean, the
+        restarted process, now our child, exits cleanly again and stays EXITED.
+        """
+        policy, status = self.config.restart, self.last_exit
+        failed = not status.known or status.code != 0 or status.signal != 0
+        if not status.known:
+            self.last_error = f"exit status unknown: adopted process pid={pid}"
+        words = f"exited with {status.describe()}"
         if policy == "always" or (policy == "on-failure" and failed):
             self.failures = 0
-            self.spawn(now)
+            self.spawn(now, f"{words}; restarting: restart={policy}")
         else:
-            self.change_state(State.EXITED, now)
-
-    def describe_exit(self) -> str:
-        if self.last_exit.signal:
-            return f"signal {self.last_exit.signal}"
-        return f"exit code {self.last_exit.code}"
+            self.change_state(State.EXITED, now, f"{words}; not restarted: restart={policy}")
 
     def tick(self, now: float) -> None:
         """Act on whichever deadline has passed."""
@@ -215,16 +272,16 @@ class Program:
                 and now >= self.start_deadline:
             self.start_deadline = None
             self.failures = 0
-            self.change_state(State.RUNNING, now)
+            self.change_state(State.RUNNING, now, f"up {self.config.start_seconds:g} s")
         elif self.state is State.BACKOFF and self.retry_at is not None and now >= self.retry_at:
             self.retry_at = None
-            self.spawn(now)
+            self.spawn(now, self._retry())
         elif self.state is State.STOPPING and self.kill_at is not None and now >= self.kill_at:
             self.kill_at = None
             if self.child is not None:
                 log.warning("%s: pid=%s did not stop within %ss; SIGKILL to the group",
                             self.config.id, self.child.pid, self.config.stop_timeout)
-                self.ops.kill_group(self.child.pgid, SIGKILL)
+                self.signal_group(self.child.pgid, SIGKILL)
 
     def next_deadline(self) -> float | None:
         for deadline, state in ((self.start_deadline, State.STARTING),
@@ -257,3 +314,12 @@ class Program:
                            config_hash=self.running_hash, restart_count=self.restart_count,
                            start_time=self.start_time, stop_signal=self.config.stop_signal,
                            stop_timeout=self.config.stop_timeout)
+
+
+def agent_environment(config: AgentConfig) -> dict[str, str]:
+    """The environment an agent's process gets: the daemon's, minus gRPC's
+    fork switch, plus the agent's env."""
+    env = dict(os.environ)
+    env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
+    env.update(config.env)
+    return env

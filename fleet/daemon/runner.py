@@ -29,9 +29,13 @@ STOP_WAIT_SECONDS = 25.0  # stop returns by then, still STOPPING, while the kill
 
 class Runner:
     def __init__(self, program: Program,
-                 publish: Callable[[Snapshot, AgentRecord | None], None]):
+                 publish: Callable[[Snapshot, AgentRecord | None], None],
+                 settle: Callable[[], Callable[[Program, float], None]] | None = None):
         self.program = program
         self.publish = publish            # called with each change (snapshot, record), in order
+        # Before a stop of an UNKNOWN agent: the action that identifies its process
+        # (adopt it, or find none); raises Conflict while it cannot be identified.
+        self.settle = settle
         self.ops_lock = threading.Lock()  # serialises operations on this agent
         self._publish_lock = threading.Lock()  # keeps publications in state order
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -76,16 +80,37 @@ class Runner:
             if self.refuse_operations:
                 raise Conflict("the daemon is shutting down")
             if operation in ("stop", "restart"):
+                self._settle_unknown()
                 self._stop()
             if operation in ("start", "restart"):
-                self._locked(lambda p, now: p.start(now))
+                self._locked(lambda p, now: self._start(p, now, operation == "restart"))
             return self.snapshot()
 
+    def _start(self, program: Program, now: float, restart: bool) -> None:
+        if self.refuse_operations:  # shutdown began while this operation was stopping
+            raise Conflict("the daemon is shutting down")
+        program.start(now, restart)
+
+    def _settle_unknown(self) -> None:
+        """Identify an UNKNOWN agent's process before stopping it, so that a stop
+        never forgets a process that may live (Conflict while it cannot)."""
+        with self.program.lock:
+            if self.program.state is not State.UNKNOWN or self.settle is None:
+                return
+        self._locked(self.settle())
+
     def begin_shutdown(self) -> None:
-        """Refuse later operations and send the stop signal; do not wait."""
-        with self.ops_lock:
+        """Refuse later operations and send the stop signal; do not wait.
+
+        Takes no ops_lock: an operation in progress (a stop waiting out its
+        stop_timeout) must not delay the signal. A refused signal is logged.
+        """
+        with self.program.lock:
             self.refuse_operations = True
-            self._locked(lambda p, now: p.stop(now))
+        try:
+            self._locked(lambda p, now: p.stop(now, "daemon shutdown"))
+        except Conflict as exc:
+            log.error("%s: left running: %s", self.program.config.id, exc.message)
 
     def _stop(self) -> None:
         self._locked(lambda p, now: p.stop(now))
@@ -104,11 +129,13 @@ class Runner:
                 program.lock.wait(remaining)
 
     def _locked(self, action: Callable[[Program, float], None]) -> None:
-        with self.program.lock:
-            action(self.program, self.program.ops.monotonic())
-            self.program.lock.notify_all()
-        self.wake()
-        self._publish()
+        try:
+            with self.program.lock:
+                action(self.program, self.program.ops.monotonic())
+                self.program.lock.notify_all()
+        finally:  # a refused action may still have changed last_error
+            self.wake()
+            self._publish()
 
     def snapshot(self) -> Snapshot:
         with self.program.lock:

@@ -7,17 +7,18 @@ adopt), to the sampler (which pid to watch) and to the listeners (the syncer).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Callable
 
 from fleet.config import AgentConfig
 from fleet.daemon.logs import LogKeeper
 from fleet.daemon.metrics import Sampler
-from fleet.daemon.procops import SIGKILL, ProcOps
-from fleet.daemon.program import Program, Snapshot
+from fleet.daemon.procops import SIGKILL, Child, ProcOps, SignalDenied, find_problem
+from fleet.daemon.program import Program, Snapshot, agent_environment
 from fleet.daemon.runner import Runner
 from fleet.daemon.statedir import AgentRecord, StateDir, UnreadableRecord
-from fleet.errors import NotFound
+from fleet.errors import Conflict, NotFound
 from fleet.states import State
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,26 @@ class Supervisor:
         for agent_id in self.statedir.recorded_agents():
             if agent_id not in configured:
                 self._stop_orphan(agent_id)
+        warn_missing(self._configs)
         for config in self._configs:
             self.logs.register(config.id, config.log_max_bytes, config.log_backups)
             program = Program(config, self.ops, self.logs.open_for_agent)
-            runner = Runner(program, self._publisher(config.id))
+            runner = Runner(program, self._publisher(config.id), self._settler(config))
             self.runners[config.id] = runner
             runner.start(self._initial_action(config))
 
+    def _identify(self, agent_id: str) -> tuple[AgentRecord | None, Child | None]:
+        """The agent's record and its live process (None if none lives).
+
+        Raises UnreadableRecord when a process may live but cannot be identified.
+        """
+        record = self.statedir.read_agent(agent_id)
+        return record, self.ops.adopt(record.pid, record.pgid, record.create_time) \
+            if record else None
+
     def _initial_action(self, config: AgentConfig) -> Callable[[Program, float], None]:
         try:
-            record = self.statedir.read_agent(config.id)
-            child = self.ops.adopt(record.pid, record.pgid, record.create_time) if record else None
+            record, child = self._identify(config.id)
         except UnreadableRecord as exc:
             # Starting it could make a duplicate; leave it to an operator's start or stop.
             reason = exc.message
@@ -72,14 +82,37 @@ class Supervisor:
         return lambda program, now: program.adopt(
             child, record.start_time, record.restart_count, record.config_hash, now)
 
+    def _settler(self, config: AgentConfig) -> Callable[[], Callable[[Program, float], None]]:
+        """For a stop of an UNKNOWN agent: identify its process again. One that
+        lives is adopted (so the stop kills it); none living means nothing to
+        forget (STOPPED); still unidentifiable is refused, the record kept."""
+        def settle() -> Callable[[Program, float], None]:
+            try:
+                record, child = self._identify(config.id)
+            except UnreadableRecord as exc:
+                path = os.path.join(self.statedir.agents_dir, config.id + ".json")
+                raise Conflict(
+                    f"agent '{config.id}' cannot be stopped: {exc.message}, so a process it "
+                    f"started may still run; stop that process by hand and remove {path} "
+                    "(then stop again), or start the agent") from exc
+            if child is None:
+                return lambda program, now: program.change_state(
+                    State.STOPPED, now, "stop requested: no recorded process lives")
+            log.info("%s: identified pid=%s; stopping it", config.id, child.pid)
+            return lambda program, now: program.adopt(
+                child, record.start_time, record.restart_count, record.config_hash, now)
+        return settle
+
     def _stop_orphan(self, agent_id: str) -> None:
         """Stop a recorded agent that left the config, in the background."""
         try:
             record = self.statedir.read_agent(agent_id)
             child = self.ops.adopt(record.pid, record.pgid, record.create_time) if record else None
         except UnreadableRecord as exc:
-            log.warning("%s: no longer configured and %s; leaving it", agent_id, exc.message)
-            record = child = None
+            # Keep the record: the process it names may live.
+            log.warning("%s: no longer configured and %s; leaving it and its record",
+                        agent_id, exc.message)
+            return
         self.statedir.write_agent(agent_id, None)
         if child is None:
             return
@@ -88,13 +121,17 @@ class Supervisor:
                          name=f"fleet-orphan-{agent_id}").start()
 
     def _kill_orphan(self, child, record: AgentRecord) -> None:
-        self.ops.kill_group(child.pgid, record.stop_signal)
-        deadline = self.ops.monotonic() + record.stop_timeout
-        gone = threading.Event()
-        while self.ops.group_alive(child.pgid) and self.ops.monotonic() < deadline:
-            gone.wait(0.05)  # an orphan is not our child: no pidfd wait for its group
-        self.ops.kill_group(child.pgid, SIGKILL)
-        self.ops.close(child)
+        try:
+            self.ops.kill_group(child.pgid, record.stop_signal)
+            deadline = self.ops.monotonic() + record.stop_timeout
+            gone = threading.Event()
+            while self.ops.group_alive(child.pgid) and self.ops.monotonic() < deadline:
+                gone.wait(0.05)  # an orphan is not our child: no pidfd wait for its group
+            self.ops.kill_group(child.pgid, SIGKILL)
+        except SignalDenied as exc:
+            log.error("no longer configured pid=%s: left running: %s", child.pid, exc)
+        finally:
+            self.ops.close(child)
 
     def stop_all(self) -> None:
         """Stop every agent in parallel: signal them all, then wait for them all.
@@ -148,3 +185,16 @@ class Supervisor:
             for listener in self.listeners:
                 listener(snapshot)
         return publish
+
+
+def warn_missing(configs: tuple[AgentConfig, ...]) -> list[str]:
+    """Log a WARNING for each agent whose command or cwd is missing, resolved as
+    its spawn will resolve them (its PATH, its cwd); return the warnings. Called
+    at start, and by a reload with the new definitions."""
+    warnings = []
+    for config in configs:
+        problem = find_problem(config.command, config.cwd, agent_environment(config))
+        if problem:
+            warnings.append(f"{config.id}: {problem}")
+            log.warning("%s: %s; its starts will fail", config.id, problem)
+    return warnings
