@@ -40,7 +40,7 @@ def test_an_agent_in_backoff_shows_its_error_and_retry_time_on_a_plain_get(clust
     agent = wait_for(lambda: (lambda a: a if a.get("status") == "backoff" else None)(
         api.agents("n1").get("quick", {})), timeout=15)
     now_ms = time.time() * 1000
-    assert "exited within start_seconds" in agent["last_error"], agent
+    assert "s after start with code 1" in agent["last_error"], agent
     assert agent["next_retry_time"] > now_ms + 20_000, agent       # backoff_initial is 30 s
     assert agent["changed_at"] <= now_ms and agent["config_changed"] is False, agent
 
