@@ -86,15 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
-        return 2
+        return config_errors(exc)
     logsetup.configure(config.log_level, config.log_format)
     shutdown = Shutdown()
     shutdown.install()
     from fleet import roles  # imports only what the role needs
     try:
         return roles.run(config, shutdown.wait)
+    except ConfigError as exc:   # a token file beside the database, read before anything starts
+        return config_errors(exc)
     except (FleetError, OSError) as exc:
         log.error("%s", getattr(exc, "message", None) or exc)
         return 1
+
+
+def config_errors(exc: ConfigError) -> int:
+    """Print one `config error:` line per problem; the exit status 2."""
+    for problem in exc.problems:
+        print(f"config error: {problem}", file=sys.stderr)
+    return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -91,8 +92,6 @@ class ManagerConfig:
     operate_timeout: float = 30.0      # deadline of an operate (a stop may take stop_timeout)
     api_tokens: tuple[tuple[str, str], ...] = ()   # (name, token)
     cluster_token: str = ""
-    metrics_public: bool = False
-    workers: int = 1
     tls: TLSConfig | None = None
 
 
@@ -119,7 +118,8 @@ class _Reader:
         self.table = table
 
     def fail(self, key: str, why: str) -> None:
-        where = f"[{self.section}] {key}".rstrip()
+        # A top-level key is named alone: `log_level: ...`, not `[] log_level: ...`.
+        where = f"[{self.section}] {key}".rstrip() if self.section else key
         self.problems.append(f"{where}: {why}")
 
     def get(self, key: str, default: Any, convert: Callable[[Any], Any]) -> Any:
@@ -235,8 +235,6 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
                               lambda v: to_seconds(v, 0.1)),
         api_tokens=tuple(tokens),
         cluster_token=read_token(r, "cluster_token"),
-        metrics_public=r.get("metrics_public", False, to_bool),
-        workers=r.get("workers", 1, lambda v: to_int(v, 1, 64)),
         tls=read_tls(r, ("cert", "key", "client_ca")),
     )
     r.check_unknown()
@@ -284,8 +282,9 @@ def read_daemon(table: Any, problems: list[str]) -> DaemonConfig:
     return config
 
 
-def read_agent(index: int, table: Any, problems: list[str]) -> AgentConfig | None:
-    r = _Reader(f"agents.{index}", table, problems)
+def read_agent(name: str, table: Any, problems: list[str]) -> AgentConfig | None:
+    """One [[agents]] table; problems are named `[agents.NAME] key`."""
+    r = _Reader(f"agents.{name}", table, problems)
     agent_id = r.get("id", "", to_str)
     if not valid_agent_id(agent_id):
         r.fail("id", f"{agent_id!r} does not match {AGENT_ID_RE.pattern}")
@@ -384,6 +383,7 @@ def parse(role: str, data: dict, problems: list[str]) -> Config:
     agents = read_agents(data.get("agents", []), problems)
     config = Config(role, manager, daemon, agents, level, fmt)
     check_daemon_security(config, problems)
+    check_manager_database(config, problems)
     return config
 
 
@@ -391,9 +391,10 @@ def read_agents(items: Any, problems: list[str]) -> tuple[AgentConfig, ...]:
     if not isinstance(items, list):
         problems.append("[[agents]]: must be an array of tables")
         return ()
+    names = _agent_names(items)
     agents, ids = [], set()
     for index, table in enumerate(items):
-        agent = read_agent(index, table, problems)
+        agent = read_agent(names[index], table, problems)
         if agent is None:
             continue
         if agent.id in ids:
@@ -401,6 +402,32 @@ def read_agents(items: Any, problems: list[str]) -> tuple[AgentConfig, ...]:
         ids.add(agent.id)
         agents.append(agent)
     return tuple(agents)
+
+
+def _agent_names(items: list) -> list[str]:
+    """How problems name each agent: its id, or its index when the id is missing,
+    invalid or shared with another agent (and so names neither)."""
+    ids = [table.get("id") if isinstance(table, dict) else None for table in items]
+    return [agent_id if isinstance(agent_id, str) and valid_agent_id(agent_id)
+            and ids.count(agent_id) == 1 else str(index)
+            for index, agent_id in enumerate(ids)]
+
+
+def check_manager_database(config: Config, problems: list[str]) -> None:
+    """PostgreSQL needs its driver, and both tokens configured: the managers sharing
+    the database must share them, so none may make its own beside a database file."""
+    manager = config.manager
+    if config.role not in ("manager", "all") or not manager.db.startswith("postgres"):
+        return
+    try:
+        importlib.import_module("psycopg2")
+    except ImportError:
+        problems.append("[manager] db: PostgreSQL needs the psycopg2 driver, which is not "
+                        "installed (pip install psycopg2-binary)")
+    if not manager.api_tokens:
+        problems.append("[manager] api_token: required with a PostgreSQL database")
+    if not manager.cluster_token:
+        problems.append("[manager] cluster_token: required with a PostgreSQL database")
 
 
 def check_daemon_security(config: Config, problems: list[str]) -> None:

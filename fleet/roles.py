@@ -69,19 +69,25 @@ def local_daemon_tls(config: Config) -> TLSConfig | None:
 
 
 def run_all(config: Config, wait: Callable[[], None]) -> int:
-    """A manager and a local daemon reporting to it, in one process."""
+    """A manager and a local daemon reporting to it, in one process.
+
+    All three ports are bound before either creates anything (token files,
+    database, state dir): a port in use leaves nothing behind.
+    """
     from fleet.daemon.app import Daemon
     from fleet.manager.app import Manager
     manager = Manager(config.manager)
     daemon = None
     try:
-        manager.start()
+        manager.bind()
         local = join_address("127.0.0.1", manager.grpc_port)
         daemon_config = dataclasses.replace(config.daemon, managers=(local,),
                                             cluster_token=manager.cluster_token,
                                             tls=local_daemon_tls(config))
         daemon = Daemon(dataclasses.replace(config, daemon=daemon_config),
                         listen_label="daemon-grpc")
+        daemon.bind()
+        manager.start()
         daemon.start()
     except BaseException:
         if daemon is not None:

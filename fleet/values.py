@@ -10,6 +10,7 @@ import ipaddress
 import re
 import shlex
 import signal
+import urllib.parse
 from typing import Any, Callable
 
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -167,9 +168,16 @@ def to_command(value: Any) -> tuple[str, ...]:
 
 
 def to_db_url(value: Any) -> str:
+    """sqlite:///PATH (a file: the manager's threads each open their own connection,
+    so `:memory:` would give each its own empty database) or postgresql://.../NAME."""
     url = to_str(value)
-    if not re.match(r"^(sqlite:///.+|sqlite:///:memory:|postgres(ql)?://.+)$", url):
+    if not re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", url):
         raise ValueError(f"not sqlite:///PATH or postgresql://...: {url!r}")
+    if url == "sqlite:///:memory:":
+        raise ValueError("sqlite:///:memory: is not supported (each manager thread would get "
+                         "its own empty database): use a file, e.g. sqlite:///fleet.db")
+    if url.startswith("postgres") and not urllib.parse.urlsplit(url).path.strip("/"):
+        raise ValueError(f"the PostgreSQL URL names no database: {url!r}")
     return url
 
 

@@ -1,9 +1,11 @@
 """The command line and the daemon's lifecycle, as real processes."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 
+import pytest
 
 from tests.helpers import wait_for
 
@@ -25,9 +27,9 @@ stop_timeout = 2
 """
 
 
-def run_fleet(*args, env=None):
+def run_fleet(*args, env=None, cwd=None):
     return subprocess.run(FLEET + list(args), capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def write_config(tmp_path, extra=""):
@@ -138,20 +140,101 @@ def test_stop_agents_on_exit_false_leaves_agents_for_the_next_daemon_to_adopt(tm
     wait_for(lambda: not [p for p in pids if alive(p)], timeout=5)
 
 
-def test_manager_runtime_failures_exit_1_with_one_message(tmp_path):
-    """A port in use or an unreachable database exits 1 with a clear message, no traceback."""
-    import socket
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        busy = run_fleet("--role", "manager", "--http", f"127.0.0.1:{port}", "--grpc", "127.0.0.1:0",
-                         "--db", f"sqlite:///{tmp_path}/m.db")
-    assert busy.returncode == 1 and f"{port}" in busy.stderr and "Traceback" not in busy.stderr
+def test_an_unusable_database_directory_exits_1_with_one_message(tmp_path):
+    """A database in a missing directory exits 1 with a clear message, no traceback."""
     nowhere = run_fleet("--role", "manager", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
                         "--db", f"sqlite:///{tmp_path}/no/such/dir/m.db")
     assert nowhere.returncode == 1 and "Traceback" not in nowhere.stderr
     assert "beside the database" in nowhere.stderr and "No such file or directory" in nowhere.stderr
+
+
+LISTENERS = {"manager": {"--http": "http", "--grpc": "grpc"},
+             "daemon": {"--listen": "grpc"},
+             "all": {"--http": "http", "--grpc": "grpc", "--listen": "daemon-grpc"}}
+
+
+@pytest.mark.parametrize("role, flag", [(role, flag) for role, flags in LISTENERS.items()
+                                        for flag in flags])
+def test_a_port_in_use_exits_1_with_one_line_and_leaves_nothing_behind(tmp_path, role, flag):
+    """A taken port: exit 1, one line naming the listener and address, and no token
+    file, database or state dir left by the failed start."""
+    work = tmp_path / "work"
+    work.mkdir()
+    addresses = {f: "127.0.0.1:0" for f in LISTENERS[role]}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        addresses[flag] = f"127.0.0.1:{port}"
+        args = [arg for pair in addresses.items() for arg in pair]
+        result = run_fleet("--role", role, *args, "--db", f"sqlite:///{work}/fleet.db",
+                           "--state-dir", str(work / "state"), cwd=work)
+    label = LISTENERS[role][flag]
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(f" fleet: cannot listen {label}=127.0.0.1:{port}: "
+                             "address already in use"), lines
+    assert os.listdir(work) == []
+
+
+HIDE_PSYCOPG2 = "raise ImportError('psycopg2 hidden by the test')\n"
+PG = "postgresql://fleet@localhost/fleet"
+
+
+@pytest.mark.parametrize("role", ["manager", "all"])
+@pytest.mark.parametrize("config, expected", [
+    pytest.param(f'[manager]\ndb = "{PG}"', [
+        "[manager] db: PostgreSQL needs the psycopg2 driver",
+        "[manager] api_token: required with a PostgreSQL database",
+        "[manager] cluster_token: required with a PostgreSQL database"], id="postgresql"),
+    pytest.param(f'[manager]\ndb = "{PG}"\napi_token = "a-token"\ncluster_token = "c-token"',
+                 ["[manager] db: PostgreSQL needs the psycopg2 driver"], id="no-driver"),
+    pytest.param('[manager]\ndb = "postgresql://fleet@localhost/"',
+                 ["[manager] db: the PostgreSQL URL names no database"], id="no-database-name"),
+    pytest.param('[manager]\ndb = "sqlite:///:memory:"',
+                 ["[manager] db: sqlite:///:memory: is not supported"], id="memory"),
+    pytest.param('[manager]\nworkers = 2\nmetrics_public = true',
+                 ["[manager] metrics_public: unknown key", "[manager] workers: unknown key"],
+                 id="keys-that-do-nothing"),
+    pytest.param('log_level = "loud"\nlog_format = "xml"',
+                 ["log_level: must be one of", "log_format: "], id="top-level"),
+    pytest.param('[[agents]]\nid = "ticker"\ncommand = ["x"]\nrestart = "sometimes"\n'
+                 '[[agents]]\ncommand = "y"\nstart_seconds = "soon"\n'
+                 '[[agents]]\nid = "twin"\ncommand = "z"\n[[agents]]\nid = "twin"\ncommand = "z"\n',
+                 ["[agents.ticker] restart: must be one of", "[agents.1] id: ''",
+                  "[agents.1] start_seconds: not a number",
+                  "[agents.3] id: duplicate agent id 'twin'"], id="agents"),
+])
+def test_config_problems_exit_2_naming_section_and_key(tmp_path, role, config, expected):
+    """Each config problem found at start is one `config error:` line naming its key
+    (top-level keys alone, agents by id), exit 2, nothing created."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "psycopg2.py").write_text(HIDE_PSYCOPG2)   # the driver is missing
+    (tmp_path / "fleet.toml").write_text(config)
+    result = run_fleet("--role", role, "--config", str(tmp_path / "fleet.toml"),
+                       "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--listen", "127.0.0.1:0",
+                       "--state-dir", str(work / "state"), cwd=work,
+                       env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == len(expected), lines
+    for line, start in zip(sorted(lines), sorted(expected)):
+        assert line.startswith(f"config error: {start}"), (line, start)
+    assert os.listdir(work) == []
+
+
+def test_an_empty_token_file_beside_the_database_is_a_config_error(tmp_path):
+    """An empty fleet-api.token exits 2 naming the key it stands for; nothing else is made."""
+    (tmp_path / "fleet-api.token").write_text("\n")
+    result = run_fleet("--role", "manager", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+                       "--db", f"sqlite:///{tmp_path}/fleet.db", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"config error: [manager] api_token: token file {tmp_path}/fleet-api.token is empty "
+        "(delete it to have a new token made, or set api_token)"]
+    assert os.listdir(tmp_path) == ["fleet-api.token"]
 
 
 def test_a_second_sigint_forces_exit_130(tmp_path):

@@ -127,6 +127,14 @@ def test_tail_grep_matches_unicode(log_path):
     assert tail(log_path, 10, grep="é") == (["café ok"], False)
 
 
+def test_tail_grep_is_a_plain_case_sensitive_substring(log_path):
+    """grep is what the README says: case-sensitive, no regular expression or wildcard."""
+    write(log_path, b"tick 1\nTick 2\ntick 10\n.*\n")
+    assert tail(log_path, 10, grep="tick 1") == (["tick 1", "tick 10"], False)
+    assert tail(log_path, 10, grep="TICK") == ([], False)
+    assert tail(log_path, 10, grep=".*") == ([".*"], False)
+
+
 def test_tail_cuts_long_lines_at_8_kib(log_path):
     """A line longer than 8 KiB is cut to its first 8192 bytes."""
     long = b"A" * 5000 + b"B" * 5000 + b"C" * 100_000

@@ -31,8 +31,7 @@ ROLES = ("manager", "daemon", "all")
 # ---- config ----
 
 MANAGER_KEYS = ["http", "grpc", "db", "offline_after", "api_token", "api_token_file",
-                "api_tokens", "cluster_token", "metrics_public", "workers", "tls",
-                "daemon_timeout", "operate_timeout"]
+                "api_tokens", "cluster_token", "tls", "daemon_timeout", "operate_timeout"]
 DAEMON_KEYS = ["manager", "listen", "advertise", "state_dir", "node_id", "labels",
                "cluster_token", "sync_interval", "heartbeat_interval", "metrics_interval",
                "insecure", "tls"]
@@ -149,7 +148,7 @@ def test_load_never_raises_on_random_flags(tmp_path_factory, role, flags, conten
 
 
 @pytest.mark.parametrize("content, problem", [
-    ("[manager]\nworkers = inf", "[manager] workers: "),
+    ('[[agents]]\nid = "a"\ncommand = "x"\nstart_retries = inf', "[agents.a] start_retries: "),
     ("[manager]\noffline_after = 99999999999999999999999999999999", "[manager] offline_after: "),
     ("a = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
 ])

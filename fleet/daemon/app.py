@@ -16,6 +16,7 @@ from fleet.daemon.service import DaemonServicer
 from fleet.daemon.statedir import StateDir
 from fleet.daemon.supervisor import Supervisor
 from fleet.daemon.syncer import StateSyncer
+from fleet.listen import listen
 from fleet.rpc import as_server, create_server
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -41,12 +42,24 @@ class Daemon:
         self._sampler: Sampler | None = None
         self._client: ManagerClient | None = None
 
-    def start(self) -> None:
-        """Take the state dir, start the agents, serve, and start reporting.
+    def bind(self) -> None:
+        """Bind the gRPC port (not serving yet); OSError `cannot listen ...` if it is taken.
 
-        Raises StateDirLocked or OSError (port in use) as runtime failures.
+        start() binds first, so a port in use leaves no state dir behind. Safe to call twice.
+        """
+        if self._server is not None:
+            return
+        cfg = self.config.daemon
+        self._server, self.port = listen(self.listen_label, cfg.listen, lambda: create_server(
+            cfg.listen, [], token=cfg.cluster_token, tls=as_server(cfg.tls)))
+
+    def start(self) -> None:
+        """bind(), take the state dir, start the agents, serve, and start reporting.
+
+        Raises OSError `cannot listen ...` (port in use) or StateDirLocked.
         """
         cfg = self.config.daemon
+        self.bind()
         self.statedir.open()
         self.node_id = self.statedir.node_id(cfg.node_id)
         self.boot_id = self.statedir.next_boot_id()
@@ -54,9 +67,7 @@ class Daemon:
         self._sampler = Sampler(cfg.metrics_interval)
         self.supervisor = Supervisor(self.config.agents, self.statedir, self._logs, self._sampler)
         self._servicer = DaemonServicer(self.node_id, self.supervisor, self._logs, self._sampler)
-        self._server, self.port = create_server(
-            cfg.listen, [lambda s: pb_grpc.add_DaemonServiceServicer_to_server(self._servicer, s)],
-            token=cfg.cluster_token, tls=as_server(cfg.tls))
+        pb_grpc.add_DaemonServiceServicer_to_server(self._servicer, self._server)
         self.supervisor.start()
         self._logs.start()
         self._sampler.start()

@@ -1,10 +1,15 @@
 """The manager: database, tokens, ManagerService over gRPC, the HTTP API, and the
-daemon client pool, started in order and stopped in the reverse one."""
+daemon client pool, started in order and stopped in the reverse one.
+
+Both ports are bound before anything is written: a start that fails on a port
+in use leaves no token file and no database behind."""
 from __future__ import annotations
 
 import logging
+from typing import Callable, Iterable
 
 from fleet.config import ManagerConfig
+from fleet.listen import listen
 from fleet.values import join_address, split_address
 from fleet.manager.agents import AgentService
 from fleet.manager.audit import AuditLog
@@ -12,7 +17,7 @@ from fleet.manager.db import migrate, open_database
 from fleet.manager.http import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.servicer import ManagerParts, build_manager
-from fleet.manager.tokens import ApiAuth, resolve_tokens
+from fleet.manager.tokens import ApiAuth, ManagerTokens, create_token_files, resolve_tokens
 from fleet.manager.web import HttpServer, serve_http
 from fleet.rpc import as_client, create_server
 
@@ -31,25 +36,44 @@ class Manager:
         self.pool: DaemonClientPool | None = None
         self._grpc = None
         self._http: HttpServer | None = None
+        self._tokens: ManagerTokens | None = None   # resolved by bind()
+        self._app = _LateApp()
+
+    def bind(self) -> None:
+        """Resolve the tokens (reading, not writing, token files) and bind both ports.
+
+        Raises ConfigError for a bad token file, OSError `cannot listen ...`
+        for a port in use. Safe to call twice.
+        """
+        if self._http is not None:
+            return
+        cfg = self.config
+        self._tokens = resolve_tokens(cfg)
+        self.cluster_token = self._tokens.cluster
+        self._grpc, self.grpc_port = listen("grpc", cfg.grpc, lambda: create_server(
+            cfg.grpc, [], token=self.cluster_token, tls=cfg.tls, max_workers=GRPC_WORKERS))
+        self._http = listen("http", cfg.http, lambda: serve_http(self._app, cfg.http, cfg.tls))
+        self.http_port = self._http.port
 
     def start(self) -> None:
-        """Open and migrate the database, bind both ports, serve. Raises on failure."""
+        """bind(), then write new token files, open the database and serve.
+
+        Raises what bind() does, and Unavailable for token files or a database
+        it cannot use.
+        """
         cfg = self.config
-        api_tokens, self.cluster_token, _ = resolve_tokens(cfg)
+        self.bind()
+        create_token_files(self._tokens)
         db = open_database(cfg.db)
         migrate(db)
         self.parts = build_manager(db, offline_after=cfg.offline_after)
+        self.parts.servicer.add_to(self._grpc)
         # With [manager.tls] set, daemons are dialled over TLS too (mutual with client_ca).
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
                                      timeout=cfg.daemon_timeout,
                                      operate_timeout=cfg.operate_timeout)
         service = AgentService(self.parts.nodes, self.pool, AuditLog(db))
-        app = make_app(service, ApiAuth(api_tokens, self.cluster_token))
-        self._grpc, self.grpc_port = create_server(
-            cfg.grpc, [self.parts.servicer.add_to], token=self.cluster_token, tls=cfg.tls,
-            max_workers=GRPC_WORKERS)
-        self._http = serve_http(app, cfg.http, cfg.tls)
-        self.http_port = self._http.port
+        self._app.target = make_app(service, ApiAuth(self._tokens.api, self.cluster_token))
         self.parts.start()
         self._grpc.start()
         log.info("listening grpc=%s", join_address(split_address(cfg.grpc)[0], self.grpc_port))
@@ -70,3 +94,20 @@ class Manager:
             self.pool.close_all()
         if self.parts is not None:
             self.parts.stop()
+
+
+class _LateApp:
+    """The WSGI app the HTTP port is bound with before the database exists.
+
+    `target`, the real app, is set before the server starts serving; a request
+    that came earlier would get 503.
+    """
+
+    def __init__(self):
+        self.target: Callable | None = None
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if self.target is None:
+            start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+            return [b'{"error": {"code": "unavailable", "message": "starting"}}']
+        return self.target(environ, start_response)

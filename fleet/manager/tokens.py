@@ -5,13 +5,16 @@ presented token with every one of them in constant time and returns the name,
 which the audit log records instead of the token. The cluster token is for
 gRPC between manager and daemons only and never opens the HTTP API.
 
-`ensure_tokens` gives a manager on SQLite with no tokens configured a random
-API token and cluster token, kept in `fleet-api.token` and
-`fleet-cluster.token` beside the database file (mode 0600) and reused on
-later starts. Tokens are never logged; their paths are.
+A manager on SQLite with no tokens configured gets a random API token and
+cluster token, kept in `fleet-api.token` and `fleet-cluster.token` beside the
+database file (mode 0600) and reused on later starts: `resolve_tokens` reads
+them or makes them in memory before anything starts, `create_token_files`
+writes the new ones once the ports are bound. Tokens are never logged; their
+paths are.
 """
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import os
@@ -74,76 +77,80 @@ def _bearer_token(authorization: Optional[str]) -> Optional[bytes]:
     return token.encode("latin-1", "replace")
 
 
-def resolve_tokens(config) -> tuple[tuple[tuple[str, str], ...], str, list[str]]:
-    """(named API tokens, cluster token, token files used) for a ManagerConfig.
+@dataclasses.dataclass(frozen=True)
+class ManagerTokens:
+    """The tokens a manager runs with, and the token files a first start still has to write."""
+    api: tuple[tuple[str, str], ...]            # (name, token) pairs for the HTTP API
+    cluster: str                                # the gRPC token shared with daemons
+    to_create: tuple[tuple[str, str], ...] = ()  # (path, token): made in memory, not yet written
+    paths: tuple[str, ...] = ()                 # every token file used, to log at start
 
-    Configured tokens win; on SQLite the missing ones come from (or are
-    created in) the files beside the database. PostgreSQL needs both
-    configured, since several managers must share them: ConfigError if not.
+
+def resolve_tokens(config) -> ManagerTokens:
+    """The tokens of a ManagerConfig, reading the token files but writing nothing.
+
+    Configured tokens win; on SQLite a missing one is read from its file beside
+    the database, or made in memory for create_token_files() to write once the
+    ports are bound (a start that fails earlier leaves no file behind).
+    PostgreSQL needs both configured (config.py refuses it first). Raises
+    ConfigError for an unreadable or empty token file, or equal tokens.
     """
     named, cluster = tuple(config.api_tokens), config.cluster_token
     if named and cluster:
-        return named, cluster, []
+        return ManagerTokens(named, cluster)
     if not config.db.startswith("sqlite:///"):
         raise errors.ConfigError(["[manager] api_token and cluster_token: both must be "
                                   "configured when the database is not SQLite"])
-    first = named[0][1] if named else ""
-    db_path = config.db[len("sqlite:///"):]
-    try:
-        api, cluster, paths = ensure_tokens(db_path, first, cluster)
-    except OSError as exc:
-        raise errors.Unavailable(f"cannot keep token files in {token_dir(db_path)} (beside the "
-                                 f"database): {exc.strerror or exc}") from exc
-    named = named or (("default", api),)
+    directory = token_dir(config.db[len("sqlite:///"):])
+    to_create, paths = [], []
+    if not named:
+        path = os.path.join(directory, API_TOKEN_FILE)
+        named = (("default", _existing_or_new(path, "api_token", to_create)),)
+        paths.append(path)
+    if not cluster:
+        path = os.path.join(directory, CLUSTER_TOKEN_FILE)
+        cluster = _existing_or_new(path, "cluster_token", to_create)
+        paths.append(path)
     if any(hmac.compare_digest(token.encode(), cluster.encode()) for _, token in named):
         raise errors.ConfigError(["[manager] api_token: must differ from cluster_token"])
-    return named, cluster, paths
+    return ManagerTokens(named, cluster, tuple(to_create), tuple(paths))
+
+
+def _existing_or_new(path: str, key: str, to_create: list[tuple[str, str]]) -> str:
+    """The token in `path`, or a new random one, appended to `to_create` with its path."""
+    try:
+        return _read_token(path, key)
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        to_create.append((path, token))
+        return token
+
+
+def create_token_files(tokens: ManagerTokens) -> None:
+    """Write the token files a first start made in memory (mode 0600); log every path.
+
+    Raises Unavailable when a file cannot be written, or when another manager
+    starting at the same time wrote a different token first (this one already
+    serves with its own: starting again reads theirs).
+    """
+    for path, token in tokens.to_create:
+        try:
+            created = _create_exclusive(path, token)
+        except OSError as exc:
+            raise errors.Unavailable(f"cannot keep token files in {os.path.dirname(path)} "
+                                     f"(beside the database): {exc.strerror or exc}") from exc
+        if created:
+            log.warning("created token file %s (mode 0600); keep it secret", path)
+        elif not hmac.compare_digest(_read_token(path, "").encode(), token.encode()):
+            raise errors.Unavailable(f"token file {path} was created by another manager "
+                                     f"starting at the same time; start again to use it")
+    for path in tokens.paths:
+        log.info("token file: %s", path)
 
 
 def token_dir(db_path: str) -> str:
-    """The directory the token files go in: the database file's, or the working dir."""
-    if not db_path or db_path == ":memory:":
-        return os.getcwd()
+    """The directory the token files go in: the database file's."""
     return os.path.dirname(os.path.abspath(db_path))
-
-
-def ensure_tokens(db_path: str, api_token: str = "",
-                  cluster_token: str = "") -> tuple[str, str, list[str]]:
-    """(api_token, cluster_token, paths): configured tokens kept, missing ones from files.
-
-    A missing token is read from its file beside the database, or created
-    there (secrets.token_urlsafe(32), mode 0600) on first start. `paths` are
-    the files used, for the caller to log. Raises ConfigError for an
-    unreadable or empty token file, or if both tokens end up equal.
-    """
-    directory = token_dir(db_path)
-    paths = []
-    if not api_token:
-        path = os.path.join(directory, API_TOKEN_FILE)
-        api_token = _load_or_create(path)
-        paths.append(path)
-    if not cluster_token:
-        path = os.path.join(directory, CLUSTER_TOKEN_FILE)
-        cluster_token = _load_or_create(path)
-        paths.append(path)
-    if hmac.compare_digest(api_token.encode(), cluster_token.encode()):
-        raise errors.ConfigError(["[manager] api_token: must differ from cluster_token"])
-    for path in paths:
-        log.info("token file: %s", path)
-    return api_token, cluster_token, paths
-
-
-def _load_or_create(path: str) -> str:
-    """The token in `path`, creating the file with a new random token if absent."""
-    try:
-        return _read_token(path)
-    except FileNotFoundError:
-        pass
-    token = secrets.token_urlsafe(32)
-    if _create_exclusive(path, token):
-        log.warning("created token file %s (mode 0600); keep it secret", path)
-        return token
-    return _read_token(path)   # another process created it first: use theirs
 
 
 def _create_exclusive(path: str, token: str) -> bool:
@@ -184,7 +191,13 @@ def _create_in_place(path: str, token: str) -> bool:
     return True
 
 
-def _read_token(path: str) -> str:
+def _read_token(path: str, key: str) -> str:
+    """The token in an existing token file; FileNotFoundError if there is none.
+
+    An unreadable or empty file is a ConfigError naming `key`, the setting it
+    stands in for: it is reported, not silently replaced.
+    """
+    where = f"[manager] {key}: token file" if key else "token file"
     try:
         with open(path, encoding="utf-8") as handle:
             mode = os.fstat(handle.fileno()).st_mode
@@ -192,9 +205,11 @@ def _read_token(path: str) -> str:
     except FileNotFoundError:
         raise
     except (OSError, UnicodeDecodeError) as exc:
-        raise errors.ConfigError([f"token file {path}: cannot read: {exc}"]) from exc
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise errors.ConfigError([f"{where} {path}: cannot read: {why}"]) from exc
     if not token:
-        raise errors.ConfigError([f"token file {path}: empty"])
+        raise errors.ConfigError([f"{where} {path} is empty (delete it to have a new token "
+                                  f"made, or set {key or 'the token'})"])
     if mode & 0o077:
         log.warning("token file %s is readable by others (mode %o); chmod 600 it",
                     path, mode & 0o777)
