@@ -10,7 +10,7 @@ def test_an_empty_command_in_either_form_gets_the_same_message(empty):
     """command = "" and command = [] both say it must not be empty, naming both forms."""
     problems = []
     parse("daemon", {"agents": [{"id": "a", "command": empty}]}, problems)
-    assert problems == ["[agents.0] command: must not be empty: a list of strings or one "
+    assert problems == ["[agents.a] command: must not be empty: a list of strings or one "
                         "shell-like string"]
 
 
