@@ -206,9 +206,9 @@ def test_restarted_daemon_adopts_stops_removed_agents_and_flags_changed_config(t
     first = Daemon(daemon_config(tmp_path, [agent("keep"), agent("drop"), agent("edit")]))
     first.start()
     pids = {i: wait_for(lambda i=i: running_pid(first, i)) for i in ("keep", "drop", "edit")}
-    first.syncer.stop(final_report=False)   # the daemon goes away; its agents stay (close()
-    first.close()                           # alone would leave its syncer retrying forever)
+    first.close()                           # the daemon goes away; its agents stay
     assert all(alive(p) for p in pids.values())
+    assert not first.syncer._thread.is_alive()   # close() ends the syncer too: no retrying ghost
     edited = [sys.executable, "-c", "import time; time.sleep(3599)"]
     second = Daemon(daemon_config(tmp_path, [agent("keep"), agent("edit", edited)]))
     second.start()

@@ -117,7 +117,12 @@ class Daemon:
         self.close()
 
     def close(self) -> None:
-        """Release everything but the agents' processes."""
+        """Release everything but the agents' processes (after stop(), or after a
+        failed start: then the syncer and the server end here, with no final report)."""
+        if self.syncer is not None:
+            self.syncer.stop(final_report=False)
+        if self._server is not None:
+            self._server.stop(grace=None)
         if self.supervisor is not None:
             self.supervisor.close()
         for part in (self._sampler, self._logs):

@@ -54,8 +54,10 @@ class Runner:
         self._thread.start()
 
     def close(self) -> None:
-        """End the thread (the process, if any, is left alone)."""
+        """End the thread (the process, if any, is left alone); safe to call twice."""
         with self.program.lock:
+            if self._closed:
+                return
             self._closed = True
         self.wake()
         if self._thread.is_alive():
