@@ -48,7 +48,8 @@ class Manager:
         self._grpc, self.grpc_port = create_server(
             cfg.grpc, [self.parts.servicer.add_to], token=self.cluster_token, tls=cfg.tls,
             max_workers=GRPC_WORKERS)
-        self._http = serve_http(app, cfg.http, cfg.tls)
+        self._http = serve_http(app, cfg.http, cfg.tls, request_timeout=cfg.http_request_timeout,
+                                max_connections=cfg.http_max_connections)
         self.http_port = self._http.port
         self.parts.start()
         self._grpc.start()
