@@ -139,6 +139,9 @@ class HttpServer:
                 log.warning("http: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
+            # asyncio sets TCP_NODELAY only when the socket says IPPROTO_TCP, which an
+            # accepted one does not: without it each response waits out a delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._open += 1
             task = asyncio.create_task(self._admit(sock))
             self._admitting.add(task)
