@@ -203,7 +203,8 @@ async def _too_large(send: Callable, max_body: int) -> None:
 
 async def _send_error(send: Callable, status: int, code: str, message: str) -> None:
     """The error envelope, closing the connection (the rest of the body stays unread)."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+    body = json.dumps({"error": {"code": code, "message": message}},
+                      separators=(",", ":")).encode() + b"\n"
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", b"%d" % len(body)), (b"connection", b"close")]})
