@@ -129,6 +129,7 @@ class HttpServer:
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        quiet_until = 0.0
         while True:
             while self._open >= self._max_connections:
                 self._slot_freed.clear()     # the rest wait in the listen backlog
@@ -136,7 +137,9 @@ class HttpServer:
             try:
                 sock, _ = await loop.sock_accept(self._sock)
             except OSError as exc:           # out of descriptors, or aborted: try again soon
-                log.warning("http: accept failed: %s", exc)
+                if loop.time() >= quiet_until:
+                    log.warning("http: accept failed: %s", exc)
+                    quiet_until = loop.time() + 10.0   # one line per 10 s, not per retry
                 await asyncio.sleep(0.1)
                 continue
             # asyncio sets TCP_NODELAY only when the socket says IPPROTO_TCP, which an
