@@ -90,6 +90,8 @@ class ManagerConfig:
     offline_after: float = 90.0
     daemon_timeout: float = 10.0       # deadline of each call to a daemon but operate
     operate_timeout: float = 30.0      # deadline of an operate (a stop may take stop_timeout)
+    http_request_timeout: float = 10.0  # a request must arrive whole within this
+    http_max_connections: int = 1000   # open HTTP connections at most; more wait
     api_tokens: tuple[tuple[str, str], ...] = ()   # (name, token)
     cluster_token: str = ""
     tls: TLSConfig | None = None
@@ -233,6 +235,10 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
                              lambda v: to_seconds(v, 0.1)),
         operate_timeout=r.get("operate_timeout", ManagerConfig.operate_timeout,
                               lambda v: to_seconds(v, 0.1)),
+        http_request_timeout=r.get("http_request_timeout", ManagerConfig.http_request_timeout,
+                                   lambda v: to_seconds(v, 0.1)),
+        http_max_connections=r.get("http_max_connections", ManagerConfig.http_max_connections,
+                                   lambda v: to_int(v, 1, 100_000)),
         api_tokens=tuple(tokens),
         cluster_token=read_token(r, "cluster_token"),
         tls=read_tls(r, ("cert", "key", "client_ca")),

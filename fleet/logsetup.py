@@ -33,6 +33,8 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # cheroot and grpc are chatty at debug; keep them at warning unless asked
-    for noisy in ("cheroot", "grpc"):
+    # grpc and asyncio are chatty at debug; keep them at warning unless asked
+    for noisy in ("grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # uvicorn warns of every malformed request, which the client is told anyway
+    logging.getLogger("uvicorn").setLevel(max(logging.ERROR, root.level))

@@ -1,4 +1,4 @@
-"""The HTTP API end to end: real cheroot server, file SQLite, fake daemon over real gRPC."""
+"""The HTTP API end to end: real HTTP server (fleet.manager.web), file SQLite, fake daemon over real gRPC."""
 import http.client
 import json
 import socket

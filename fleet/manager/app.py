@@ -52,7 +52,9 @@ class Manager:
         self.cluster_token = self._tokens.cluster
         self._grpc, self.grpc_port = listen("grpc", cfg.grpc, lambda: create_server(
             cfg.grpc, [], token=self.cluster_token, tls=cfg.tls, max_workers=GRPC_WORKERS))
-        self._http = listen("http", cfg.http, lambda: serve_http(self._app, cfg.http, cfg.tls))
+        self._http = listen("http", cfg.http, lambda: serve_http(
+            self._app, cfg.http, cfg.tls, request_timeout=cfg.http_request_timeout,
+            max_connections=cfg.http_max_connections))
         self.http_port = self._http.port
 
     def start(self) -> None:

@@ -1,0 +1,128 @@
+"""The HTTP server's own limits (fleet.manager.web): connection cap, idle close, clean stop,
+and the config keys that set them."""
+import http.client
+import socket
+import threading
+import time
+
+import bottle
+import pytest
+
+from fleet import config as configuration
+from fleet.manager.web import KEEP_ALIVE_SECONDS, serve_http
+from tests.helpers import wait_for
+
+
+def small_app(entered=None, release=None):
+    """/health, and /slow that sets `entered` and answers once `release` is set."""
+    app = bottle.Bottle()
+    app.route("/health", "GET", lambda: "ok")
+
+    def slow():
+        entered.set()
+        return "done" if release.wait(10) else "timed out"
+
+    app.route("/slow", "GET", slow)
+    return app
+
+
+def get(port, path, timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, body
+
+
+def test_connections_over_the_cap_wait_in_the_backlog_not_refused():
+    """With http_max_connections open, the next client waits and is served once one closes."""
+    server = serve_http(small_app(), "127.0.0.1:0", request_timeout=30, max_connections=3)
+    server.start_background()
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        waiting = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        waiting.request("GET", "/health")        # connects: the kernel's backlog holds it
+        waiting.sock.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            waiting.getresponse()                # not accepted while three are open
+        waiting.close()
+        answer = {}
+        client = threading.Thread(target=lambda: answer.update(ok=get(server.port, "/health")))
+        client.start()
+        held.pop().close()                       # a slot frees: the waiting one is served
+        client.join(10)
+        assert answer["ok"] == (200, b"ok")
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_a_few_seconds():
+    """After its response, a keep-alive connection left idle is closed by the server."""
+    server = serve_http(small_app(), "127.0.0.1:0", request_timeout=60)
+    server.start_background()
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=KEEP_ALIVE_SECONDS + 5)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answered = time.monotonic()
+        received = b""
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                break
+            received += data
+        assert received.startswith(b"HTTP/1.1 200 ")
+        assert KEEP_ALIVE_SECONDS - 0.5 <= time.monotonic() - answered < KEEP_ALIVE_SECONDS + 4
+        sock.close()
+    finally:
+        server.stop()
+
+
+def test_stop_lets_a_request_in_progress_finish():
+    """stop() closes the port at once but the request already running gets its answer."""
+    entered, release = threading.Event(), threading.Event()
+    server = serve_http(small_app(entered, release), "127.0.0.1:0")
+    server.start_background()
+    answer = {}
+    client = threading.Thread(target=lambda: answer.update(slow=get(server.port, "/slow")))
+    client.start()
+    assert entered.wait(5)
+    stopping = threading.Thread(target=server.stop)
+    stopping.start()
+    wait_for(lambda: _refused(server.port), timeout=5)
+    release.set()
+    client.join(10)
+    stopping.join(10)
+    assert answer["slow"] == (200, b"done")
+    assert not stopping.is_alive()
+
+
+def _refused(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("http_request_timeout", 0, "must be between 0.1 and"),
+    ("http_request_timeout", "soon", "not a number of seconds"),
+    ("http_max_connections", 0, "must be between 1 and 100000"),
+    ("http_max_connections", 1.5, "not an integer"),
+])
+def test_bad_http_limits_are_config_errors(key, value, why):
+    """A bad http_request_timeout or http_max_connections is reported naming [manager] and the key."""
+    problems = []
+    configuration.parse("manager", {"manager": {key: value}}, problems)
+    assert len(problems) == 1 and problems[0].startswith(f"[manager] {key}: "), problems
+    assert why in problems[0], problems
+
+
+def test_http_limits_are_read():
+    """http_request_timeout and http_max_connections reach the manager's config."""
+    parsed = configuration.parse("manager", {"manager": {
+        "http_request_timeout": 2.5, "http_max_connections": 50}}, [])
+    assert (parsed.manager.http_request_timeout, parsed.manager.http_max_connections) == (2.5, 50)
