@@ -123,7 +123,7 @@ class StateDir:
             except FileNotFoundError:
                 pass
             return
-        write_atomic(path, json.dumps(dataclasses.asdict(record)).encode())
+        write_atomic(path, json.dumps(vars(record)).encode())  # flat: no deep-copying asdict()
 
     def read_agent(self, agent_id: str) -> AgentRecord | None:
         """The record kept for agent_id, or None if there is none.
