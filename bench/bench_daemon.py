@@ -143,6 +143,54 @@ def start_supervisord(folder: str, agents: int):
     return popen, proxy
 
 
+# The floor: a process that serves only gRPC, built as the daemon builds its server
+# (fleet.rpc.create_server, the token check), whose OperateAgent does nothing.
+FLOOR_SERVER = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+from fleet.rpc import create_server
+from fleet.v1 import fleet_pb2 as pb, fleet_pb2_grpc as pb_grpc
+
+class Empty(pb_grpc.DaemonServiceServicer):
+    def ListAgents(self, request, context):
+        return pb.ListAgentsResponse()
+
+    def OperateAgent(self, request, context):
+        return pb.OperateAgentResponse(agent=pb.AgentInfo(agent_id=request.agent_id, pid=1))
+
+server, port = create_server("127.0.0.1:0", [lambda s: pb_grpc.add_DaemonServiceServicer_to_server(Empty(), s)],
+                             token=os.environ["BENCH_TOKEN"])
+server.start()
+print(port, flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def start_floor(token: str) -> tuple[subprocess.Popen, str]:
+    """The bare gRPC server (see FLOOR_SERVER); (popen, HOST:PORT)."""
+    popen = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER.format(repo=REPO)],
+                             stdout=subprocess.PIPE, env={**os.environ, "BENCH_TOKEN": token})
+    return popen, f"127.0.0.1:{int(popen.stdout.readline())}"
+
+
+def spawn_floor(rounds: int, gap: float) -> list[float]:
+    """Seconds to start /bin/sleep as the daemon does (own session, close_fds, output
+    to a file), from this process, one at a time with gaps."""
+    took = []
+    with open(os.devnull, "wb") as sink:
+        for _ in range(rounds):
+            time.sleep(gap)
+            began = time.perf_counter()
+            popen = subprocess.Popen([SLEEP, "100000"], stdin=subprocess.DEVNULL, stdout=sink,
+                                     stderr=sink, start_new_session=True, close_fds=True)
+            took.append(time.perf_counter() - began)
+            popen.kill()
+            popen.wait()
+    return took
+
+
 # ---- waiting and measuring -----------------------------------------------------
 
 def wait_children(pid: int, count: int) -> None:
@@ -263,15 +311,30 @@ def http_restart(manager: dict):
     return restart, conn
 
 
+def children(pid: int) -> set[int]:
+    """pid's children from /proc/PID/task/*/children (cheap to poll, unlike a scan of
+    every process, which Supervisor's 50 sleeps would slow); psutil where it is missing."""
+    found, files = set(), glob.glob(f"/proc/{pid}/task/*/children")
+    if not files:
+        return {p.pid for p in psutil.Process(pid).children()}
+    for path in files:
+        try:
+            with open(path) as handle:
+                found.update(int(word) for word in handle.read().split())
+        except OSError:
+            pass  # a thread that ended meanwhile
+    return found
+
+
 def kill_to_new_pid(daemon_pid: int, rounds: int) -> list[float]:
     """SIGKILL one agent, poll /proc for its replacement; seconds per round."""
     took = []
     for i in range(rounds):
-        current = {p.pid for p in psutil.Process(daemon_pid).children()}
+        current = children(daemon_pid)
         victim = sorted(current)[i % len(current)]
         began = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        while not {p.pid for p in psutil.Process(daemon_pid).children()} - current:
+        while not children(daemon_pid) - current:
             if time.monotonic() - began > 5:
                 raise SystemExit("no replacement within 5 s")
         took.append(time.monotonic() - began)
@@ -320,14 +383,14 @@ def row(label: str, ours: str, theirs: str, ratio_text: str) -> None:
 
 def report(args, fig: dict) -> None:
     print(f"{args.agents} agents / programs running {SLEEP}; restarts one at a time, "
-          f"{args.gap:.2f} s idle between, {args.restarts} per row")
+          f"{args.gap:.2f} s idle between, {args.restarts} per row; median (p10-p90)")
     row("figure", "fleet", "supervisor 4.3", "fleet/supervisor")
     sup = fig.get("sup", {})
     for key, label in (("same", "restart, same agent"), ("other", "restart, other agent")):
         ours, theirs = fig["fleet"][key], sup.get(key)
-        row(label + " (p10-p90)", spread(ours), spread(theirs) if theirs else "-",
+        row(label, spread(ours), spread(theirs) if theirs else "-",
             ratio(statistics.median(ours), theirs and statistics.median(theirs)))
-    row("restart via manager HTTP, other", spread(fig["http"]), "-", "")
+    row("restart via manager HTTP, other", spread(fig["http"]), "", "")
     row(f"idle CPU over {args.idle:.0f} s (% of a core)", f"{fig['fleet']['cpu']:.3f} %",
         f"{sup['cpu']:.3f} %" if sup else "-", ratio(fig["fleet"]["cpu"], sup.get("cpu")))
     row("RSS", f"{fig['fleet']['rss']:.1f} MiB", f"{sup['rss']:.1f} MiB" if sup else "-",
@@ -335,6 +398,11 @@ def report(args, fig: dict) -> None:
     kills = fig["kills"]
     row("SIGKILL -> new pid (fleet)", f"{1000 * statistics.median(kills):.1f} ms, "
         f"p95 {1000 * quantile(kills, 0.95):.1f} ms", "", "")
+    floor = fig["floor"]
+    print("floors (what fleet's figures cannot go below, measured in the same run):")
+    row("  empty OperateAgent, bare gRPC", spread(floor["other"]), "", "")
+    row("  spawn /bin/sleep from Python", spread(fig["spawn"]), "", "")
+    row("  idle CPU of a bare gRPC server", f"{floor['cpu']:.3f} %", "", "")
     print(f"beside: the manager used {fig['manager_cpu']:.3f} % of a core while idle; the "
           f"machine was busy {fig['busy']:.2f} of {psutil.cpu_count()} cores over the idle "
           f"window; load average {fig['load']}; top others: "
@@ -344,30 +412,46 @@ def report(args, fig: dict) -> None:
 # ---- the run -------------------------------------------------------------------
 
 def measure(args, daemon, manager_popen, manager, sup_popen, proxy) -> dict:
-    fig = {"fleet": {}, "sup": {}}
-    pids = {"fleet": daemon[0].pid, "manager": manager_popen.pid}
-    if sup_popen is not None:
-        pids["sup"] = sup_popen.pid
-    time.sleep(args.settle)  # past start_seconds, first samples, first reports
-    used, fig["busy"], fig["top"] = idle_cpu(pids, args.idle)
-    fig["load"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    fig["manager_cpu"] = used.pop("manager")
-    for name, cpu in used.items():
-        fig[name]["cpu"], fig[name]["rss"] = cpu, rss_mib(pids[name])
-    restart, channel = fleet_restart(daemon[1]["grpc"], manager["cluster_token"])
-    operations = {"fleet": restart}
-    if proxy is not None:
-        operations["sup"] = supervisor_restart(proxy)
-    for same in (True, False):   # interleaved so both meet the same load
-        for name, operation in operations.items():
-            fig[name]["same" if same else "other"] = gapped(operation, args.restarts, args.gap,
-                                                            args.agents, same)
-    channel.close()
+    fig = {"fleet": {}, "sup": {}, "floor": {}}
+    floor_popen, floor_address = start_floor(manager["cluster_token"])
+    try:
+        pids = {"fleet": daemon[0].pid, "manager": manager_popen.pid, "floor": floor_popen.pid}
+        if sup_popen is not None:
+            pids["sup"] = sup_popen.pid
+        time.sleep(args.settle)  # past start_seconds, first samples, first reports
+        used, fig["busy"], fig["top"] = idle_cpu(pids, args.idle)
+        fig["load"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        fig["manager_cpu"] = used.pop("manager")
+        for name, cpu in used.items():
+            fig[name]["cpu"], fig[name]["rss"] = cpu, rss_mib(pids[name])
+        measure_restarts(args, fig, daemon[1]["grpc"], floor_address, manager, proxy)
+    finally:
+        floor_popen.kill()
+        floor_popen.wait()
+    fig["spawn"] = spawn_floor(args.restarts, args.gap)
     restart, conn = http_restart(manager)
     fig["http"] = gapped(restart, args.restarts, args.gap, args.agents, False)
     conn.close()
     fig["kills"] = kill_to_new_pid(daemon[0].pid, args.kills)
     return fig
+
+
+def measure_restarts(args, fig: dict, address: str, floor_address: str, manager: dict,
+                     proxy) -> None:
+    """Gapped restarts of fleet, Supervisor and the empty floor call, interleaved row
+    by row so that all meet the same load."""
+    operations, channels = {}, []
+    for name, where in (("fleet", address), ("floor", floor_address)):
+        operations[name], channel = fleet_restart(where, manager["cluster_token"])
+        channels.append(channel)
+    if proxy is not None:
+        operations["sup"] = supervisor_restart(proxy)
+    for same in (True, False):
+        for name, operation in operations.items():
+            fig[name]["same" if same else "other"] = gapped(operation, args.restarts, args.gap,
+                                                            args.agents, same)
+    for channel in channels:
+        channel.close()
 
 
 def main() -> None:
