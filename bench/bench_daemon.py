@@ -13,10 +13,15 @@ the same N programs, then measures both side by side (DESIGN.md "Measuring"):
 - idle CPU of each over the same window (CPU time summed over the process's
   threads from /proc/PID/task/*/schedstat, so other load on the machine does
   not count), and what else ran on the machine meanwhile;
-- RSS of each; SIGKILL -> new pid (fleet, from /proc); pyz start-to-serving.
+- RSS of each; SIGKILL -> new pid (fleet, from /proc); pyz start-to-serving;
+- the floors, in the same run: an empty OperateAgent on a bare gRPC server built
+  as the daemon's (token check on), spawning /bin/sleep from Python as the daemon
+  does, and the idle CPU of that bare server.
 
-Supervisor is a bench-only dependency: `pip install supervisor==4.3.0`. Without
-it the Supervisor column is skipped.
+Supervisor is a bench-only dependency, not in requirements:
+`pip install supervisor==4.3.0`. Without it the Supervisor column is skipped.
+Supervisor's programs use startsecs = 0, so startProcess returns once the
+process is spawned, as fleet's restart does (it answers STARTING).
 
     python bench/bench_daemon.py [--pyz fleet.pyz] [--agents 50] [--idle 60]
                                  [--restarts 40] [--gap 0.25]
@@ -337,6 +342,7 @@ def kill_to_new_pid(daemon_pid: int, rounds: int) -> list[float]:
         while not children(daemon_pid) - current:
             if time.monotonic() - began > 5:
                 raise SystemExit("no replacement within 5 s")
+            time.sleep(0.0005)  # a spinning poller would take a core from the daemon
         took.append(time.monotonic() - began)
         time.sleep(0.05)
     return took
