@@ -387,6 +387,8 @@ def test_keeper_thread_survives_errors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(logs, "rotate_if_needed", boom)
     keeper.register("a", 1, 1)
+    with open(keeper.path_for("a"), "w") as handle:
+        handle.write("past max_bytes\n")
     keeper.start()
     try:
         wait_for(lambda: len(calls) >= 3)

@@ -1,4 +1,4 @@
-"""Tests of fleet.daemon.metrics: the Ring and the psutil Sampler."""
+"""Tests of fleet.daemon.metrics: the Ring and the /proc Sampler."""
 
 import os
 import subprocess
@@ -217,7 +217,7 @@ def test_history_survives_restart_and_forget_drops_it(spawn):
     assert sampler.sample_once(now_ms=4000) == 0
 
 
-def test_psutil_is_never_called_under_the_lock(monkeypatch):
+def test_proc_is_never_read_under_the_lock(monkeypatch):
     """Sampling runs outside the lock; an unwatch racing a sample discards the sample."""
     sampler = Sampler(interval=10)
     sampler.watch("me", os.getpid())
@@ -234,18 +234,51 @@ def test_psutil_is_never_called_under_the_lock(monkeypatch):
 
 
 def test_access_denied_optional_figures_are_zero(monkeypatch):
-    """io_counters or num_fds refused by the OS count as 0, the sample is kept."""
-    def denied(self):
-        raise psutil.AccessDenied(self.pid)
+    """/proc/PID/io or /proc/PID/fd refused by the OS count as 0, the sample is kept."""
+    real_read, real_stat = metrics._read_file, os.stat
 
-    monkeypatch.setattr(psutil.Process, "io_counters", denied)
-    monkeypatch.setattr(psutil.Process, "num_fds", denied)
+    def read_file(path):
+        if path.endswith("/io"):
+            raise PermissionError(13, "denied", path)
+        return real_read(path)
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith("/fd"):
+            raise PermissionError(13, "denied", path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "_read_file", read_file)
+    monkeypatch.setattr(metrics.os, "stat", stat)
     sampler = Sampler(interval=10)
     sampler.watch("me", os.getpid())
     assert sampler.sample_once(now_ms=1) == 1
     p = sampler.points("me", 10, now_ms=1)[0]
     assert (p.disk_read_bytes, p.disk_write_bytes, p.open_files) == (0, 0, 0)
     assert p.memory_rss > 0
+
+
+def test_figures_match_psutil(spawn):
+    """The figures read from /proc are psutil's: rss, vms, threads, open files, io."""
+    child = spawn("import time; x = bytearray(20_000_000); time.sleep(60)")
+    wait_for(lambda: psutil.Process(child.pid).memory_info().rss > 10 * MB)
+    sampler = Sampler(interval=10)
+    sampler.watch("c", child.pid)
+    assert sampler.sample_once(now_ms=1) == 1
+    got = sampler.points("c", 10, now_ms=1)[0]
+    proc = psutil.Process(child.pid)
+    mem, io = proc.memory_info(), proc.io_counters()
+    assert abs(got.memory_rss - mem.rss) < MB and got.memory_vms == mem.vms
+    assert (got.threads, got.open_files) == (proc.num_threads(), proc.num_fds())
+    assert (got.disk_read_bytes, got.disk_write_bytes) == (io.read_bytes, io.write_bytes)
+
+
+def test_reused_pid_is_not_sampled():
+    """A pid whose start time changed since watch names another process: no sample."""
+    sampler = Sampler(interval=10)
+    sampler.watch("me", os.getpid())
+    sampler._procs["me"].start_ticks = b"1"   # as if our pid had been reused
+    assert sampler.sample_once(now_ms=1) == 0
+    assert "me" not in sampler._procs
 
 
 def test_thread_samples_and_stops_at_once():

@@ -249,14 +249,18 @@ class LogKeeper:
     """Owns the logs directory: log paths, the agents' log fds, and rotation.
 
     A background thread ``fleet-logs`` checks every registered agent's log once a
-    second and rotates it when it passes its ``max_bytes``.
+    second and rotates it when it passes its ``max_bytes``. A check is one stat()
+    per log on a path built at registration: with 50 agents, ~0.1 ms a second.
     """
 
     def __init__(self, logs_dir: str, check_interval: float = ROTATE_CHECK_SECONDS) -> None:
         self.logs_dir = logs_dir                 # <state_dir>/logs
         self._interval = check_interval          # seconds between size checks
-        self._lock = threading.Lock()            # guards _limits
+        self._lock = threading.Lock()            # guards _limits and _checks
         self._limits: dict[str, tuple[int, int]] = {}  # agent id -> (max_bytes, backups)
+        # (agent id, log path, max_bytes, backups) for each registered agent: what the
+        # once-a-second check walks, rebuilt only when an agent (un)registers.
+        self._checks: tuple[tuple[str, str, int, int], ...] = ()
         self._periodic = Periodic("fleet-logs", check_interval, lambda: self.rotate_all())
         os.makedirs(logs_dir, mode=0o750, exist_ok=True)
 
@@ -273,14 +277,17 @@ class LogKeeper:
 
     def register(self, agent_id: str, max_bytes: int, backups: int) -> None:
         """Rotate ``agent_id``'s log past ``max_bytes``, keeping ``backups`` old files."""
-        self.path_for(agent_id)  # validates the id
+        path = self.path_for(agent_id)  # validates the id
         with self._lock:
             self._limits[agent_id] = (max_bytes, backups)
+            self._checks = tuple(c for c in self._checks if c[0] != agent_id) + \
+                ((agent_id, path, max_bytes, backups),)
 
     def unregister(self, agent_id: str) -> None:
         """Stop rotating ``agent_id``'s log (its files stay)."""
         with self._lock:
             self._limits.pop(agent_id, None)
+            self._checks = tuple(c for c in self._checks if c[0] != agent_id)
 
     def tail(self, agent_id: str, lines: int, grep: str = "") -> tuple[list[str], bool]:
         """``tail`` of the agent's log, following as many backups as it keeps."""
@@ -291,12 +298,15 @@ class LogKeeper:
     def rotate_all(self) -> list[str]:
         """Check every registered log once; return the ids rotated. Never raises."""
         with self._lock:
-            snapshot = list(self._limits.items())
+            checks = self._checks
         rotated = []
-        for agent_id, (max_bytes, backups) in snapshot:  # disk work outside the lock
+        for agent_id, path, max_bytes, backups in checks:  # disk work outside the lock
             try:
-                if rotate_if_needed(self.path_for(agent_id), max_bytes, backups):
+                if os.stat(path).st_size > max_bytes and \
+                        rotate_if_needed(path, max_bytes, backups):
                     rotated.append(agent_id)
+            except FileNotFoundError:
+                pass  # not written yet
             except Exception:
                 log.exception("agent %s: log rotation failed", agent_id)
         return rotated

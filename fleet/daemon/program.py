@@ -67,7 +67,9 @@ class Program:
         self.retry_at: float | None = None         # BACKOFF -> STARTING at this time
         self.retry_wall_ms = 0
         self.kill_at: float | None = None          # STOPPING -> SIGKILL at this time
-        self.running_hash = config.config_hash()   # config of the live process
+        self.config_hash = config.config_hash()    # of `config`, which never changes
+        self.running_hash = self.config_hash       # config of the live process
+        self._env: dict[str, str] | None = None    # the agents' environment, built once
         self.dirty = False                # changed since the runner last published
 
     # ---- the one state changer ----
@@ -177,7 +179,7 @@ class Program:
         self.child = child
         self.start_time = self.ops.wall_ms()
         self.spawned_at = now
-        self.running_hash = self.config.config_hash()
+        self.running_hash = self.config_hash
         if self.spawns and counts:
             self.restart_count += 1
         self.spawns += 1
@@ -206,7 +208,11 @@ class Program:
             os.close(fd)
 
     def environment(self) -> dict[str, str]:
-        return agent_environment(self.config)
+        """agent_environment(), built at the first spawn and kept (copying and
+        encoding os.environ at every spawn costs)."""
+        if self._env is None:
+            self._env = agent_environment(self.config)
+        return self._env
 
     def start_failed(self, now: float) -> None:
         """A start failed (last_error says why): BACKOFF before a retry, or FATAL."""
@@ -303,7 +309,7 @@ class Program:
             health=health(self.state), last_heartbeat=now_ms if alive else 0,
             next_retry_time=self.retry_wall_ms if self.state is State.BACKOFF else 0,
             last_error=self.last_error, changed_at=self.changed_at,
-            config_changed=alive and self.running_hash != self.config.config_hash())
+            config_changed=alive and self.running_hash != self.config_hash)
 
     def record(self) -> AgentRecord | None:
         """What the state file keeps, so a restarted daemon can adopt the process."""

@@ -49,8 +49,13 @@ class AgentRecord:
 def write_atomic(path: str, data: bytes) -> None:
     """Replace path with data so a reader sees the old or the new file, never half."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 
@@ -123,7 +128,7 @@ class StateDir:
             except FileNotFoundError:
                 pass
             return
-        write_atomic(path, json.dumps(dataclasses.asdict(record)).encode())
+        write_atomic(path, json.dumps(vars(record)).encode())  # flat: no deep-copying asdict()
 
     def read_agent(self, agent_id: str) -> AgentRecord | None:
         """The record kept for agent_id, or None if there is none.

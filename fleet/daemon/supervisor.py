@@ -23,6 +23,8 @@ from fleet.states import State
 
 log = logging.getLogger(__name__)
 
+_UNWRITTEN = object()   # no record written by this daemon yet: the next one is written
+
 
 class Supervisor:
     def __init__(self, agents: tuple[AgentConfig, ...], statedir: StateDir, logs: LogKeeper,
@@ -172,11 +174,17 @@ class Supervisor:
     # ---- publication ----
 
     def _publisher(self, agent_id: str) -> Callable[[Snapshot, AgentRecord | None], None]:
+        written: list = [_UNWRITTEN]   # the record last kept on disk for this agent
+
         def publish(snapshot: Snapshot, record: AgentRecord | None) -> None:
             try:
-                if snapshot.state is not State.UNKNOWN:  # keep the evidence until an operator acts
+                # UNKNOWN keeps the evidence until an operator acts; an unchanged record
+                # (STARTING -> RUNNING, RUNNING -> STOPPING) is not written again.
+                if snapshot.state is not State.UNKNOWN and record != written[0]:
                     self.statedir.write_agent(agent_id, record)
+                    written[0] = record
             except OSError as exc:
+                written[0] = _UNWRITTEN
                 log.error("%s: cannot write the state record: %s", agent_id, exc)
             if snapshot.pid and snapshot.state in (State.STARTING, State.RUNNING):
                 self.sampler.watch(agent_id, snapshot.pid)

@@ -67,7 +67,10 @@ class StateSyncer:
             self._pending[snapshot.agent_id] = snapshot
             if self._prompt_at is None:
                 self._prompt_at = self.clock() + DEBOUNCE_SECONDS
-            self._cond.notify()
+                # Only a new prompt deadline can shorten the thread's wait; the changes
+                # that follow within the debounce would wake it for nothing (a restart
+                # is three changes, and each wake-up competes with the operation).
+                self._cond.notify()
 
     def start(self) -> None:
         if not self._thread.is_alive() and not self._closing:
