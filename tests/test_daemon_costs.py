@@ -50,7 +50,7 @@ def test_changes_within_the_debounce_wake_the_syncer_once(tmp_path):
     follow before the report are merged without waking it again."""
     with running_daemon(tmp_path, [agent("a"), agent("b")]) as (node, _):
         snapshots = [r.snapshot() for r in node.supervisor.runners.values()]
-    syncer = StateSyncer(client=None, node=pb.RegisterNodeRequest(), snapshots=list,
+    syncer = StateSyncer(client=None, registration=lambda _: pb.RegisterNodeRequest(), snapshots=list,
                          sync_interval=10, heartbeat_interval=30)
     syncer._cond = counted = _Counted(syncer._cond)
     for snapshot in snapshots + snapshots:
