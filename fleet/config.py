@@ -90,6 +90,7 @@ class ManagerConfig:
     offline_after: float = 90.0
     daemon_timeout: float = 10.0       # deadline of each call to a daemon but operate
     operate_timeout: float = 30.0      # deadline of an operate (a stop may take stop_timeout)
+    events_retention: float = 604800.0  # seconds agent events are kept
     api_tokens: tuple[tuple[str, str], ...] = ()   # (name, token)
     cluster_token: str = ""
     tls: TLSConfig | None = None
@@ -233,6 +234,8 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
                              lambda v: to_seconds(v, 0.1)),
         operate_timeout=r.get("operate_timeout", ManagerConfig.operate_timeout,
                               lambda v: to_seconds(v, 0.1)),
+        events_retention=r.get("events_retention", ManagerConfig.events_retention,
+                               lambda v: to_seconds(v, 60)),
         api_tokens=tuple(tokens),
         cluster_token=read_token(r, "cluster_token"),
         tls=read_tls(r, ("cert", "key", "client_ca")),
