@@ -118,7 +118,7 @@ class EventStore:
         more = len(rows) > limit
         rows = rows[:limit]
         events = [dict(zip(FIELDS, row[1:])) for row in rows]
-        next_cursor = encode_cursor(rows[-1][2], rows[-1][0]) if more else None
+        next_cursor = encode_cursor(events[-1]["time"], rows[-1][0]) if more else None
         return events, next_cursor
 
     @storage_faults
