@@ -112,7 +112,8 @@ class Program:
             self.note_event(kind, why, pid, exit_status)
         self.dirty = True
 
-    def note_event(self, kind: str, message: str, pid: int = 0, exit_status: Exit | None = None) -> None:
+    def note_event(self, kind: str, message: str, pid: int = 0,
+                   exit_status: Exit | None = None) -> None:
         """Keep an event for the runner to record."""
         code, signal = (exit_status.code, exit_status.signal) if exit_status else (-1, 0)
         self.events.append(PendingEvent(self.ops.wall_ms(), kind, message, pid, code, signal))

@@ -11,9 +11,7 @@ import json
 
 import fleet
 from fleet.errors import HTTP_STATUS
-from fleet.manager.events import KINDS as EVENT_KINDS
-from fleet.manager.events import DEFAULT_LIMIT as EVENT_LIMIT
-from fleet.manager.events import MAX_LIMIT as EVENT_MAX_LIMIT
+from fleet.manager import events
 from fleet.states import State
 
 NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # values.valid_node_id
@@ -111,7 +109,7 @@ def schemas() -> dict:
             "node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
             "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
             "time": {**_INT, "description": "when the daemon recorded it, Unix milliseconds"},
-            "kind": {"type": "string", "enum": list(EVENT_KINDS)},
+            "kind": {"type": "string", "enum": list(events.KINDS)},
             "message": {**_STR, "description": "why, in words; a restart's names its cause "
                                                "(cause=operator|health|limit|policy)"},
             "pid": {**_INT, "description": "0 when no process"},
@@ -151,18 +149,18 @@ def parameters() -> dict:
                            "(empty: every node)"),
         "Limit": query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
                                  "default": 100}, "At most this many entries, newest first"),
-        "EventLimit": query("limit", {"type": "integer", "minimum": 1,
-                                      "maximum": EVENT_MAX_LIMIT, "default": EVENT_LIMIT},
+        "EventLimit": query("limit", {"type": "integer", "minimum": 1, "maximum": events.MAX_LIMIT,
+                                      "default": events.DEFAULT_LIMIT},
                             "At most this many events, newest first"),
-        "Since": query("since", {"type": "integer", "minimum": 0},
+        "Since": query("since", {"type": "integer", "minimum": 0, "maximum": events.MAX_SINCE},
                        "Only events at or after this time, Unix milliseconds"),
-        "Cursor": query("cursor", {"type": "string"},
+        "Cursor": query("cursor", {"type": "string", "pattern": "^$|" + events.CURSOR_PATTERN},
                         "The next_cursor of the previous page, unchanged"),
         "EventNode": query("node", {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN},
                            "Only this node's events (empty: every node)"),
         "EventAgent": query("agent", {"type": "string", "pattern": "^$|" + AGENT_ID_PATTERN},
                             "Only events of agents with this id (empty: every agent)"),
-        "Kind": query("kind", {"type": "string", "enum": [""] + list(EVENT_KINDS)},
+        "Kind": query("kind", {"type": "string", "enum": [""] + list(events.KINDS)},
                       "Only events of this kind (empty: every kind)"),
     }
 
