@@ -14,6 +14,8 @@ daemon that crashes loses nothing written (the kernel has it); a machine that
 loses power may lose the last seconds of events, and an older acked.json only
 makes the daemon resend events the manager then ignores.
 
+The history lives in the files; memory holds only the events the manager has
+not acknowledged (none while it answers; at most KEEP per agent in an outage).
 The syncer sends `unsent()` events with each report and calls `acknowledge()`
 once the report is acknowledged. Unsent events are those still in the window:
 an outage longer than KEEP events of one agent loses the oldest of them.
@@ -46,7 +48,7 @@ MAX_MESSAGE = 1024              # characters of a message kept
 ACKED = "acked.json"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)   # 12,800 of them at most: no __dict__
 class Event:
     """One entry of an agent's history."""
 
@@ -61,12 +63,14 @@ class Event:
 
 
 class _Agent:
-    """One agent's ring, counters and file (guarded by EventLog._lock but `fd`)."""
+    """One agent's unsent events, counters and file (guarded by EventLog._lock but
+    `lines` and `fd`, which `file_lock` guards)."""
 
-    __slots__ = ("ring", "next_seq", "acked", "lines", "fd", "file_lock")
+    __slots__ = ("unsent", "next_seq", "acked", "lines", "fd", "file_lock")
 
     def __init__(self):
-        self.ring: collections.deque[Event] = collections.deque(maxlen=KEEP)
+        # Not yet acknowledged, oldest first; the oldest fall out past KEEP.
+        self.unsent: collections.deque[Event] = collections.deque(maxlen=KEEP)
         self.next_seq = 1
         self.acked = 0          # highest seq the manager acknowledged
         self.lines = 0          # lines in the file (compacted at 2 * KEEP)
@@ -79,7 +83,7 @@ class EventLog:
         self.directory = directory
         self.clock = clock
         self.listeners: list[Callable[[], None]] = []   # told after each record
-        self._lock = threading.Lock()                    # guards _agents and each ring
+        self._lock = threading.Lock()                    # guards _agents and their unsent
         self._agents: dict[str, _Agent] = {}
 
     # ---- start ----
@@ -91,8 +95,12 @@ class EventLog:
         for name in sorted(os.listdir(self.directory)):
             agent_id = name[:-len(".jsonl")]
             if name.endswith(".jsonl") and valid_agent_id(agent_id):
-                agent = self._read(agent_id)
+                kept, lines = self._read(agent_id)
+                agent = _Agent()
+                agent.lines = lines
+                agent.next_seq = kept[-1].seq + 1 if kept else 1
                 agent.acked = min(int(acked.get(agent_id, 0)), agent.next_seq - 1)
+                agent.unsent.extend(e for e in kept if e.seq > agent.acked)
                 self._agents[agent_id] = agent
 
     def _read_acked(self) -> dict:
@@ -106,24 +114,22 @@ class EventLog:
             log.warning("events: %s unreadable (%s); unacknowledged events are resent", ACKED, exc)
             return {}
 
-    def _read(self, agent_id: str) -> _Agent:
-        agent = _Agent()
+    def _read(self, agent_id: str) -> tuple[list[Event], int]:
+        """(the last KEEP events in the agent's file, oldest first; its line count)."""
         path = self._path(agent_id)
-        found = []
+        found, lines = [], 0
         try:
             with open(path, encoding="utf-8", errors="replace") as handle:
                 for line in handle:
-                    agent.lines += 1
+                    lines += 1
                     event = _parse(agent_id, line)
                     if event is not None:   # a torn last line after a crash is skipped
                         found.append(event)
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             log.warning("%s: events file %s unreadable: %s", agent_id, path, exc)
-        found.sort(key=lambda e: e.seq)     # two threads' appends may interleave
-        agent.ring.extend(found)
-        if found:
-            agent.next_seq = found[-1].seq + 1
-        return agent
+        return found[-KEEP:], lines
 
     def close(self) -> None:
         with self._lock:
@@ -143,42 +149,44 @@ class EventLog:
         time_ms: when it happened (Unix ms), default now."""
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
+        path = self._path(agent_id)
         with self._lock:
             agent = self._agents.get(agent_id)
             if agent is None:
                 agent = self._agents[agent_id] = _Agent()
-            when = int(self.clock() * 1000) if time_ms is None else time_ms
-            event = Event(agent.next_seq, when, agent_id, kind,
-                          message[:MAX_MESSAGE], pid, exit_code, exit_signal)
-            agent.next_seq += 1
-            agent.ring.append(event)
-        self._append(agent, event)
+        # file_lock is held from numbering to writing, so the file is in seq order.
+        with agent.file_lock:
+            with self._lock:
+                when = int(self.clock() * 1000) if time_ms is None else time_ms
+                event = Event(agent.next_seq, when, agent_id, kind,
+                              message[:MAX_MESSAGE], pid, exit_code, exit_signal)
+                agent.next_seq += 1
+                agent.unsent.append(event)
+            self._append(agent, path, event)
         for listener in self.listeners:
             listener()
         return event
 
-    def _append(self, agent: _Agent, event: Event) -> None:
-        line = json.dumps(dataclasses.asdict(event), separators=(",", ":")) + "\n"
-        with agent.file_lock:
-            try:
-                if agent.fd < 0:
-                    agent.fd = os.open(self._path(event.agent_id),
-                                       os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                                       0o640)
-                os.write(agent.fd, line.encode())
-                agent.lines += 1
-                if agent.lines >= 2 * KEEP:
-                    self._compact(agent, event.agent_id)
-            except OSError as exc:
-                log.error("%s: cannot write the event %s: %s", event.agent_id, event.kind, exc)
+    def _append(self, agent: _Agent, path: str, event: Event) -> None:
+        """Write the event's line (under file_lock); a failure is logged, the event
+        still sent."""
+        try:
+            if agent.fd < 0:
+                agent.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                   0o640)
+            os.write(agent.fd, _line(event).encode())
+            agent.lines += 1
+            if agent.lines >= 2 * KEEP:
+                self._compact(agent, path)
+        except OSError as exc:
+            log.error("%s: cannot write the event %s: %s", event.agent_id, event.kind, exc)
 
-    def _compact(self, agent: _Agent, agent_id: str) -> None:
-        """Rewrite the file with the ring (under file_lock): bounded on disk too."""
-        with self._lock:
-            kept = list(agent.ring)
-        data = "".join(json.dumps(dataclasses.asdict(e), separators=(",", ":")) + "\n"
-                       for e in kept)
-        write_atomic(self._path(agent_id), data.encode())
+    @staticmethod
+    def _compact(agent: _Agent, path: str) -> None:
+        """Keep the file's last KEEP lines (under file_lock): bounded on disk too."""
+        with open(path, "rb") as handle:
+            kept = handle.readlines()[-KEEP:]
+        write_atomic(path, b"".join(kept))
         os.close(agent.fd)
         agent.fd = -1
         agent.lines = len(kept)
@@ -186,21 +194,25 @@ class EventLog:
     # ---- reading and reporting ----
 
     def events(self, agent_id: str) -> list[Event]:
-        """The agent's kept events, oldest first."""
+        """The agent's kept events (the last KEEP), oldest first, read from its file."""
+        if not valid_agent_id(agent_id):
+            return []
         with self._lock:
             agent = self._agents.get(agent_id)
-            return list(agent.ring) if agent else []
+        if agent is None:
+            return []
+        with agent.file_lock:
+            return self._read(agent_id)[0]
 
     def unsent(self, limit: int) -> list[Event]:
         """Up to `limit` kept events the manager has not acknowledged, oldest first per agent."""
         found: list[Event] = []
         with self._lock:
             for agent in self._agents.values():
-                for event in agent.ring:
-                    if event.seq > agent.acked:
-                        found.append(event)
-                        if len(found) >= limit:
-                            return found
+                for event in agent.unsent:
+                    found.append(event)
+                    if len(found) >= limit:
+                        return found
         return found
 
     def acknowledge(self, events: list[Event]) -> None:
@@ -212,6 +224,8 @@ class EventLog:
                 agent = self._agents.get(event.agent_id)
                 if agent is not None and event.seq > agent.acked:
                     agent.acked = event.seq
+                    while agent.unsent and agent.unsent[0].seq <= agent.acked:
+                        agent.unsent.popleft()
             acked = {agent_id: a.acked for agent_id, a in self._agents.items() if a.acked}
         try:
             write_atomic(os.path.join(self.directory, ACKED), json.dumps(acked).encode())
@@ -230,6 +244,14 @@ class NoEvents:
     def record(self, agent_id: str, kind: str, message: str, pid: int = 0,
                exit_code: int = -1, exit_signal: int = 0, time_ms: int | None = None) -> None:
         return None
+
+
+def _line(event: Event) -> str:
+    """One event as its file's JSON line."""
+    return json.dumps({"seq": event.seq, "time": event.time, "kind": event.kind,
+                       "message": event.message, "pid": event.pid,
+                       "exit_code": event.exit_code, "exit_signal": event.exit_signal},
+                      separators=(",", ":")) + "\n"
 
 
 def _parse(agent_id: str, line: str) -> Event | None:
