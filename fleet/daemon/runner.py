@@ -77,7 +77,7 @@ class Runner:
         """start, stop or restart; returns the agent's state afterwards.
 
         A restart records a `restart` event whose message names its `cause`
-        (operator, health, limit, policy) and `detail`, before the stop.
+        (operator, health, limit, policy) and `detail`, before its stop.
         """
         if operation not in OPERATIONS:
             raise InvalidArgument(f"unknown operation {operation!r}: use start, stop or restart")
@@ -85,11 +85,11 @@ class Runner:
         with self.ops_lock:
             if self.refuse_operations:
                 raise Conflict("the daemon is shutting down")
-            if operation == "restart":
-                self._locked(lambda p, now: p.note_event(
-                    "restart", why, p.child.pid if p.child else 0))
             if operation in ("stop", "restart"):
                 self._settle_unknown()
+                if operation == "restart":
+                    self._locked(lambda p, now: p.note_event(
+                        "restart", why, p.child.pid if p.child else 0))
                 self._stop()
             if operation in ("start", "restart"):
                 self._locked(lambda p, now: self._start(p, now, operation == "restart", why))
