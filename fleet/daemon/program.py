@@ -114,10 +114,9 @@ class Program:
 
     def note_event(self, kind: str, message: str, pid: int = 0,
                    exit_status: Exit | None = None) -> None:
-        """Keep an event for the runner to record."""
+        """Keep an event for the runner to record with the next change it publishes."""
         code, signal = (exit_status.code, exit_status.signal) if exit_status else (-1, 0)
         self.events.append(PendingEvent(self.ops.wall_ms(), kind, message, pid, code, signal))
-        self.dirty = True
 
     def take_events(self) -> list[PendingEvent]:
         """The events made since the last call."""

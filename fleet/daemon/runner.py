@@ -87,9 +87,10 @@ class Runner:
                 raise Conflict("the daemon is shutting down")
             if operation in ("stop", "restart"):
                 self._settle_unknown()
-                if operation == "restart":
-                    self._locked(lambda p, now: p.note_event(
-                        "restart", why, p.child.pid if p.child else 0))
+                if operation == "restart":   # published with the stop's (or start's) change
+                    with self.program.lock:
+                        child = self.program.child
+                        self.program.note_event("restart", why, child.pid if child else 0)
                 self._stop()
             if operation in ("start", "restart"):
                 self._locked(lambda p, now: self._start(p, now, operation == "restart", why))
