@@ -92,6 +92,7 @@ class ManagerConfig:
     operate_timeout: float = 30.0      # deadline of an operate (a stop may take stop_timeout)
     http_request_timeout: float = 10.0  # a request must arrive whole within this
     http_max_connections: int = 1000   # open HTTP connections at most; more wait
+    events_retention: float = 604800.0  # seconds agent events are kept
     api_tokens: tuple[tuple[str, str], ...] = ()   # (name, token)
     cluster_token: str = ""
     tls: TLSConfig | None = None
@@ -239,6 +240,8 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
                                    lambda v: to_seconds(v, 0.1)),
         http_max_connections=r.get("http_max_connections", ManagerConfig.http_max_connections,
                                    lambda v: to_int(v, 1, 100_000)),
+        events_retention=r.get("events_retention", ManagerConfig.events_retention,
+                               lambda v: to_seconds(v, 60)),
         api_tokens=tuple(tokens),
         cluster_token=read_token(r, "cluster_token"),
         tls=read_tls(r, ("cert", "key", "client_ca")),

@@ -256,7 +256,7 @@ def test_migration_3_adds_the_reported_fields_to_a_version_2_database(tmp_path, 
         db.execute_sql("INSERT INTO node (node_id, registered_at, last_seen) VALUES ('n1', 1, 1)")
         db.execute_sql("INSERT INTO agent (node_id, agent_id, status) VALUES ('n1', 'a', 3)")
     monkeypatch.undo()
-    assert migrate(open_database(url)) == 3
+    assert migrate(open_database(url)) >= 3   # and any later migration
     with db.connection_context():
         row = Agent.get(Agent.agent_id == "a")
         assert (row.status, row.changed_at, row.config_changed) == (3, None, False)

@@ -9,6 +9,7 @@ import socket
 import fleet
 from fleet.config import Config
 from fleet.values import join_address, split_address
+from fleet.daemon.events import EventLog
 from fleet.daemon.logs import LogKeeper
 from fleet.daemon.manager_client import ManagerClient, local_ip_towards
 from fleet.daemon.metrics import Sampler
@@ -41,6 +42,7 @@ class Daemon:
         self._logs: LogKeeper | None = None
         self._sampler: Sampler | None = None
         self._client: ManagerClient | None = None
+        self.events: EventLog | None = None
 
     def bind(self) -> None:
         """Bind the gRPC port (not serving yet); OSError `cannot listen ...` if it is taken.
@@ -65,7 +67,10 @@ class Daemon:
         self.boot_id = self.statedir.next_boot_id()
         self._logs = LogKeeper(self.statedir.logs_dir)
         self._sampler = Sampler(cfg.metrics_interval)
-        self.supervisor = Supervisor(self.config.agents, self.statedir, self._logs, self._sampler)
+        self.events = EventLog(self.statedir.events_dir)
+        self.events.load()
+        self.supervisor = Supervisor(self.config.agents, self.statedir, self._logs, self._sampler,
+                                     events=self.events)
         self._servicer = DaemonServicer(self.node_id, self.supervisor, self._logs, self._sampler)
         pb_grpc.add_DaemonServiceServicer_to_server(self._servicer, self._server)
         self.supervisor.start()
@@ -82,8 +87,9 @@ class Daemon:
         cfg = self.config.daemon
         self._client = ManagerClient(cfg.managers, cfg.cluster_token, cfg.tls)
         self.syncer = StateSyncer(self._client, self.registration, self.supervisor.snapshots,
-                                  cfg.sync_interval, cfg.heartbeat_interval)
+                                  cfg.sync_interval, cfg.heartbeat_interval, events=self.events)
         self.supervisor.listeners.append(self.syncer.notify)
+        self.events.listeners.append(self.syncer.poke)
         self.syncer.start()
 
     def registration(self, manager: str = "") -> pb.RegisterNodeRequest:
@@ -130,4 +136,6 @@ class Daemon:
                 part.stop()
         if self._client is not None:
             self._client.close()
+        if self.events is not None:
+            self.events.close()
         self.statedir.close()

@@ -5,6 +5,9 @@ takes `now` (monotonic seconds) so tests drive time with a fake clock and fake
 process ops. `change_state()` is the only place a state is assigned: it checks
 the transition table, stamps the time, logs `id: OLD -> NEW`, and marks the
 program dirty so the runner publishes the change (state file, syncer). The caller (runner.py) holds `lock` around every call here.
+Each change, and each exit of a process, also becomes an event (`events`, what
+the runner hands to the EventLog outside the lock): the kind is named by the
+new state, the message is the logged reason.
 """
 from __future__ import annotations
 
@@ -22,6 +25,24 @@ from fleet.errors import Conflict
 from fleet.states import RUNNING_STATES, STOPPED_STATES, State, check_transition, health
 
 log = logging.getLogger(__name__)
+
+# The event kind a change to each state records (UNKNOWN records none: it is no
+# step of the agent's life, only the daemon not knowing).
+STATE_KINDS = {State.STARTING: "started", State.RUNNING: "running", State.BACKOFF: "backoff",
+               State.FATAL: "fatal", State.STOPPING: "stopping", State.STOPPED: "stopped",
+               State.EXITED: "exited"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingEvent:
+    """An event the program made, for the runner to record (fleet/daemon/events.py)."""
+
+    time: int                 # wall ms
+    kind: str
+    message: str
+    pid: int = 0
+    exit_code: int = -1
+    exit_signal: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,22 +92,42 @@ class Program:
         self.running_hash = self.config_hash       # config of the live process
         self._env: dict[str, str] | None = None    # the agents' environment, built once
         self.dirty = False                # changed since the runner last published
+        self.events: list[PendingEvent] = []   # made since the runner last published
 
     # ---- the one state changer ----
 
-    def change_state(self, new: State, now: float, why: str = "") -> None:
-        """Move to `new` (the table permitting); `why` is logged with the change."""
+    def change_state(self, new: State, now: float, why: str = "", kind: str = "",
+                     exit_status: Exit | None = None, pid: int | None = None) -> None:
+        """Move to `new` (the table permitting); `why` is logged with the change and
+        is the message of its event (`kind`, default the state's; `exit_status` and
+        `pid`, default the current process's, go with it)."""
         old = self.state
         check_transition(old, new)
         self.state = new
         self.changed_at = self.ops.wall_ms()
+        if pid is None:
+            pid = self.child.pid if self.child else 0
         log.info("%s: %s -> %s pid=%s%s", self.config.id, old.name, new.name,
-                 self.child.pid if self.child else 0, f" ({why})" if why else "")
+                 pid, f" ({why})" if why else "")
+        kind = kind or STATE_KINDS.get(new, "")
+        if kind:
+            self.note_event(kind, why, pid, exit_status)
         self.dirty = True
+
+    def note_event(self, kind: str, message: str, pid: int = 0,
+                   exit_status: Exit | None = None) -> None:
+        """Keep an event for the runner to record with the next change it publishes."""
+        code, signal = (exit_status.code, exit_status.signal) if exit_status else (-1, 0)
+        self.events.append(PendingEvent(self.ops.wall_ms(), kind, message, pid, code, signal))
+
+    def take_events(self) -> list[PendingEvent]:
+        """The events made since the last call."""
+        events, self.events = self.events, []
+        return events
 
     # ---- operations (the runner serialises them per agent) ----
 
-    def start(self, now: float, restart: bool = False) -> None:
+    def start(self, now: float, restart: bool = False, why: str = "") -> None:
         """Spawn unless already starting or running; from FATAL, retries reset.
 
         A start from STOPPED is not counted in restart_count (a stop then a start
@@ -100,7 +141,7 @@ class Program:
         if self.state in (State.FATAL, State.BACKOFF, State.STOPPED, State.EXITED):
             self.failures = 0
         self.retry_at = None
-        self.spawn(now, "restart requested" if restart else "start requested", counts)
+        self.spawn(now, why or ("restart requested" if restart else "start requested"), counts)
 
     def stop(self, now: float, why: str = "stop requested") -> None:
         """Send stop_signal to the group; the runner waits for the exit.
@@ -158,7 +199,7 @@ class Program:
         self.restart_count = restart_count
         self.running_hash = running_hash
         self.spawns = 1
-        self.change_state(State.RUNNING, now, "adopted")
+        self.change_state(State.RUNNING, now, "adopted", kind="adopted")
 
     # ---- events ----
 
@@ -245,14 +286,17 @@ class Program:
         self.start_deadline = self.kill_at = None
         if child is not None:
             self.signal_group(child.pgid, SIGKILL)  # leave no stray group member
+        pid = child.pid if child else 0
         if self.state is State.STOPPING:
-            self.change_state(State.STOPPED, now, f"exited with {status.describe()}")
+            self.change_state(State.STOPPED, now, f"exited with {status.describe()}",
+                              exit_status=status, pid=pid)
         elif self.state is State.STARTING:
             self.last_error = (f"exited {now - self.spawned_at:.1f} s after start "
                                f"with {status.describe()}")
+            self.note_event("exited", self.last_error, pid, status)
             self.start_failed(now)
         elif self.state is State.RUNNING:
-            self.after_running_exit(child.pid if child else 0, now)
+            self.after_running_exit(pid, now)
 
     def after_running_exit(self, pid: int, now: float) -> None:
         """Restart at once, or EXITED, as the restart policy says.
@@ -268,9 +312,11 @@ class Program:
         words = f"exited with {status.describe()}"
         if policy == "always" or (policy == "on-failure" and failed):
             self.failures = 0
+            self.note_event("exited", words, pid, status)
             self.spawn(now, f"{words}; restarting: restart={policy}")
         else:
-            self.change_state(State.EXITED, now, f"{words}; not restarted: restart={policy}")
+            self.change_state(State.EXITED, now, f"{words}; not restarted: restart={policy}",
+                              exit_status=status, pid=pid)
 
     def tick(self, now: float) -> None:
         """Act on whichever deadline has passed."""

@@ -16,7 +16,7 @@ import select
 import threading
 from typing import Callable
 
-from fleet.daemon.program import Program, Snapshot
+from fleet.daemon.program import PendingEvent, Program, Snapshot
 from fleet.daemon.statedir import AgentRecord
 from fleet.errors import Conflict, InvalidArgument
 from fleet.states import State
@@ -29,10 +29,11 @@ STOP_WAIT_SECONDS = 25.0  # stop returns by then, still STOPPING, while the kill
 
 class Runner:
     def __init__(self, program: Program,
-                 publish: Callable[[Snapshot, AgentRecord | None], None],
+                 publish: Callable[[Snapshot, AgentRecord | None, list[PendingEvent]], None],
                  settle: Callable[[], Callable[[Program, float], None]] | None = None):
         self.program = program
-        self.publish = publish            # called with each change (snapshot, record), in order
+        # Called with each change (snapshot, record, events made), in order.
+        self.publish = publish
         # Before a stop of an UNKNOWN agent: the action that identifies its process
         # (adopt it, or find none); raises Conflict while it cannot be identified.
         self.settle = settle
@@ -74,24 +75,38 @@ class Runner:
 
     # ---- operations ----
 
-    def operate(self, operation: str) -> Snapshot:
-        """start, stop or restart; returns the agent's state afterwards."""
+    def operate(self, operation: str, cause: str = "operator", detail: str = "") -> Snapshot:
+        """start, stop or restart; returns the agent's state afterwards.
+
+        A restart records a `restart` event whose message names its `cause`
+        (operator, health, limit, policy) and `detail`, before its stop.
+        """
         if operation not in OPERATIONS:
             raise InvalidArgument(f"unknown operation {operation!r}: use start, stop or restart")
+        why = f"cause={cause}" + (f": {detail}" if detail else "")
         with self.ops_lock:
             if self.refuse_operations:
                 raise Conflict("the daemon is shutting down")
             if operation in ("stop", "restart"):
                 self._settle_unknown()
+                if operation == "restart":   # published with the stop's (or start's) change
+                    with self.program.lock:
+                        child = self.program.child
+                        self.program.note_event("restart", why, child.pid if child else 0)
                 self._stop()
             if operation in ("start", "restart"):
-                self._locked(lambda p, now: self._start(p, now, operation == "restart"))
+                self._locked(lambda p, now: self._start(p, now, operation == "restart", why))
             return self.snapshot()
 
-    def _start(self, program: Program, now: float, restart: bool) -> None:
+    def restart_for(self, cause: str, detail: str = "") -> Snapshot:
+        """Restart through the state machine for `cause` (health, limit, policy): the
+        `restart` event names it. Blocks while the agent stops (up to its stop_timeout)."""
+        return self.operate("restart", cause, detail)
+
+    def _start(self, program: Program, now: float, restart: bool, why: str) -> None:
         if self.refuse_operations:  # shutdown began while this operation was stopping
             raise Conflict("the daemon is shutting down")
-        program.start(now, restart)
+        program.start(now, restart, f"restart requested ({why})" if restart else "")
 
     def _settle_unknown(self) -> None:
         """Identify an UNKNOWN agent's process before stopping it, so that a stop
@@ -205,4 +220,5 @@ class Runner:
                 self.program.dirty = False
                 snapshot = self.program.snapshot()
                 record = self.program.record()
-            self.publish(snapshot, record)
+                events = self.program.take_events()
+            self.publish(snapshot, record, events)

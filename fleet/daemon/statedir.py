@@ -6,6 +6,7 @@ Layout:
   boot_id               a counter, +1 at each daemon start
   agents/<id>.json      pid, create time, pgid, config hash, restart count
   logs/<id>.log         the agents' stdout and stderr
+  events/               the agents' last events (fleet/daemon/events.py)
 Every write is atomic (write a temp file, then rename). Agent ids are checked
 against the id rule before they become a path, so none escapes the directory.
 """
@@ -64,6 +65,7 @@ class StateDir:
         self.path = os.path.abspath(path)
         self.agents_dir = os.path.join(self.path, "agents")
         self.logs_dir = os.path.join(self.path, "logs")
+        self.events_dir = os.path.join(self.path, "events")
         self._lock_fd = -1
 
     def open(self) -> None:

@@ -15,7 +15,8 @@ from fleet.config import AgentConfig
 from fleet.daemon.logs import LogKeeper
 from fleet.daemon.metrics import Sampler
 from fleet.daemon.procops import SIGKILL, Child, ProcOps, SignalDenied, find_problem
-from fleet.daemon.program import Program, Snapshot, agent_environment
+from fleet.daemon.events import EventLog, NoEvents
+from fleet.daemon.program import PendingEvent, Program, Snapshot, agent_environment
 from fleet.daemon.runner import Runner
 from fleet.daemon.statedir import AgentRecord, StateDir, UnreadableRecord
 from fleet.errors import Conflict, NotFound
@@ -28,8 +29,10 @@ _UNWRITTEN = object()   # no record written by this daemon yet: the next one is 
 
 class Supervisor:
     def __init__(self, agents: tuple[AgentConfig, ...], statedir: StateDir, logs: LogKeeper,
-                 sampler: Sampler, ops: ProcOps | None = None):
+                 sampler: Sampler, ops: ProcOps | None = None,
+                 events: EventLog | NoEvents | None = None):
         self.statedir = statedir
+        self.events = events or NoEvents()    # every agent's history
         self.logs = logs
         self.sampler = sampler
         self.ops = ops or ProcOps()
@@ -173,10 +176,15 @@ class Supervisor:
 
     # ---- publication ----
 
-    def _publisher(self, agent_id: str) -> Callable[[Snapshot, AgentRecord | None], None]:
+    def _publisher(self, agent_id: str
+                   ) -> Callable[[Snapshot, AgentRecord | None, list[PendingEvent]], None]:
         written: list = [_UNWRITTEN]   # the record last kept on disk for this agent
 
-        def publish(snapshot: Snapshot, record: AgentRecord | None) -> None:
+        def publish(snapshot: Snapshot, record: AgentRecord | None,
+                    events: list[PendingEvent]) -> None:
+            for event in events:
+                self.events.record(agent_id, event.kind, event.message, event.pid,
+                                   event.exit_code, event.exit_signal, time_ms=event.time)
             try:
                 # UNKNOWN keeps the evidence until an operator acts; an unchanged record
                 # (STARTING -> RUNNING, RUNNING -> STOPPING) is not written again.

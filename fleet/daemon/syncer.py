@@ -11,6 +11,12 @@ facts are computed afresh each time, for the manager then dialled (after a
 failover, the IP towards that one). An unreachable manager changes nothing
 else on the node. A clean stop ends with a full report flagged `stopping`, so
 the manager shows the node offline at once.
+
+Every report also carries the agents' events the manager has not yet
+acknowledged (fleet/daemon/events.py), at most MAX_EVENTS; they are marked
+acknowledged only with the report, so a failed or retried report resends them
+and the manager, which knows each event by (agent, seq, time), stores each once.
+A recorded event asks for a prompt report, as a state change does.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import threading
 import time
 from typing import Callable
 
+from fleet.daemon.events import Event, EventLog
 from fleet.daemon.manager_client import ManagerClient
 from fleet.daemon.program import Snapshot
 from fleet.daemon.convert import agent_state
@@ -31,13 +38,15 @@ log = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.1
 RETRY_INITIAL, RETRY_MAX = 1.0, 30.0
 WARN_EVERY_SECONDS = 60.0
+MAX_EVENTS = 1000               # events per report; more follow in the next ones
 
 
 class StateSyncer:
     def __init__(self, client: ManagerClient,
                  registration: Callable[[str], pb.RegisterNodeRequest],
                  snapshots: Callable[[], list[Snapshot]], sync_interval: float,
-                 heartbeat_interval: float, clock: Callable[[], float] = time.monotonic):
+                 heartbeat_interval: float, clock: Callable[[], float] = time.monotonic,
+                 events: EventLog | None = None):
         self.client = client
         self.registration = registration      # manager address -> this node's facts
         self.node: pb.RegisterNodeRequest | None = None   # the last accepted registration
@@ -45,6 +54,7 @@ class StateSyncer:
         self.sync_interval = sync_interval
         self.heartbeat_interval = heartbeat_interval
         self.clock = clock
+        self.events = events                  # the agents' histories; None: none sent
         self._cond = threading.Condition()    # guards all below; notified on news
         self._pending: dict[str, Snapshot] = {}
         self._prompt_at: float | None = None  # when the debounced report is due
@@ -71,6 +81,13 @@ class StateSyncer:
                 # that follow within the debounce would wake it for nothing (a restart
                 # is three changes, and each wake-up competes with the operation).
                 self._cond.notify()
+
+    def poke(self) -> None:
+        """An event was recorded: report soon."""
+        with self._cond:
+            if self._prompt_at is None:
+                self._prompt_at = self.clock() + DEBOUNCE_SECONDS
+            self._cond.notify()
 
     def start(self) -> None:
         if not self._thread.is_alive() and not self._closing:
@@ -169,21 +186,25 @@ class StateSyncer:
             taken = dict(self._pending)   # acknowledged entries leave pending below
             self._prompt_at = None
         states = self.snapshots() if full else list(taken.values())
+        events = self.events.unsent(MAX_EVENTS) if self.events is not None else []
         request = pb.SyncAgentStatesRequest(
             node_id=self.node.node_id, boot_id=self.node.boot_id, seq=self._seq + 1,
-            full=full, states=[agent_state(s) for s in states], stopping=stopping)
+            full=full, states=[agent_state(s) for s in states], stopping=stopping,
+            events=[agent_event(e) for e in events])
         try:
             answer = self.client.sync(request)
         except NotFound:
             with self._cond:
                 self._registered = False
             raise
-        self._acknowledged(taken, full, answer)
+        self._acknowledged(taken, full, answer, events)
 
     def _acknowledged(self, taken: dict[str, Snapshot], full: bool,
-                      answer: pb.SyncAgentStatesResponse) -> None:
+                      answer: pb.SyncAgentStatesResponse, events: list[Event]) -> None:
         """Drop what the report carried from pending (a newer change stays)."""
         now = self.clock()
+        if events:
+            self.events.acknowledge(events)
         with self._cond:
             self._seq += 1
             self.reports_sent += 1
@@ -195,7 +216,7 @@ class StateSyncer:
             self._beat_at = now + self.heartbeat_interval
             if answer.report_full_state:
                 self._full_at = now
-            if self._pending and self._prompt_at is None:
+            if (self._pending or len(events) >= MAX_EVENTS) and self._prompt_at is None:
                 self._prompt_at = now + DEBOUNCE_SECONDS
         if answer.rejected:
             self._warn("manager rejected %d state(s): %s", answer.rejected,
@@ -235,3 +256,10 @@ class StateSyncer:
     def pending_count(self) -> int:
         with self._cond:
             return len(self._pending)
+
+
+def agent_event(event: Event) -> pb.AgentEvent:
+    """The wire form of an event."""
+    return pb.AgentEvent(time=event.time, agent_id=event.agent_id, kind=event.kind,
+                         message=event.message, pid=event.pid, exit_code=event.exit_code,
+                         exit_signal=event.exit_signal, seq=event.seq)

@@ -14,6 +14,7 @@ from fleet.values import join_address, split_address
 from fleet.manager.agents import AgentService
 from fleet.manager.audit import AuditLog
 from fleet.manager.db import migrate, open_database
+from fleet.manager.events import EventService
 from fleet.manager.http import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.servicer import ManagerParts, build_manager
@@ -68,14 +69,16 @@ class Manager:
         create_token_files(self._tokens)
         db = open_database(cfg.db)
         migrate(db)
-        self.parts = build_manager(db, offline_after=cfg.offline_after)
+        self.parts = build_manager(db, offline_after=cfg.offline_after,
+                                   events_retention=cfg.events_retention)
         self.parts.servicer.add_to(self._grpc)
         # With [manager.tls] set, daemons are dialled over TLS too (mutual with client_ca).
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
                                      timeout=cfg.daemon_timeout,
                                      operate_timeout=cfg.operate_timeout)
         service = AgentService(self.parts.nodes, self.pool, AuditLog(db))
-        self._app.target = make_app(service, ApiAuth(self._tokens.api, self.cluster_token))
+        self._app.target = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
+                                    events=EventService(self.parts.events, self.parts.nodes))
         self.parts.start()
         self._grpc.start()
         log.info("listening grpc=%s", join_address(split_address(cfg.grpc)[0], self.grpc_port))

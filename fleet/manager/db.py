@@ -76,6 +76,11 @@ class Backend:
         return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} "
                 f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {sets}{guard}")
 
+    def insert_ignoring(self, table: str, columns: Sequence[str], conflict: Sequence[str]) -> str:
+        """A bulk INSERT (for `upsert_many`) that skips a row whose `conflict` key is stored."""
+        return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                f"{self._bulk_values(len(columns))} ON CONFLICT ({', '.join(conflict)}) DO NOTHING")
+
     def _values(self, count: int) -> str:
         return "(" + ", ".join([self.param] * count) + ")"
 
@@ -276,11 +281,32 @@ def _migration_3(db: peewee.Database, backend: Backend) -> None:
         db.execute_sql(statement)
 
 
+def _migration_4(db: peewee.Database, backend: Backend) -> None:
+    """event table: agents' histories (fleet.manager.events), each event stored once."""
+    statements = [
+        f"""CREATE TABLE event ({backend.auto_pk()},
+            node_id VARCHAR(128) NOT NULL, agent_id VARCHAR(64) NOT NULL,
+            seq BIGINT NOT NULL, time BIGINT NOT NULL, kind VARCHAR(16) NOT NULL,
+            message TEXT NOT NULL DEFAULT '', pid BIGINT NOT NULL DEFAULT 0,
+            exit_code BIGINT NOT NULL DEFAULT -1, exit_signal BIGINT NOT NULL DEFAULT 0,
+            received BIGINT NOT NULL)""",
+        # What makes a resent event the same one; also serves one agent's history.
+        "CREATE UNIQUE INDEX event_identity ON event (node_id, agent_id, seq, time)",
+        "CREATE INDEX event_time ON event (time, id)",
+        "CREATE INDEX event_node_agent_time ON event (node_id, agent_id, time, id)",
+        "CREATE INDEX event_node_time ON event (node_id, time, id)",
+        "CREATE INDEX event_kind_time ON event (kind, time, id)",
+    ]
+    for statement in statements:
+        db.execute_sql(statement)
+
+
 # (version, function): append only; a released migration never changes.
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (4, _migration_4),
 )
 
 

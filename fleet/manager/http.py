@@ -35,17 +35,18 @@ STATUS_CODES = {400: "invalid_argument", 401: "unauthenticated", 404: "not_found
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
-def make_app(agent_service, auth, *, max_body: int = MAX_BODY) -> bottle.Bottle:
+def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None) -> bottle.Bottle:
     """A new bottle app serving DESIGN.md's HTTP API.
 
     `agent_service`: a fleet.manager.agents.AgentService (or alike).
     `auth`: a fleet.manager.tokens.ApiAuth; `auth.check(header)` returns the
     token's name or raises Unauthenticated.
+    `events`: a fleet.manager.events.EventService (None: the events endpoints 404).
     """
     app = bottle.Bottle()
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
     app.install(_Edge(auth))
-    routes = _Routes(agent_service, max_body, openapi.document_json())
+    routes = _Routes(agent_service, max_body, openapi.document_json(), events)
     for method, path, handler, public in routes.table():
         app.route(path, method, handler, public=public)
     for status in range(400, 600):
@@ -56,8 +57,9 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY) -> bottle.Bottle:
 class _Routes:
     """The handlers: each reads the request, calls the service, returns a dict."""
 
-    def __init__(self, service, max_body: int, openapi_json: str):
+    def __init__(self, service, max_body: int, openapi_json: str, events=None):
         self._service = service
+        self._events = events
         self._max_body = max_body
         self._openapi = openapi_json
 
@@ -77,6 +79,8 @@ class _Routes:
             ("GET", agent + "/logs", self.logs, False),
             ("GET", agent + "/metrics", self.metrics, False),
             ("GET", API + "/audit", self.audit, False),
+            ("GET", agent + "/events", self.agent_events, False),
+            ("GET", API + "/events", self.events, False),
         ]
 
     def index(self):
@@ -125,6 +129,22 @@ class _Routes:
     def audit(self):
         node = _query("node") or None
         return {"entries": self._service.audit(node, _int_query("limit", 100))}
+
+    def agent_events(self, node_id, agent_id):
+        events, cursor = self._event_service().agent_events(
+            node_id, agent_id, _since(), _int_query("limit", 500), _query("cursor") or None)
+        return {"events": events, "next_cursor": cursor}
+
+    def events(self):
+        events, cursor = self._event_service().events(
+            _query("node") or None, _query("agent") or None, _query("kind") or None,
+            _since(), _int_query("limit", 500), _query("cursor") or None)
+        return {"events": events, "next_cursor": cursor}
+
+    def _event_service(self):
+        if self._events is None:
+            raise errors.NotFound("events are not served here")
+        return self._events
 
 
 class _Raw(str):
@@ -188,6 +208,11 @@ def _int_query(name: str, default: int) -> int:
     if not _INTEGER.fullmatch(text.strip()):
         raise errors.InvalidArgument(f"{name} must be an integer, not {text[:32]!r}")
     return int(text)
+
+
+def _since() -> Optional[int]:
+    """The `since` query parameter (Unix ms), None when absent or empty."""
+    return _int_query("since", -1) if _query("since") else None
 
 
 def _json_body(max_body: int) -> Any:

@@ -11,6 +11,7 @@ import json
 
 import fleet
 from fleet.errors import HTTP_STATUS
+from fleet.manager import events
 from fleet.states import State
 
 NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # values.valid_node_id
@@ -104,6 +105,20 @@ def schemas() -> dict:
             "message": {**_STR, "description": "the error message; empty when ok"},
             "duration_ms": {**_INT, "minimum": 0}}, "One operation, as audited"),
         "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")}}),
+        "Event": _obj({
+            "node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
+            "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
+            "time": {**_INT, "description": "when the daemon recorded it, Unix milliseconds"},
+            "kind": {"type": "string", "enum": list(events.KINDS)},
+            "message": {**_STR, "description": "why, in words; a restart's names its cause "
+                                               "(cause=operator|health|limit|policy)"},
+            "pid": {**_INT, "description": "0 when no process"},
+            "exit_code": {**_INT, "description": "-1: none"},
+            "exit_signal": {**_INT, "description": "0: none"}}, "One entry of an agent's history"),
+        "EventList": _obj({
+            "events": {"type": "array", "items": _ref("Event")},
+            "next_cursor": {"type": "string", "nullable": True,
+                            "description": "pass as cursor for the next page; null on the last"}}),
     }
 
 
@@ -134,6 +149,19 @@ def parameters() -> dict:
                            "(empty: every node)"),
         "Limit": query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
                                  "default": 100}, "At most this many entries, newest first"),
+        "EventLimit": query("limit", {"type": "integer", "minimum": 1, "maximum": events.MAX_LIMIT,
+                                      "default": events.DEFAULT_LIMIT},
+                            "At most this many events, newest first"),
+        "Since": query("since", {"type": "integer", "minimum": 0, "maximum": events.MAX_SINCE},
+                       "Only events at or after this time, Unix milliseconds"),
+        "Cursor": query("cursor", {"type": "string", "pattern": "^$|" + events.CURSOR_PATTERN},
+                        "The next_cursor of the previous page, unchanged"),
+        "EventNode": query("node", {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN},
+                           "Only this node's events (empty: every node)"),
+        "EventAgent": query("agent", {"type": "string", "pattern": "^$|" + AGENT_ID_PATTERN},
+                            "Only events of agents with this id (empty: every agent)"),
+        "Kind": query("kind", {"type": "string", "enum": [""] + list(events.KINDS)},
+                      "Only events of this kind (empty: every kind)"),
     }
 
 
@@ -203,6 +231,12 @@ def paths() -> dict:
         "/api/v1/audit": {"get": _op(
             "listAudit", "Operations done, newest first", "AuditList", "400 404",
             ("AuditNode", "Limit"))},
+        "/api/v1/nodes/{node_id}/agents/{agent_id}/events": {"get": _op(
+            "agentEvents", "The agent's events, newest first", "EventList", "400 404",
+            agent + ("Since", "EventLimit", "Cursor"))},
+        "/api/v1/events": {"get": _op(
+            "listEvents", "Events of the fleet, newest first", "EventList", "400",
+            ("EventNode", "EventAgent", "Kind", "Since", "EventLimit", "Cursor"))},
     }
 
 

@@ -12,6 +12,7 @@ import grpc
 import peewee
 
 from fleet.manager.db import close_database
+from fleet.manager.events import EventPurger, EventStore
 from fleet.manager.ingest import IngestWriter, ReportService
 from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.registry import Registry
@@ -59,7 +60,8 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
     def SyncAgentStates(self, request, context):
         """Store a report's valid states (committed before the reply) and name the rest."""
         result = self._reports.sync(request.node_id, request.boot_id, request.seq,
-                                    request.full, request.states, request.stopping)
+                                    request.full, request.states, request.stopping,
+                                    request.events)
         response = fleet_pb2.SyncAgentStatesResponse(
             success=result.success, accepted=result.accepted, rejected=result.rejected,
             report_full_state=result.report_full_state)
@@ -80,24 +82,31 @@ class ManagerParts:
     nodes: NodeStore
     reports: ReportService
     servicer: ManagerServicer
+    events: EventStore
+    purger: EventPurger
 
     def start(self) -> None:
-        """Start the ingest writer (idempotent)."""
+        """Start the ingest writer and the events' purge (idempotent)."""
         self.writer.start()
+        self.purger.start()
 
     def stop(self) -> None:
-        """Drain and stop the writer (after the gRPC server stopped); close this thread's
-        connection."""
+        """Drain and stop the writer (after the gRPC server stopped) and the purge;
+        close this thread's connection."""
+        self.purger.stop()
         self.writer.stop()
         close_database(self.db)
 
 
 def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interval: float = 0.0,
-                  heartbeat_interval: float = 0.0) -> ManagerParts:
+                  heartbeat_interval: float = 0.0,
+                  events_retention: float = 604800.0) -> ManagerParts:
     """Wire registry, writer, stores and servicer over a migrated database."""
     registry = Registry.load(db)
     writer = IngestWriter(db)
     nodes = NodeStore(db, registry, offline_after)
     reports = ReportService(registry, writer)
     servicer = ManagerServicer(nodes, reports, sync_interval, heartbeat_interval)
-    return ManagerParts(db, registry, writer, nodes, reports, servicer)
+    events = EventStore(db, events_retention)
+    return ManagerParts(db, registry, writer, nodes, reports, servicer, events,
+                        EventPurger(events))

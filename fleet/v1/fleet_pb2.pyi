@@ -172,20 +172,42 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, reregister: _Optional[bool] = ..., sync_interval_seconds: _Optional[float] = ...) -> None: ...
 
 class SyncAgentStatesRequest(_message.Message):
-    __slots__ = ("node_id", "boot_id", "seq", "full", "states", "stopping")
+    __slots__ = ("node_id", "boot_id", "seq", "full", "states", "stopping", "events")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     STOPPING_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boot_id: int
     seq: int
     full: bool
     states: _containers.RepeatedCompositeFieldContainer[AgentState]
     stopping: bool
-    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., seq: _Optional[int] = ..., full: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[AgentState, _Mapping]]] = ..., stopping: _Optional[bool] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[AgentEvent]
+    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., seq: _Optional[int] = ..., full: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[AgentState, _Mapping]]] = ..., stopping: _Optional[bool] = ..., events: _Optional[_Iterable[_Union[AgentEvent, _Mapping]]] = ...) -> None: ...
+
+class AgentEvent(_message.Message):
+    __slots__ = ("time", "agent_id", "kind", "message", "pid", "exit_code", "exit_signal", "seq")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    time: int
+    agent_id: str
+    kind: str
+    message: str
+    pid: int
+    exit_code: int
+    exit_signal: int
+    seq: int
+    def __init__(self, time: _Optional[int] = ..., agent_id: _Optional[str] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., exit_signal: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class StateError(_message.Message):
     __slots__ = ("agent_id", "reason")

@@ -1,0 +1,258 @@
+"""The group-commit writer of state reports (split from ingest.py, which validates).
+
+`IngestWriter` is one thread, `fleet-ingest`. It takes every report waiting in
+its queue (up to a row bound), applies them in ONE transaction with one
+executemany of a prepared upsert (and one insert of their events, each stored
+once: fleet.manager.events), commits, and only then wakes each report's
+caller. A failed transaction fails every report in it and leaves nothing
+half-applied: with Unavailable when the database failed to operate (the daemon
+retries), with an internal error (INTERNAL, the traceback logged here)
+otherwise. SQLite has one writer at a time, so one thread that batches is
+faster than many that queue for the lock.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Iterable, Optional, Sequence
+
+import peewee
+
+from fleet import errors
+from fleet.manager import events
+from fleet.manager.db import Backend, backend_of
+
+log = logging.getLogger(__name__)
+
+WRITER_LOCK_TIMEOUT_MS = 2000   # the writer gives a locked database this long
+MAX_BATCH_ROWS = 20000          # rows per group-commit transaction
+SUBMIT_TIMEOUT = 4.0            # seconds; below the daemons' 5 s deadline
+# The raw cursor raises the driver's own errors; inside this they become peewee's kinds
+# (OperationalError: locked, disk full), as peewee's own calls do.
+DRIVER_ERRORS = peewee.ExceptionWrapper(peewee.EXCEPTIONS)
+# The database failing to operate: UNAVAILABLE, the daemon retries. Anything else
+# (a constraint, bad SQL, a bug in this module) is INTERNAL with a logged traceback.
+STORAGE_FAULTS = (peewee.OperationalError, peewee.InterfaceError)
+
+
+class Report:
+    """One validated report, ready to write; a heartbeat is one with seq None."""
+
+    __slots__ = ("node_id", "boot_id", "seq", "full", "rows", "keep", "received", "stopping",
+                 "events")
+
+    def __init__(self, node_id: str, boot_id: int, seq: Optional[int], full: bool,
+                 rows: list, keep: Sequence[str], received: int, stopping: bool = False,
+                 events: Sequence[tuple] = ()):
+        self.node_id = node_id
+        self.boot_id = boot_id
+        self.seq = seq            # None: touch last_seen only (heartbeat)
+        self.full = full          # delete the node's older rows it does not mention
+        self.rows = rows          # REPORT_COLUMNS tuples
+        self.keep = keep          # agent_ids mentioned but rejected: a full report keeps them
+        self.received = received  # manager receive time, Unix ms
+        self.stopping = stopping  # the daemon's last report before a clean stop
+        self.events = events      # fleet.manager.events.COLUMNS tuples
+
+
+class _Pending:
+    """A submitted report and its outcome, set once by the writer."""
+
+    __slots__ = ("report", "done", "error", "cancelled")
+
+    def __init__(self, report: Report):
+        self.report = report
+        self.done = threading.Event()
+        self.error: Optional[errors.FleetError] = None
+        self.cancelled = False    # the caller gave up: skip it if not yet written
+
+
+class IngestWriter:
+    """The group-commit writer thread; `submit` blocks until the report is committed."""
+
+    def __init__(self, db: peewee.Database, max_batch_rows: int = MAX_BATCH_ROWS,
+                 lock_timeout_ms: int = WRITER_LOCK_TIMEOUT_MS):
+        self._db = db
+        self._backend = backend_of(db)
+        self._max_rows = max_batch_rows
+        self._lock_timeout_ms = lock_timeout_ms
+        self._queue: "queue.SimpleQueue[Optional[_Pending]]" = queue.SimpleQueue()
+        self._lock = threading.Lock()       # guards _state against submit/stop races
+        self._state = "new"                 # new | running | stopped
+        self._thread: Optional[threading.Thread] = None
+        self._sql = self._statements(self._backend)
+        # Committed transactions and the reports in them (written by the thread only).
+        self.batches = 0
+        self.reports = 0
+
+    @staticmethod
+    def _statements(backend: Backend) -> dict[str, str]:
+        # Built once: the hot path only binds parameters.
+        from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert  # ingest imports this
+        return {
+            "upsert": agent_upsert(backend, REPORT_COLUMNS),
+            "events": events.insert_sql(backend),
+            # Any message says the node runs, except a clean stop's last report.
+            "touch": backend.sql("UPDATE node SET last_seen = CASE WHEN last_seen IS NULL "
+                                 "OR last_seen < ? THEN ? ELSE last_seen END, stopped_at = ? "
+                                 "WHERE node_id = ?"),
+            "advance": backend.sql("UPDATE node SET boot_id = ?, seq = ? WHERE node_id = ? "
+                                   "AND (boot_id < ? OR (boot_id = ? AND seq < ?))"),
+            "delete_older": backend.sql("DELETE FROM agent WHERE node_id = ? "
+                                        "AND (boot_id < ? OR (boot_id = ? AND seq < ?))"),
+            "orphan_events": backend.sql(
+                "DELETE FROM event WHERE node_id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM node WHERE node.node_id = event.node_id)"),
+            "orphans": backend.sql("DELETE FROM agent WHERE node_id = ? AND NOT EXISTS "
+                                   "(SELECT 1 FROM node WHERE node.node_id = agent.node_id)"),
+        }
+
+    def start(self) -> None:
+        """Start the writer thread (a second call does nothing)."""
+        with self._lock:
+            if self._state != "new":
+                return
+            self._state = "running"
+            self._thread = threading.Thread(target=self._run, name="fleet-ingest", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what was submitted, then end the thread; later submits fail."""
+        with self._lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopped"
+            self._queue.put(None)           # the thread drains up to here and exits
+        self._thread.join(timeout)
+        self._fail_leftovers()
+
+    def submit(self, report: Report, timeout: float = SUBMIT_TIMEOUT) -> None:
+        """Block until `report` is committed; Unavailable if it failed or took too long."""
+        pending = _Pending(report)
+        with self._lock:
+            if self._state != "running":
+                raise errors.Unavailable("the manager is not accepting reports (shutting down)")
+            self._queue.put(pending)
+        if not pending.done.wait(timeout):
+            pending.cancelled = True        # a late write is harmless: reports are idempotent
+            raise errors.Unavailable("database write timed out; retry")
+        if pending.error is not None:
+            raise pending.error
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if pending is not None:
+                self._finish([pending], errors.Unavailable("the manager is shutting down"))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch, more = self._collect()
+                if batch:
+                    self._write(batch)
+                if not more:
+                    return
+        finally:
+            self._close()
+
+    def _collect(self) -> tuple[list[_Pending], bool]:
+        """The waiting reports (at least one, up to the row bound); False at the end."""
+        batch: list[_Pending] = []
+        rows = 0
+        pending = self._queue.get()
+        while True:
+            if pending is None:
+                return batch, False
+            if not pending.cancelled:
+                batch.append(pending)
+                rows += len(pending.report.rows) + len(pending.report.events)
+            if rows >= self._max_rows:
+                return batch, True
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, True
+
+    def _write(self, batch: list[_Pending]) -> None:
+        try:
+            self._connect()
+            with self._db.atomic(), DRIVER_ERRORS:
+                self._apply(self._db.cursor(), [p.report for p in batch])
+        except STORAGE_FAULTS as exc:       # locked, disk full, connection lost
+            log.warning("state write of %d reports failed: %s", len(batch), exc)
+            self._close()                   # a broken connection reconnects next batch
+            self._finish(batch, errors.Unavailable(f"database unavailable: {exc}"))
+            return
+        except Exception:  # noqa: BLE001 - a bug: logged here, never told to the daemons
+            log.exception("state write of %d reports failed", len(batch))
+            self._close()
+            self._finish(batch, errors.FleetError("internal error"))
+            return
+        self.batches += 1
+        self.reports += len(batch)
+        self._finish(batch, None)
+
+    def _apply(self, cursor, reports: list[Report]) -> None:
+        """Every statement of a batch, inside its one transaction."""
+        backend, sql = self._backend, self._sql
+        rows: list[tuple] = []
+        event_rows: list[tuple] = []
+        touches, advances, nodes, event_nodes = [], [], {}, {}
+        for r in reports:
+            rows += r.rows
+            event_rows += r.events
+            if r.events:
+                event_nodes[r.node_id] = (r.node_id,)
+            touches.append((r.received, r.received, r.received if r.stopping else None,
+                            r.node_id))
+            nodes[r.node_id] = (r.node_id,)
+            if r.seq is not None:
+                advances.append((r.boot_id, r.seq, r.node_id, r.boot_id, r.boot_id, r.seq))
+        if rows:
+            backend.upsert_many(cursor, sql["upsert"], rows)
+        if event_rows:
+            backend.upsert_many(cursor, sql["events"], event_rows)
+        backend.execute_many(cursor, sql["touch"], touches)
+        if advances:
+            backend.execute_many(cursor, sql["advance"], advances)
+        for r in reports:
+            if r.full and r.seq is not None:
+                self._delete_unmentioned(cursor, r)
+        # A node deleted while its report was queued must not get rows back.
+        backend.execute_many(cursor, sql["orphans"], list(nodes.values()))
+        if event_nodes:
+            backend.execute_many(cursor, sql["orphan_events"], list(event_nodes.values()))
+
+    def _delete_unmentioned(self, cursor, r: Report) -> None:
+        # After the upsert every row the report mentions carries its (boot_id,
+        # seq) or a newer one, so "older than the report" means "not mentioned".
+        sql = self._sql["delete_older"]
+        params: list = [r.node_id, r.boot_id, r.boot_id, r.seq]
+        if r.keep:
+            sql += self._backend.sql(" AND agent_id NOT IN (%s)" % ", ".join("?" * len(r.keep)))
+            params += list(r.keep)
+        cursor.execute(sql, params)
+
+    @staticmethod
+    def _finish(batch: Iterable[_Pending], error: Optional[errors.FleetError]) -> None:
+        for pending in batch:
+            pending.error = error
+            pending.done.set()
+
+    def _connect(self) -> None:
+        if self._db.is_closed():
+            self._db.connect()
+            self._backend.set_lock_timeout(self._db, self._lock_timeout_ms)
+
+    def _close(self) -> None:
+        try:
+            if not self._db.is_closed():
+                self._db.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail too
+            log.debug("closing the writer's connection failed", exc_info=True)
