@@ -276,11 +276,17 @@ def _migration_3(db: peewee.Database, backend: Backend) -> None:
         db.execute_sql(statement)
 
 
+def _migration_5(db: peewee.Database, backend: Backend) -> None:
+    """Every agent carries health_message: why it is not healthy, in words."""
+    db.execute_sql("ALTER TABLE agent ADD COLUMN health_message TEXT NOT NULL DEFAULT ''")
+
+
 # (version, function): append only; a released migration never changes.
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (5, _migration_5),   # 4 is the events table (issue 8, events branch)
 )
 
 
