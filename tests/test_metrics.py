@@ -95,7 +95,7 @@ def test_ring_is_column_arrays():
     ring = Ring(100)
     before = ring.nbytes
     ring.append(point(1))
-    assert ring.nbytes == before == 100 * 52
+    assert ring.nbytes == before == 100 * 54
     assert all(type(col).__name__ == "array" for col in ring._cols)
 
 
@@ -223,10 +223,10 @@ def test_psutil_is_never_called_under_the_lock(monkeypatch):
     sampler.watch("me", os.getpid())
     real = metrics._read_process
 
-    def checked(proc, now_ms):
+    def checked(proc, now_ms, children_of=None):
         assert not sampler._lock.locked()
         sampler.unwatch("me")  # the agent stops while we sample it
-        return real(proc, now_ms)
+        return real(proc, now_ms, children_of)
 
     monkeypatch.setattr(metrics, "_read_process", checked)
     assert sampler.sample_once(now_ms=1) == 0

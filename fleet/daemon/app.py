@@ -9,6 +9,7 @@ import socket
 import fleet
 from fleet.config import Config
 from fleet.values import join_address, split_address
+from fleet.daemon.health import HealthChecker, LimitGuard
 from fleet.daemon.logs import LogKeeper
 from fleet.daemon.manager_client import ManagerClient, local_ip_towards
 from fleet.daemon.metrics import Sampler
@@ -41,6 +42,9 @@ class Daemon:
         self._logs: LogKeeper | None = None
         self._sampler: Sampler | None = None
         self._client: ManagerClient | None = None
+        self._health: HealthChecker | None = None
+        self._limits: LimitGuard | None = None
+        self.events = None                 # the event log probes and limits record into
 
     def bind(self) -> None:
         """Bind the gRPC port (not serving yet); OSError `cannot listen ...` if it is taken.
@@ -68,15 +72,26 @@ class Daemon:
         self.supervisor = Supervisor(self.config.agents, self.statedir, self._logs, self._sampler)
         self._servicer = DaemonServicer(self.node_id, self.supervisor, self._logs, self._sampler)
         pb_grpc.add_DaemonServiceServicer_to_server(self._servicer, self._server)
+        self._start_health()
         self.supervisor.start()
         self._logs.start()
         self._sampler.start()
+        self._health.start()
         self._server.start()
         host, _ = split_address(cfg.listen)
         log.info("listening %s=%s", self.listen_label, join_address(host, self.port))
         log.info("node %s boot %s: %d agent(s)", self.node_id, self.boot_id,
                  len(self.config.agents))
         self._start_syncer()
+
+    def _start_health(self) -> None:
+        """Probes follow every published change; limits see every tree sample."""
+        runners = self.supervisor.runners.get
+        self._health = HealthChecker(runners, self.events)
+        self._limits = LimitGuard(runners, self.events)
+        self.supervisor.listeners.append(self._health.notify)
+        self._sampler.on_sample = lambda agent_id, pid, point: self._limits.check(
+            agent_id, pid, point.memory_rss, point.cpu)
 
     def _start_syncer(self) -> None:
         cfg = self.config.daemon
@@ -104,6 +119,7 @@ class Daemon:
         is false, send the final report."""
         if self._servicer is not None:
             self._servicer.shutting_down = True
+        self._stop_health()
         if self._server is not None:
             self._server.stop(grace=1.0).wait(2.0)
         if self.supervisor is not None:
@@ -116,8 +132,16 @@ class Daemon:
             self.syncer.stop(final_report=True)
         self.close()
 
+    def _stop_health(self) -> None:
+        """No probe or limit restarts an agent from here on."""
+        if self._limits is not None:
+            self._limits.enabled = False
+        if self._health is not None:
+            self._health.stop()
+
     def close(self) -> None:
         """Release everything but the agents' processes."""
+        self._stop_health()
         if self.supervisor is not None:
             self.supervisor.close()
         for part in (self._sampler, self._logs):

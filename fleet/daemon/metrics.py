@@ -1,10 +1,12 @@
 """Resource samples of running agents, kept in fixed-size rings.
 
-One thread ``fleet-metrics`` samples every watched pid each ``interval`` seconds
-with psutil and appends the figures to that agent's ``Ring``. A ring is
+One thread ``fleet-metrics`` samples every watched agent each ``interval`` seconds
+with psutil and appends the figures to that agent's ``Ring``. A sample is of the
+agent's whole process tree (the agent and its descendants: shell wrappers and
+workers count), summed, with the number of processes. A ring is
 preallocated: a column of numbers per figure (``array.array``), not a list of
-objects, so a sample costs 52 bytes and 50 agents hold an hour at 10 s in
-50 * 362 * 52 B = 0.90 MiB.
+objects, so a sample costs 54 bytes and 50 agents hold an hour at 10 s in
+50 * 362 * 54 B = 0.93 MiB.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import psutil
 
@@ -39,12 +41,14 @@ class DataPoint(NamedTuple):
     disk_write_bytes: int
     open_files: int         # open file descriptors
     threads: int
+    processes: int = 1      # processes in the agent's tree
 
 
 # Column type codes, in DataPoint order. cpu is float32 and the counts int32 to
-# keep a sample at 52 bytes (float64 and int64 would make 64: over 1 MiB for 50
-# agents); float32 keeps cpu to about 7 significant digits, rounded to 2 decimals.
-_COLUMNS = ("q", "f", "q", "q", "q", "q", "i", "i")
+# keep a sample at 54 bytes (float64 and int64 would make 72: over 1 MiB for 50
+# agents), the process count int16; float32 keeps cpu to about 7 significant
+# digits, rounded to 2 decimals.
+_COLUMNS = ("q", "f", "q", "q", "q", "q", "i", "i", "h")
 _CPU_DECIMALS = 2
 
 
@@ -106,26 +110,104 @@ def _clamp_i32(n: int) -> int:
     return min(n, 2**31 - 1)
 
 
-def _read_process(proc: psutil.Process, now_ms: int) -> DataPoint:
-    """Sample one process. NoSuchProcess/ZombieProcess/AccessDenied of the core
-    figures propagate; optional figures the OS refuses count as 0."""
-    with proc.oneshot():
-        if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped: no figures
-            raise psutil.ZombieProcess(proc.pid)
-        cpu = proc.cpu_percent(None)  # since the previous call on this same object
-        mem = proc.memory_info()
-        threads = proc.num_threads()
+class TreeProcess(psutil.Process):
+    """An agent's leader process, remembering its tree's CPU time at the last sample."""
+
+    def prime(self, children_of: Optional[dict[int, list[int]]] = None) -> None:
+        """Set the CPU baseline: the next sample's cpu is measured from now."""
+        self.cpu_seconds = sum(_cpu_seconds(p) for p in _tree(self, children_of))
+        self.cpu_at = time.monotonic()
+
+
+def children_map() -> dict[int, list[int]]:
+    """ppid -> child pids of every process now: one pass over the process table
+    per sweep, however many agents are sampled."""
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        children.setdefault(proc.info["ppid"], []).append(proc.pid)
+    return children
+
+
+def _tree(leader: psutil.Process,
+          children_of: Optional[dict[int, list[int]]] = None) -> list[psutil.Process]:
+    """The leader and its live descendants (from `children_of`, else asked of psutil)."""
+    if children_of is None:
         try:
-            io = proc.io_counters()
-            read, write = io.read_bytes, io.write_bytes
-        except (psutil.AccessDenied, AttributeError, NotImplementedError):
-            read = write = 0  # another user's process, or no io counters on this OS
+            return [leader] + leader.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return [leader]
+    tree, pending = [leader], list(children_of.get(leader.pid, ()))
+    while pending:
+        pid = pending.pop()
         try:
-            fds = proc.num_fds()
-        except (psutil.AccessDenied, AttributeError):
-            fds = 0
-    return DataPoint(now_ms, cpu, mem.rss, mem.vms, read, write,
-                     _clamp_i32(fds), _clamp_i32(threads))
+            tree.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+        pending.extend(children_of.get(pid, ()))
+    return tree
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    """CPU time of proc and of the children it reaped (so a tree's total only grows
+    while its members reap each other); 0 for a member gone meanwhile."""
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _read_process(proc: TreeProcess, now_ms: int,
+                  children_of: Optional[dict[int, list[int]]] = None) -> DataPoint:
+    """Sample an agent's whole process tree: the figures of the leader and its
+    descendants summed, cpu since the previous sample, and the process count.
+    NoSuchProcess/ZombieProcess/AccessDenied of the leader propagate; a
+    descendant gone meanwhile is left out; optional figures refused count as 0."""
+    if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped: no figures
+        raise psutil.ZombieProcess(proc.pid)
+    proc.memory_info()  # the leader's core figures must be readable
+    tree = _tree(proc, children_of)
+    total = [0, 0, 0, 0, 0, 0]   # rss, vms, read, write, fds, threads
+    counted, cpu_seconds = 0, 0.0
+    for member in tree:
+        figures = _read_member(member, strict=member is proc)
+        if figures is None:
+            continue
+        counted += 1
+        cpu_seconds += figures[0]
+        total = [a + b for a, b in zip(total, figures[1:])]
+    now = time.monotonic()
+    elapsed = now - getattr(proc, "cpu_at", now)
+    cpu = max(0.0, (cpu_seconds - getattr(proc, "cpu_seconds", cpu_seconds)) / elapsed * 100) \
+        if elapsed > 0 else 0.0
+    proc.cpu_seconds, proc.cpu_at = cpu_seconds, now
+    rss, vms, read, write, fds, threads = total
+    return DataPoint(now_ms, cpu, rss, vms, read, write, _clamp_i32(fds), _clamp_i32(threads),
+                     min(counted, 2**15 - 1))
+
+
+def _read_member(proc: psutil.Process, strict: bool) -> Optional[tuple]:
+    """(cpu seconds, rss, vms, read, write, fds, threads) of one process; None for a
+    descendant gone meanwhile (the leader's errors propagate when strict)."""
+    try:
+        with proc.oneshot():
+            mem = proc.memory_info()
+            threads = proc.num_threads()
+            cpu_seconds = _cpu_seconds(proc)
+            try:
+                io = proc.io_counters()
+                read, write = io.read_bytes, io.write_bytes
+            except (psutil.AccessDenied, AttributeError, NotImplementedError):
+                read = write = 0  # another user's process, or no io counters on this OS
+            try:
+                fds = proc.num_fds()
+            except (psutil.AccessDenied, AttributeError):
+                fds = 0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        if strict:
+            raise
+        return None
+    return cpu_seconds, mem.rss, mem.vms, read, write, fds, threads
 
 
 class Sampler:
@@ -143,7 +225,10 @@ class Sampler:
         self._capacity = ring_capacity(interval, horizon)
         self._lock = threading.Lock()                  # guards _rings and _procs
         self._rings: dict[str, Ring] = {}              # agent id -> history
-        self._procs: dict[str, psutil.Process] = {}    # agent id -> watched process
+        self._procs: dict[str, TreeProcess] = {}       # agent id -> watched leader process
+        # Called with (agent id, pid, whole-tree sample) after each sweep, outside the
+        # lock, in this thread: the resource limits' check (fleet.daemon.health).
+        self.on_sample: Optional[Callable[[str, int, DataPoint], None]] = None
         # The first sweep runs at once, then one every interval.
         self._periodic = Periodic("fleet-metrics", interval, lambda: self.sample_once(),
                                   first_delay=0.0)
@@ -196,8 +281,9 @@ class Sampler:
         with self._lock:
             watched = list(self._procs.items())
         samples = []
+        children_of = children_map() if watched else {}
         for agent_id, proc in watched:  # psutil outside the lock
-            point = self._sample(agent_id, proc, now_ms)
+            point = self._sample(agent_id, proc, now_ms, children_of)
             if point is not None:
                 samples.append((agent_id, proc, point))
         stored = 0
@@ -207,12 +293,19 @@ class Sampler:
                 if self._procs.get(agent_id) is proc:
                     self._rings[agent_id].append(point)
                     stored += 1
+        hook = self.on_sample
+        for agent_id, proc, point in samples if hook is not None else ():
+            try:
+                hook(agent_id, proc.pid, point)
+            except Exception:  # noqa: BLE001 - a limit check's failure must not stop sampling
+                log.exception("agent %s: limit check failed", agent_id)
         return stored
 
-    def _sample(self, agent_id: str, proc: psutil.Process, now_ms: int) -> DataPoint | None:
-        """One process's sample, or None if it is gone (then stop watching that pid)."""
+    def _sample(self, agent_id: str, proc: TreeProcess, now_ms: int,
+                children_of: Optional[dict[int, list[int]]] = None) -> DataPoint | None:
+        """One agent's tree sample, or None if its leader is gone (then stop watching it)."""
         try:
-            return _read_process(proc, now_ms)
+            return _read_process(proc, now_ms, children_of)
         except (psutil.NoSuchProcess, psutil.ZombieProcess) as exc:
             # ZombieProcess subclasses NoSuchProcess: the pid is dead either way.
             log.debug("agent %s pid %d: gone (%s); not sampling it", agent_id, proc.pid, exc)
@@ -232,11 +325,11 @@ class Sampler:
         self._periodic.stop(timeout)
 
 
-def _new_process(agent_id: str, pid: int) -> psutil.Process | None:
-    """A psutil.Process for ``pid`` with its cpu counter primed, or None if gone."""
+def _new_process(agent_id: str, pid: int) -> TreeProcess | None:
+    """A TreeProcess for ``pid`` with its tree's cpu baseline set, or None if gone."""
     try:
-        proc = psutil.Process(pid)
-        proc.cpu_percent(None)  # the first call only sets the baseline and returns 0.0
+        proc = TreeProcess(pid)
+        proc.prime()
         return proc
     except (psutil.NoSuchProcess, psutil.AccessDenied) as exc:
         log.warning("agent %s pid %d: cannot watch (%s)", agent_id, pid, exc)
