@@ -243,7 +243,7 @@ class HealthChecker:
                 interval = probed.config.interval
                 self._push(max(due + interval, now), agent_id, pid)   # the grid goes on
                 if probed.busy:
-                    log.warning("%s: probe still running after %.1f s; skipping a round",
+                    log.info("%s: probe still running after %.1f s; skipping a round",
                                 agent_id, interval)
                     continue
                 probed.busy = True
