@@ -3,12 +3,15 @@
 Prints: daemon RSS, idle CPU over 30 s, SIGKILL -> new pid (median, p95,
 observed from /proc, no RPC), OperateAgent restart round trip (median), and
 start-to-serving of fleet.pyz cold and warm (if a pyz is given or built).
+With --http-probes N every agent has an http probe every N seconds, answered
+by a small server the benchmark runs.
 
-    python bench/bench_daemon.py [--pyz fleet.pyz] [--agents 50] [--idle 30]
+    python bench/bench_daemon.py [--pyz fleet.pyz] [--agents 50] [--idle 30] [--http-probes 10]
 """
 from __future__ import annotations
 
 import argparse
+import http.server
 import os
 import re
 import shutil
@@ -17,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,13 +34,16 @@ from fleet.v1 import fleet_pb2 as pb  # noqa: E402
 from fleet.v1 import fleet_pb2_grpc as pb_grpc  # noqa: E402
 
 
-def write_config(folder: str, agents: int) -> str:
+def write_config(folder: str, agents: int, probe_url: str = "", interval: float = 10) -> str:
     sleep = shutil.which("sleep") or "/bin/sleep"
     parts = ['[daemon]\nlisten = "127.0.0.1:0"\nmanager = "127.0.0.1:1"\n'
              f'state_dir = "{folder}/state"\n']
     for i in range(agents):
         parts.append(f'[[agents]]\nid = "sleep-{i}"\ncommand = ["{sleep}", "100000"]\n'
                      'start_seconds = 0.1\nbackoff_initial = 0\nstop_timeout = 2\n')
+        if probe_url:
+            parts.append(f'[agents.health]\nhttp = "{probe_url}"\ninterval = {interval}\n'
+                         'grace = 0\non_unhealthy = "none"\n')
     path = os.path.join(folder, "fleet.toml")
     with open(path, "w") as handle:
         handle.write("\n".join(parts))
@@ -59,6 +66,23 @@ def start(command: list[str], folder: str, env: dict | None = None):
             raise SystemExit(f"fleet exited: {open(log_path).read()}")
         time.sleep(0.002)
     raise SystemExit("fleet did not start")
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def probe_server() -> str:
+    """A URL answering 200, served by a thread of this process."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/metrics"
 
 
 def children(pid: int) -> set[int]:
@@ -147,11 +171,14 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--restarts", type=int, default=40)
+    parser.add_argument("--http-probes", type=float, default=0,
+                        help="give every agent an http probe every this many seconds")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="fleet-bench-")
     entry = [sys.executable, args.pyz] if args.pyz else [sys.executable, os.path.join(REPO, "fleet.py")]
-    popen, port, _ = start(entry + ["--role", "daemon", "--config", write_config(folder, args.agents)],
-                           folder)
+    url = probe_server() if args.http_probes else ""
+    config = write_config(folder, args.agents, url, args.http_probes)
+    popen, port, _ = start(entry + ["--role", "daemon", "--config", config], folder)
     try:
         wait_children(popen.pid, args.agents)
         time.sleep(2)  # let the agents pass start_seconds and the first samples land
@@ -159,7 +186,8 @@ def main() -> None:
         cpu = idle_cpu(popen.pid, args.idle)
         kills = kill_to_new_pid(popen.pid, args.kills)
         restarts = restart_round_trips(port, args.restarts)
-        print(f"agents                      {args.agents}")
+        print(f"agents                      {args.agents}"
+              + (f" (http probe every {args.http_probes:g} s)" if url else ""))
         print(f"daemon RSS                  {rss:.1f} MiB")
         print(f"idle CPU over {args.idle:.0f} s          {cpu:.2f} % of a core")
         print(f"SIGKILL -> new pid          median {1000 * statistics.median(kills):.1f} ms, "

@@ -165,7 +165,6 @@ def _read_process(proc: TreeProcess, now_ms: int,
     descendant gone meanwhile is left out; optional figures refused count as 0."""
     if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped: no figures
         raise psutil.ZombieProcess(proc.pid)
-    proc.memory_info()  # the leader's core figures must be readable
     tree = _tree(proc, children_of)
     total = [0, 0, 0, 0, 0, 0]   # rss, vms, read, write, fds, threads
     counted, cpu_seconds = 0, 0.0
