@@ -24,12 +24,16 @@ Supervisor's programs use startsecs = 0, so startProcess returns once the
 process is spawned, as fleet's restart does (it answers STARTING).
 
     python bench/bench_daemon.py [--pyz fleet.pyz] [--agents 50] [--idle 60]
-                                 [--restarts 40] [--gap 0.25]
+                                 [--restarts 40] [--gap 0.25] [--http-probes 10]
+
+With --http-probes N every fleet agent has an http probe every N seconds,
+answered by a small server the benchmark runs (Supervisor has no probes).
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import http.server
 import http.client
 import json
 import os
@@ -42,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xmlrpc.client
 
@@ -104,7 +109,8 @@ def start_manager(entry: list[str], folder: str) -> tuple[subprocess.Popen, dict
     return popen, facts
 
 
-def write_daemon_config(folder: str, agents: int, manager: dict) -> str:
+def write_daemon_config(folder: str, agents: int, manager: dict, probe_url: str = "",
+                        probe_interval: float = 10) -> str:
     q = json.dumps
     parts = ['[daemon]\nlisten = "127.0.0.1:0"\n'
              f"manager = {q(manager['grpc'])}\ncluster_token = {q(manager['cluster_token'])}\n"
@@ -112,7 +118,27 @@ def write_daemon_config(folder: str, agents: int, manager: dict) -> str:
     for i in range(agents):
         parts.append(f'[[agents]]\nid = "sleep-{i}"\ncommand = [{q(SLEEP)}, "100000"]\n'
                      'start_seconds = 0.1\nbackoff_initial = 0\nstop_timeout = 2\n')
+        if probe_url:
+            parts.append(f'[agents.health]\nhttp = {q(probe_url)}\ninterval = {probe_interval}\n'
+                         'grace = 0\non_unhealthy = "none"\n')
     return write_private(os.path.join(folder, "fleet.toml"), "\n".join(parts))
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def probe_server() -> str:
+    """A URL answering 200, served by a thread of this process (for --http-probes)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/metrics"
 
 
 def free_port() -> int:
@@ -469,9 +495,14 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--restarts", type=int, default=40)
     parser.add_argument("--gap", type=float, default=0.25, help="idle seconds between restarts")
+    parser.add_argument("--http-probes", type=float, default=0,
+                        help="give every fleet agent an http probe every this many seconds")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="fleet-bench-")
     entry = [sys.executable, args.pyz] if args.pyz else [sys.executable, os.path.join(REPO, "fleet.py")]
+    probe_url = probe_server() if args.http_probes else ""
+    if probe_url:
+        print(f"every fleet agent has an http probe every {args.http_probes:g} s")
     manager_popen, manager = start_manager(entry, folder)
     started = [manager_popen]
     try:
@@ -481,7 +512,8 @@ def main() -> None:
         else:
             started.append(sup_popen)
         daemon = start(entry + ["--role", "daemon", "--config",
-                                write_daemon_config(folder, args.agents, manager)], folder)
+                                write_daemon_config(folder, args.agents, manager, probe_url,
+                                                    args.http_probes)], folder)
         started.append(daemon[0])
         for popen in started[1:]:
             wait_children(popen.pid, args.agents)

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import http.client
-import json
 import os
 import pathlib
 import resource

@@ -195,6 +195,37 @@ def to_node_id(value: Any) -> str:
     return text
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def to_bytes(value: Any) -> int:
+    """A size: an integer of bytes, or a string like "512MiB", "2G", "100K" (units of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _SIZE_RE.match(value):
+        amount, unit = _SIZE_RE.match(value).groups()
+        number = int(float(amount) * _SIZE_UNITS[(unit or "")[:1].upper()])
+    else:
+        raise ValueError(f"not a size (bytes, or a number with K, M, G or T[iB]): {value!r}")
+    if not 1 <= number <= 2**50:
+        raise ValueError(f"must be between 1 byte and 1 PiB: {value!r}")
+    return number
+
+
+def to_http_url(value: Any) -> str:
+    """An http:// URL with a host (the probe speaks plain HTTP)."""
+    text = to_str(value)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"not an http://HOST[:PORT]/PATH URL: {text!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"port out of range: {text!r}") from None
+    return text
+
+
 def to_choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in choices:

@@ -189,6 +189,23 @@ def test_list_agents(manager):
     assert error_code(manager, "GET", "/api/v1/nodes/nope/agents") == (404, "not_found")
 
 
+def test_list_agents_filters_by_health(manager):
+    """?health= keeps the agents of that health, each with its health_message; any
+    other value is 400."""
+    manager.store.store_agent_infos("n1", [
+        agent_info("a1", health="unhealthy", health_message="connect 127.0.0.1:9100: refused"),
+        agent_info("a2")])
+    _, _, payload = call(manager, "GET", NODE + "/agents?health=unhealthy")
+    assert [(a["agent_id"], a["health_message"]) for a in payload["agents"]] == \
+        [("a1", "connect 127.0.0.1:9100: refused")]
+    _check_schema(payload, "AgentList")
+    healthy = call(manager, "GET", NODE + "/agents?health=healthy")[2]["agents"]
+    assert [(a["agent_id"], a["health_message"]) for a in healthy] == [("a2", "")]
+    assert call(manager, "GET", NODE + "/agents?health=unknown")[2]["agents"] == []
+    assert len(call(manager, "GET", NODE + "/agents?health=")[2]["agents"]) == 2
+    assert error_code(manager, "GET", NODE + "/agents?health=sick") == (400, "invalid_argument")
+
+
 def test_sync_pulls_from_the_daemon_and_stores(manager):
     """sync replaces the node's stored agents with the daemon's list."""
     manager.fake.agents.pop("a2")

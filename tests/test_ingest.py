@@ -367,3 +367,19 @@ def test_a_stopping_report_shows_the_node_offline_until_it_speaks_again(manager)
         seq += 2
         manager.reports.sync("n1", 1, seq, True, [], stopping=True)
         assert manager.nodes.get_node("n1")["status"] == "offline"
+
+
+def test_health_message_is_stored_and_served_with_the_health_filter(manager):
+    """A report's health_message is stored (cut to 4096 characters, NUL replaced) and
+    served on the Agent; list_agents filters by health and refuses an unknown one."""
+    manager.sync(1, [state("sick", health="unhealthy", health_message="GET u -> 500\x00"),
+                     state("fine", health="healthy"),
+                     state("long", health="unhealthy", health_message="x" * 5000)])
+    wait_for(lambda: len(manager.rows()) == 3)
+    sick = manager.nodes.list_agents("n1", "unhealthy")
+    assert [(a["agent_id"], a["health_message"]) for a in sick] == \
+        [("long", "x" * 4096), ("sick", "GET u -> 500\ufffd")]
+    assert [a["agent_id"] for a in manager.nodes.list_agents("n1", "healthy")] == ["fine"]
+    assert manager.nodes.list_agents("n1", "unknown") == []
+    with pytest.raises(errors.InvalidArgument, match="health must be one of"):
+        manager.nodes.list_agents("n1", "poorly")

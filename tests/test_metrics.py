@@ -95,7 +95,7 @@ def test_ring_is_column_arrays():
     ring = Ring(100)
     before = ring.nbytes
     ring.append(point(1))
-    assert ring.nbytes == before == 100 * 52
+    assert ring.nbytes == before == 100 * 54
     assert all(type(col).__name__ == "array" for col in ring._cols)
 
 
@@ -316,3 +316,21 @@ def test_thread_survives_sweep_errors(monkeypatch):
         wait_for(lambda: len(calls) >= 2, timeout=5)
     finally:
         sampler.stop()
+
+
+def test_a_sample_sums_the_whole_process_tree(spawn):
+    """The agent's descendants count: a wrapper whose grandchild holds 60 MB and burns
+    CPU shows rss > 50 MB, cpu > 30 % and 3 processes, and the hook sees the sample."""
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import subprocess, sys; subprocess.run([sys.executable, \"-c\", "
+            "\"x = bytearray(60_000_000)\\\\nwhile True: pass\"])'])")
+    wrapper = spawn(code)
+    sampler = Sampler(interval=10)
+    seen = []
+    sampler.on_sample = lambda agent_id, pid, point: seen.append((agent_id, pid, point))
+    sampler.watch("tree", wrapper.pid)
+    p = sample_until(sampler, "tree", lambda p: p.memory_rss > 50 * MB and p.cpu > 30
+                     and p.processes == 3)
+    assert seen[-1][:2] == ("tree", wrapper.pid)
+    assert seen[-1][2]._replace(cpu=0) == p._replace(cpu=0)   # the ring rounds cpu
+    os.killpg(wrapper.pid, 9)

@@ -255,3 +255,51 @@ def test_noop_operations():
     program.tick(1.2)
     program.start(1.3)
     assert program.state is State.RUNNING and len(ops.spawned) == 1
+
+
+def test_restart_for_a_cause_stops_then_starts_once_the_group_exits():
+    """restart_for (health, limit) sends the stop signal, and when the group exits
+    starts a new process at once, counted in restart_count, as after a crash."""
+    program, ops = make()
+    program.set_initial(0.0)
+    program.tick(1.0)
+    first = program.child.pid
+    assert program.restart_for("health", "GET u -> 500", 5.0) is True
+    assert program.state is State.STOPPING and ops.signals[-1] == (first, 15)
+    program.exited(Exit(-1, 15), 5.1)
+    assert program.state is State.STARTING and program.child.pid != first
+    assert program.restart_count == 1 and program.failures == 0
+
+
+def test_restart_for_acts_only_on_a_running_agent_and_a_stop_cancels_it():
+    """A STARTING agent is never restarted by a cause (its failures are the backoff's);
+    an operator's stop during the restart wins: the agent stays STOPPED."""
+    program, ops = make()
+    program.set_initial(0.0)
+    assert program.restart_for("limit", "rss", 0.5) is False and program.state is State.STARTING
+    program.tick(1.0)
+    assert program.restart_for("limit", "rss", 2.0) is True
+    program.stop(2.1)
+    program.exited(Exit(-1, 15), 2.2)
+    assert program.state is State.STOPPED and program.restart_count == 0
+
+
+def test_health_of_a_probed_agent_follows_its_probe_and_limits():
+    """With a probe: unknown until a result, then the probe's verdict and message; a
+    limit held too long overrides it; a new process starts unknown again."""
+    from fleet.config import HealthConfig
+    program, ops = make(health=HealthConfig("tcp", "127.0.0.1:1"))
+    program.set_initial(0.0)
+    program.tick(1.0)
+    assert program.health_now() == ("unknown", "no probe result yet")
+    pid = program.child.pid
+    program.set_probe(pid + 1, "healthy", "")          # another process's result: ignored
+    assert program.health_now()[0] == "unknown"
+    program.set_probe(pid, "unhealthy", "connect 127.0.0.1:1: connection refused")
+    assert program.health_now() == ("unhealthy", "connect 127.0.0.1:1: connection refused")
+    program.set_probe(pid, "healthy", "")
+    program.set_limit(pid, "rss 612 MiB > 512 MiB for 60 s")
+    assert program.snapshot().health == "unhealthy"
+    assert program.snapshot().health_message == "rss 612 MiB > 512 MiB for 60 s"
+    program.exited(Exit(1, 0), 2.0)                     # crash of RUNNING: restarted
+    assert program.health_now() == ("unknown", "no probe result yet")

@@ -256,9 +256,24 @@ def test_migration_3_adds_the_reported_fields_to_a_version_2_database(tmp_path, 
         db.execute_sql("INSERT INTO node (node_id, registered_at, last_seen) VALUES ('n1', 1, 1)")
         db.execute_sql("INSERT INTO agent (node_id, agent_id, status) VALUES ('n1', 'a', 3)")
     monkeypatch.undo()
-    assert migrate(open_database(url)) >= 3   # and any later migration
+    assert migrate(open_database(url)) == dbmod.MIGRATIONS[-1][0]
     with db.connection_context():
         row = Agent.get(Agent.agent_id == "a")
         assert (row.status, row.changed_at, row.config_changed) == (3, None, False)
         assert Node.get(Node.node_id == "n1").stopped_at is None
+    dbmod.close_database(db)
+
+
+def test_migration_5_adds_health_message_keeping_the_rows(tmp_path, monkeypatch):
+    """A version 3 database gains agent.health_message, empty on the rows it keeps."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    monkeypatch.setattr(dbmod, "MIGRATIONS", tuple(m for m in dbmod.MIGRATIONS if m[0] <= 3))
+    db = open_database(url)
+    assert migrate(db) == 3
+    with db.connection_context():
+        db.execute_sql("INSERT INTO agent (node_id, agent_id, status) VALUES ('n1', 'a', 3)")
+    monkeypatch.undo()
+    assert migrate(open_database(url)) == 5
+    with db.connection_context():
+        assert Agent.get(Agent.agent_id == "a").health_message == ""
     dbmod.close_database(db)

@@ -10,6 +10,7 @@ import fleet
 from fleet.config import Config
 from fleet.values import join_address, split_address
 from fleet.daemon.events import EventLog
+from fleet.daemon.health import HealthChecker, LimitGuard
 from fleet.daemon.logs import LogKeeper
 from fleet.daemon.manager_client import ManagerClient, local_ip_towards
 from fleet.daemon.metrics import Sampler
@@ -42,7 +43,9 @@ class Daemon:
         self._logs: LogKeeper | None = None
         self._sampler: Sampler | None = None
         self._client: ManagerClient | None = None
-        self.events: EventLog | None = None
+        self.events: EventLog | None = None  # agents' history; probes and limits record into it
+        self._health: HealthChecker | None = None
+        self._limits: LimitGuard | None = None
 
     def bind(self) -> None:
         """Bind the gRPC port (not serving yet); OSError `cannot listen ...` if it is taken.
@@ -73,15 +76,26 @@ class Daemon:
                                      events=self.events)
         self._servicer = DaemonServicer(self.node_id, self.supervisor, self._logs, self._sampler)
         pb_grpc.add_DaemonServiceServicer_to_server(self._servicer, self._server)
+        self._start_health()
         self.supervisor.start()
         self._logs.start()
         self._sampler.start()
+        self._health.start()
         self._server.start()
         host, _ = split_address(cfg.listen)
         log.info("listening %s=%s", self.listen_label, join_address(host, self.port))
         log.info("node %s boot %s: %d agent(s)", self.node_id, self.boot_id,
                  len(self.config.agents))
         self._start_syncer()
+
+    def _start_health(self) -> None:
+        """Probes follow every published change; limits see every tree sample."""
+        runners = self.supervisor.runners.get
+        self._health = HealthChecker(runners, self.events)
+        self._limits = LimitGuard(runners, self.events)
+        self.supervisor.listeners.append(self._health.notify)
+        self._sampler.on_sample = lambda agent_id, pid, point: self._limits.check(
+            agent_id, pid, point.memory_rss, point.cpu)
 
     def _start_syncer(self) -> None:
         cfg = self.config.daemon
@@ -110,6 +124,7 @@ class Daemon:
         is false, send the final report."""
         if self._servicer is not None:
             self._servicer.shutting_down = True
+        self._stop_health()
         if self._server is not None:
             self._server.stop(grace=1.0).wait(2.0)
         if self.supervisor is not None:
@@ -122,6 +137,13 @@ class Daemon:
             self.syncer.stop(final_report=True)
         self.close()
 
+    def _stop_health(self) -> None:
+        """No probe or limit restarts an agent from here on."""
+        if self._limits is not None:
+            self._limits.enabled = False
+        if self._health is not None:
+            self._health.stop()
+
     def close(self) -> None:
         """Release everything but the agents' processes (after stop(), or after a
         failed start: then the syncer and the server end here, with no final report)."""
@@ -129,6 +151,7 @@ class Daemon:
             self.syncer.stop(final_report=False)
         if self._server is not None:
             self._server.stop(grace=None)
+        self._stop_health()
         if self.supervisor is not None:
             self.supervisor.close()
         for part in (self._sampler, self._logs):

@@ -6,7 +6,8 @@ from fleet.v1 import fleet_pb2 as pb
 # status, named as in Snapshot: a report carries all the daemon knows of an agent.
 STATE_FIELDS = ("agent_id", "type", "version", "pid", "start_time", "restart_count",
                 "last_exit_code", "last_exit_signal", "health", "last_heartbeat",
-                "next_retry_time", "last_error", "changed_at", "config_changed")
+                "next_retry_time", "last_error", "changed_at", "config_changed",
+                "health_message")
 INFO_FIELDS = STATE_FIELDS
 
 

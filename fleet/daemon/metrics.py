@@ -1,13 +1,15 @@
 """Resource samples of running agents, kept in fixed-size rings.
 
-One thread ``fleet-metrics`` samples every watched pid each ``interval`` seconds
-and appends the figures to that agent's ``Ring``. A sample reads /proc/<pid>/stat
-and /proc/<pid>/io and counts /proc/<pid>/fd directly: the same figures psutil
-gives, at a tenth of its cost (50 agents: ~2 ms a sweep instead of ~20 ms, which
-at a 10 s interval was most of an idle daemon's CPU). A ring is
+One thread ``fleet-metrics`` samples every watched agent each ``interval`` seconds
+and appends the figures to that agent's ``Ring``. A sample is of the agent's whole
+process tree (the agent and its descendants: shell wrappers and workers count),
+summed, with the number of processes. It reads /proc/<pid>/stat, /proc/<pid>/io,
+/proc/<pid>/fd and the tree's /proc/<pid>/task/<tid>/children directly: the same
+figures psutil gives, at a tenth of its cost (50 agents: ~2 ms a sweep instead of
+~20 ms, which at a 10 s interval was most of an idle daemon's CPU). A ring is
 preallocated: a column of numbers per figure (``array.array``), not a list of
-objects, so a sample costs 52 bytes and 50 agents hold an hour at 10 s in
-50 * 362 * 52 B = 0.90 MiB.
+objects, so a sample costs 54 bytes and 50 agents hold an hour at 10 s in
+50 * 362 * 54 B = 0.93 MiB.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import os
 import threading
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from fleet.daemon.periodic import Periodic
 from fleet.errors import InvalidArgument
@@ -42,12 +44,14 @@ class DataPoint(NamedTuple):
     disk_write_bytes: int
     open_files: int         # open file descriptors
     threads: int
+    processes: int = 1      # processes in the agent's tree
 
 
 # Column type codes, in DataPoint order. cpu is float32 and the counts int32 to
-# keep a sample at 52 bytes (float64 and int64 would make 64: over 1 MiB for 50
-# agents); float32 keeps cpu to about 7 significant digits, rounded to 2 decimals.
-_COLUMNS = ("q", "f", "q", "q", "q", "q", "i", "i")
+# keep a sample at 54 bytes (float64 and int64 would make 72: over 1 MiB for 50
+# agents), the process count int16; float32 keeps cpu to about 7 significant
+# digits, rounded to 2 decimals.
+_COLUMNS = ("q", "f", "q", "q", "q", "q", "i", "i", "h")
 _CPU_DECIMALS = 2
 
 
@@ -122,14 +126,14 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class Watched:
-    """One watched process: its pid, its start time (to tell a reused pid apart) and
-    the CPU reading the next sample's percentage is measured from."""
+    """One watched agent: its leader's pid and start time (to tell a reused pid
+    apart), and its tree's CPU reading that the next sample is measured from."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         fields = _stat_fields(pid)
         self.start_ticks = fields[19]              # field 22: starttime, clock ticks
-        self.cpu_ticks = int(fields[11]) + int(fields[12])  # utime + stime
+        self.cpu_ticks = sum(_cpu_ticks(f) for _, f in _tree_stats(pid, fields))
         self.read_at = time.monotonic()
 
 
@@ -157,6 +161,37 @@ def _stat_fields(pid: int) -> list[bytes]:
     return data[data.rindex(b")") + 2:].split()  # the name may hold spaces and ')'
 
 
+def _cpu_ticks(fields: list[bytes]) -> int:
+    """utime + stime + cutime + cstime: a process's CPU and that of the children it
+    reaped, so a tree's total only grows while its members reap each other."""
+    return int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of a process's children (every thread's), [] if it is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+        return [int(c) for tid in tids
+                for c in _read_file(f"/proc/{pid}/task/{tid}/children").split()]
+    except OSError:
+        return []
+
+
+def _tree_stats(pid: int, leader: list[bytes]) -> list[tuple[int, list[bytes]]]:
+    """(pid, stat fields) of the leader (given) and of each live descendant."""
+    stats, pending = [(pid, leader)], _children(pid)
+    while pending:
+        child = pending.pop()
+        try:
+            fields = _stat_fields(child)
+        except (ProcessGone, ProcessDenied):
+            continue   # gone meanwhile, or not ours to read: left out
+        if fields[0] != b"Z":
+            stats.append((child, fields))
+        pending.extend(_children(child))
+    return stats
+
+
 def _io_bytes(pid: int) -> tuple[int, int]:
     """(read_bytes, write_bytes) from /proc/<pid>/io; (0, 0) where the OS refuses."""
     try:
@@ -180,19 +215,32 @@ def _open_fds(pid: int) -> int:
 
 
 def _read_process(proc: Watched, now_ms: int) -> DataPoint:
-    """Sample one process. ProcessGone and ProcessDenied of the core figures
-    propagate; optional figures (io, fds) the OS refuses count as 0."""
-    fields = _stat_fields(proc.pid)
-    if fields[0] == b"Z" or fields[19] != proc.start_ticks:  # exited, or pid reused
+    """Sample an agent's whole process tree: the figures of the leader and its
+    descendants summed, cpu since the previous sample, and the process count.
+    ProcessGone and ProcessDenied of the leader's core figures propagate; a
+    descendant gone meanwhile is left out; optional figures refused count as 0."""
+    leader = _stat_fields(proc.pid)
+    if leader[0] == b"Z" or leader[19] != proc.start_ticks:  # exited, or pid reused
         raise ProcessGone(proc.pid)
+    tree = _tree_stats(proc.pid, leader)
     now = time.monotonic()
-    ticks = int(fields[11]) + int(fields[12])
+    ticks = sum(_cpu_ticks(fields) for _, fields in tree)
     elapsed = now - proc.read_at
     cpu = 100.0 * (ticks - proc.cpu_ticks) / _TICKS / elapsed if elapsed > 0 else 0.0
     proc.cpu_ticks, proc.read_at = ticks, now
-    read, write = _io_bytes(proc.pid)
-    return DataPoint(now_ms, max(cpu, 0.0), int(fields[21]) * _PAGE, int(fields[20]), read,
-                     write, _clamp_i32(_open_fds(proc.pid)), _clamp_i32(int(fields[17])))
+    rss = vms = read = write = fds = threads = 0
+    for pid, fields in tree:
+        try:
+            r, w = _io_bytes(pid)
+        except ProcessGone:
+            if pid == proc.pid:
+                raise
+            r = w = 0   # a descendant gone meanwhile
+        rss, vms = rss + int(fields[21]) * _PAGE, vms + int(fields[20])
+        read, write, threads = read + r, write + w, threads + int(fields[17])
+        fds += _open_fds(pid)
+    return DataPoint(now_ms, max(cpu, 0.0), rss, vms, read, write, _clamp_i32(fds),
+                     _clamp_i32(threads), min(len(tree), 2**15 - 1))
 
 
 class Sampler:
@@ -210,7 +258,10 @@ class Sampler:
         self._capacity = ring_capacity(interval, horizon)
         self._lock = threading.Lock()                  # guards _rings and _procs
         self._rings: dict[str, Ring] = {}              # agent id -> history
-        self._procs: dict[str, Watched] = {}           # agent id -> watched process
+        self._procs: dict[str, Watched] = {}           # agent id -> watched leader process
+        # Called with (agent id, pid, whole-tree sample) after each sweep, outside the
+        # lock, in this thread: the resource limits' check (fleet.daemon.health).
+        self.on_sample: Optional[Callable[[str, int, DataPoint], None]] = None
         # The first sweep runs at once, then one every interval.
         self._periodic = Periodic("fleet-metrics", interval, lambda: self.sample_once(),
                                   first_delay=0.0)
@@ -274,6 +325,12 @@ class Sampler:
                 if self._procs.get(agent_id) is proc:
                     self._rings[agent_id].append(point)
                     stored += 1
+        hook = self.on_sample
+        for agent_id, proc, point in samples if hook is not None else ():
+            try:
+                hook(agent_id, proc.pid, point)
+            except Exception:  # noqa: BLE001 - a limit check's failure must not stop sampling
+                log.exception("agent %s: limit check failed", agent_id)
         return stored
 
     def _sample(self, agent_id: str, proc: Watched, now_ms: int) -> DataPoint | None:

@@ -22,7 +22,8 @@ from fleet.config import AgentConfig
 from fleet.daemon.procops import SIGKILL, Child, Exit, ProcOps, SignalDenied, SpawnError
 from fleet.daemon.statedir import AgentRecord
 from fleet.errors import Conflict
-from fleet.states import RUNNING_STATES, STOPPED_STATES, State, check_transition, health
+from fleet.states import (RUNNING_STATES, STOPPED_STATES, UNHEALTHY_STATES, State,
+                          check_transition, health)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Snapshot:
     last_error: str
     changed_at: int
     config_changed: bool
+    health_message: str = ""   # why it is not healthy, in words; "" when healthy
 
 
 class Program:
@@ -93,6 +95,11 @@ class Program:
         self._env: dict[str, str] | None = None    # the agents' environment, built once
         self.dirty = False                # changed since the runner last published
         self.events: list[PendingEvent] = []   # made since the runner last published
+        # Of the current process (reset at each spawn), set by fleet.daemon.health:
+        self.probe_health = "unknown"     # the probe's verdict: healthy | unhealthy | unknown
+        self.probe_message = ""           # why the probe says it is not healthy
+        self.limit_message = ""           # a resource limit held too long ("" when within)
+        self.restart_cause = ""           # STOPPING for a restart (health, limit): start after
 
     # ---- the one state changer ----
 
@@ -150,6 +157,7 @@ class Program:
         the runner, which can read the state record, may settle that. Conflict
         if the group may not be signalled (EPERM): it is not gone.
         """
+        self.restart_cause = ""  # a stop wins over a pending health or limit restart
         if self.state in STOPPED_STATES or self.state in (State.STOPPING, State.UNKNOWN):
             return
         if self.state in (State.BACKOFF, State.UNSPECIFIED) or self.child is None:
@@ -220,6 +228,7 @@ class Program:
         self.child = child
         self.start_time = self.ops.wall_ms()
         self.spawned_at = now
+        self.probe_health, self.probe_message, self.limit_message = "unknown", "", ""
         self.running_hash = self.config_hash
         if self.spawns and counts:
             self.restart_count += 1
@@ -287,7 +296,13 @@ class Program:
         if child is not None:
             self.signal_group(child.pgid, SIGKILL)  # leave no stray group member
         pid = child.pid if child else 0
-        if self.state is State.STOPPING:
+        if self.state is State.STOPPING and self.restart_cause:
+            cause, self.restart_cause = self.restart_cause, ""
+            self.change_state(State.STOPPED, now, f"exited with {status.describe()}",
+                              exit_status=status, pid=pid)
+            self.failures = 0  # as after a crash of a RUNNING process: restart at once
+            self.spawn(now, f"restart requested (cause={cause})")
+        elif self.state is State.STOPPING:
             self.change_state(State.STOPPED, now, f"exited with {status.describe()}",
                               exit_status=status, pid=pid)
         elif self.state is State.STARTING:
@@ -342,17 +357,70 @@ class Program:
                 return deadline
         return None
 
+    # ---- health (fleet.daemon.health decides; these record) ----
+
+    def set_probe(self, pid: int, verdict: str, message: str) -> None:
+        """The probe's verdict on process `pid` (ignored once another process runs)."""
+        if self.child is None or self.child.pid != pid:
+            return
+        if (verdict, message) != (self.probe_health, self.probe_message):
+            self.probe_health, self.probe_message = verdict, message
+            self.dirty = True
+
+    def set_limit(self, pid: int, message: str) -> None:
+        """A limit held too long by process `pid` ("" once back within its limits)."""
+        if self.child is None or self.child.pid != pid or message == self.limit_message:
+            return
+        self.limit_message = message
+        self.dirty = True
+
+    def restart_for(self, cause: str, why: str, now: float) -> bool:
+        """Restart a RUNNING agent for `cause` (health, limit): stop it now, start
+        it when its group has exited. False, doing nothing, in any other state.
+
+        Like a crash of a RUNNING process it restarts at once (counted in
+        restart_count); a probe or a limit acts only on a process up past its
+        grace or `for`, so it never restarts faster than a crash would.
+        """
+        if self.state is not State.RUNNING or self.child is None:
+            return False
+        self.note_event("restart", f"cause={cause}: {why}", self.child.pid)
+        self.stop(now, f"restart (cause={cause}): {why}")
+        self.restart_cause = cause if self.state is State.STOPPING else ""
+        return self.state is State.STOPPING
+
+    def health_now(self) -> tuple[str, str]:
+        """(health, health_message): the probe's and limits' verdict on a live
+        process, else the state's (DESIGN.md "Health, limits and events")."""
+        alive = self.state in (State.STARTING, State.RUNNING) and self.child is not None
+        if alive and self.limit_message:
+            return "unhealthy", self.limit_message
+        if alive and self.config.health is not None:
+            if self.probe_health == "unknown":
+                return "unknown", self.probe_message or "no probe result yet"
+            return self.probe_health, self.probe_message
+        verdict = health(self.state)
+        if verdict == "healthy":
+            return verdict, ""
+        if self.state is State.EXITED:
+            return verdict, f"exited with {self.last_exit.describe()}"
+        if self.state in UNHEALTHY_STATES or self.state is State.UNKNOWN:
+            return verdict, f"{self.state.api_name}: {self.last_error}" if self.last_error \
+                else self.state.api_name
+        return verdict, self.state.api_name
+
     # ---- facts ----
 
     def snapshot(self) -> Snapshot:
         alive = self.state in RUNNING_STATES and self.child is not None
         now_ms = self.ops.wall_ms()
+        verdict, message = self.health_now()
         return Snapshot(
             agent_id=self.config.id, type=self.config.type, version=self.config.version,
             state=self.state, pid=self.child.pid if alive else 0,
             start_time=self.start_time, restart_count=self.restart_count,
             last_exit_code=self.last_exit.code, last_exit_signal=self.last_exit.signal,
-            health=health(self.state), last_heartbeat=now_ms if alive else 0,
+            health=verdict, health_message=message, last_heartbeat=now_ms if alive else 0,
             next_retry_time=self.retry_wall_ms if self.state is State.BACKOFF else 0,
             last_error=self.last_error, changed_at=self.changed_at,
             config_changed=alive and self.running_hash != self.config_hash)

@@ -98,10 +98,35 @@ class Runner:
                 self._locked(lambda p, now: self._start(p, now, operation == "restart", why))
             return self.snapshot()
 
-    def restart_for(self, cause: str, detail: str = "") -> Snapshot:
-        """Restart through the state machine for `cause` (health, limit, policy): the
-        `restart` event names it. Blocks while the agent stops (up to its stop_timeout)."""
-        return self.operate("restart", cause, detail)
+    def restart_for(self, cause: str, why: str) -> bool:
+        """Restart a RUNNING agent for `cause` ("health", "limit") through the state
+        machine, without waiting: the stop signal now, the start when the group has
+        exited (counted in restart_count). False, doing nothing, when the agent is
+        not RUNNING, an operation on it is in progress, or the daemon shuts down.
+        Never blocks: probes and the sampler call it from their threads.
+        """
+        if not self.ops_lock.acquire(blocking=False):
+            return False  # an operator's operation decides the agent's fate now
+        try:
+            if self.refuse_operations:
+                return False
+            done = []
+            try:
+                self._locked(lambda p, now: done.append(p.restart_for(cause, why, now)))
+            except Conflict as exc:
+                log.error("%s: restart (cause %s) failed: %s", self.program.config.id,
+                          cause, exc.message)
+                return False
+            return bool(done and done[0])
+        finally:
+            self.ops_lock.release()
+
+    def record_health(self, action: Callable[[Program], None]) -> None:
+        """Apply a health or limit verdict (`action(program)` under the lock) and
+        publish what it changed."""
+        with self.program.lock:
+            action(self.program)
+        self._publish()
 
     def _start(self, program: Program, now: float, restart: bool, why: str) -> None:
         if self.refuse_operations:  # shutdown began while this operation was stopping

@@ -69,9 +69,10 @@ class AgentService:
 
     # ---- agents ----
 
-    def list_agents(self, node_id: str) -> list[dict]:
-        """The node's agents as last stored; NotFound for an unknown node."""
-        return self._nodes.list_agents(_node_id(node_id))
+    def list_agents(self, node_id: str, health: Optional[str] = None) -> list[dict]:
+        """The node's agents as last stored, optionally only those of `health`;
+        NotFound for an unknown node, InvalidArgument for an unknown health."""
+        return self._nodes.list_agents(_node_id(node_id), health or None)
 
     def sync(self, node_id: str, actor: str = "") -> list[dict]:
         """Pull the daemon's ListAgents, store them as the node's agents, return them (audited)."""

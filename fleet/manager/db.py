@@ -301,12 +301,18 @@ def _migration_4(db: peewee.Database, backend: Backend) -> None:
         db.execute_sql(statement)
 
 
+def _migration_5(db: peewee.Database, backend: Backend) -> None:
+    """Every agent carries health_message: why it is not healthy, in words."""
+    db.execute_sql("ALTER TABLE agent ADD COLUMN health_message TEXT NOT NULL DEFAULT ''")
+
+
 # (version, function): append only; a released migration never changes.
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
+    (5, _migration_5),
 )
 
 

@@ -105,7 +105,7 @@ class _Routes:
         return {"node_id": node_id, "deleted": True}
 
     def list_agents(self, node_id):
-        return {"agents": self._service.list_agents(node_id)}
+        return {"agents": self._service.list_agents(node_id, _query("health") or None)}
 
     def sync(self, node_id):
         return {"agents": self._service.sync(node_id, actor=_actor())}

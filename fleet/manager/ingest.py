@@ -33,7 +33,7 @@ MAX_TEXT = 1024                 # characters of a state's type or version
 REPORT_COLUMNS = ("node_id", "agent_id", "type", "version", "status", "pid", "start_time",
                   "restart_count", "last_exit_code", "last_exit_signal", "health",
                   "last_heartbeat", "boot_id", "seq", "last_sync_time", "last_error",
-                  "next_retry_time", "changed_at", "config_changed")
+                  "next_retry_time", "changed_at", "config_changed", "health_message")
 MAX_ERROR = 4096                # characters of a last_error kept
 # Only a row whose stored (boot_id, seq) is not newer than the incoming one changes.
 NOT_NEWER = ("agent.boot_id < excluded.boot_id OR "
@@ -173,7 +173,8 @@ def agent_row(node_id: str, s, boot_id: int, seq: int, received: int) -> tuple:
             s.restart_count, s.last_exit_code, s.last_exit_signal, s.health or "unknown",
             s.last_heartbeat or None, boot_id, seq, received,
             s.last_error[:MAX_ERROR].replace("\x00", "\ufffd"), s.next_retry_time or None,
-            s.changed_at or None, bool(s.config_changed))
+            s.changed_at or None, bool(s.config_changed),
+            s.health_message[:MAX_ERROR].replace("\x00", "\ufffd"))
 
 
 def state_fault(s) -> Optional[str]:
@@ -182,7 +183,7 @@ def state_fault(s) -> Optional[str]:
     Besides the wire's rules (agent_id, a known status, pid >= 0), its
     next_retry_time and changed_at are not negative, its type and version storable on every backend (no NUL,
     bounded) and its health one of the API's values ("" is unset: stored as
-    "unknown"). A last_error is stored cut to MAX_ERROR, NUL replaced: a long
+    "unknown"). A last_error or health_message is stored cut to MAX_ERROR, NUL replaced: a long
     message never costs the state.
     """
     if not valid_agent_id(s.agent_id):

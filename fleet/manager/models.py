@@ -84,6 +84,7 @@ class Agent(BaseModel):
     next_retry_time = peewee.BigIntegerField(null=True)
     changed_at = peewee.BigIntegerField(null=True)       # the daemon's time of the last change
     config_changed = peewee.BooleanField(default=False)  # config differs from the process's
+    health_message = peewee.TextField(default="")        # why it is not healthy, in words
     last_heartbeat = peewee.BigIntegerField(null=True)
     boot_id = peewee.BigIntegerField(default=0)    # (boot_id, seq) of the report that wrote it
     seq = peewee.BigIntegerField(default=0)

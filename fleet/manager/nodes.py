@@ -31,8 +31,8 @@ MAX_KEEP_IDS = 10000   # a pull naming more agents than this skips its delete st
 NODE_FACTS = ("hostname", "ip", "advertise_address", "os", "arch", "labels", "daemon_version")
 AGENT_FIELDS = ("node_id", "agent_id", "type", "version", "status", "pid", "start_time",
                 "restart_count", "last_exit_code", "last_exit_signal", "last_error",
-                "next_retry_time", "health", "changed_at", "config_changed", "last_heartbeat",
-                "last_sync_time")
+                "next_retry_time", "health", "health_message", "changed_at", "config_changed",
+                "last_heartbeat", "last_sync_time")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,9 +163,16 @@ class NodeStore:
     # ---- agents ----
 
     @storage_faults
-    def list_agents(self, node_id: str) -> list[dict]:
-        """The stored agents of a node by agent_id; NotFound for an unknown node."""
-        query = Agent.select().where(Agent.node_id == node_id).order_by(Agent.agent_id)
+    def list_agents(self, node_id: str, health: Optional[str] = None) -> list[dict]:
+        """The stored agents of a node by agent_id, optionally only those of `health`;
+        NotFound for an unknown node, InvalidArgument for an unknown health."""
+        where = Agent.node_id == node_id
+        if health:
+            if health not in HEALTHS:
+                raise errors.InvalidArgument(
+                    f"health must be one of {', '.join(HEALTHS)}, not {health!r}")
+            where &= Agent.health == health
+        query = Agent.select().where(where).order_by(Agent.agent_id)
         with self._db.connection_context():     # one connection for both reads
             self._node_row(node_id)
             return [agent_dict(row) for row in query.execute(self._db)]

@@ -68,6 +68,8 @@ def schemas() -> dict:
         "last_exit_signal": {**_INT, "description": "0: none"}, "last_error": _STR,
         "next_retry_time": {**_TIME, "description": "Unix ms when a BACKOFF agent starts again; null when unset"},
         "health": {"type": "string", "enum": ["healthy", "unhealthy", "unknown"]},
+        "health_message": {**_STR, "description": "why it is not healthy, in words; "
+                           "empty when healthy"},
         "changed_at": {**_TIME, "description": "Unix ms of the daemon's last state change; null when unknown"},
         "config_changed": {"type": "boolean",
                            "description": "its config differs from the running process's"},
@@ -134,6 +136,9 @@ def parameters() -> dict:
                     "schema": {"type": "string", "pattern": AGENT_ID_PATTERN}},
         "Status": query("status", {"type": "string", "enum": ["", "online", "offline"]},
                         "Only nodes in this status (empty: every node)"),
+        "Health": query("health", {"type": "string",
+                                   "enum": ["", "healthy", "unhealthy", "unknown"]},
+                        "Only agents of this health (empty: every agent)"),
         "Label": {**query("label", {"type": "array", "items": {"type": "string",
                                                                  "pattern": "^[^=]+=.*$"}},
                           "Only nodes with this label, KEY=VALUE; repeat to require several"),
@@ -215,7 +220,8 @@ def paths() -> dict:
             "delete": _op("deleteNode", "Remove an offline node and its agents", "Deleted",
                           "404 409", node)},
         "/api/v1/nodes/{node_id}/agents": {"get": _op(
-            "listAgents", "The node's agents as last stored", "AgentList", "404", node)},
+            "listAgents", "The node's agents as last stored", "AgentList", "400 404",
+            node + ("Health",))},
         "/api/v1/nodes/{node_id}/agents/sync": {"post": _op(
             "syncAgents", "Pull the agents from the daemon and store them", "AgentList",
             daemon, node)},

@@ -29,7 +29,7 @@ AGENT_STATUS_FATAL: AgentStatus
 AGENT_STATUS_UNKNOWN: AgentStatus
 
 class AgentState(_message.Message):
-    __slots__ = ("agent_id", "type", "version", "status", "pid", "start_time", "restart_count", "last_exit_code", "last_exit_signal", "health", "last_heartbeat", "next_retry_time", "last_error", "changed_at", "config_changed")
+    __slots__ = ("agent_id", "type", "version", "status", "pid", "start_time", "restart_count", "last_exit_code", "last_exit_signal", "health", "last_heartbeat", "next_retry_time", "last_error", "changed_at", "config_changed", "health_message")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class AgentState(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     type: str
     version: str
@@ -60,10 +61,11 @@ class AgentState(_message.Message):
     last_error: str
     changed_at: int
     config_changed: bool
-    def __init__(self, agent_id: _Optional[str] = ..., type: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., last_exit_signal: _Optional[int] = ..., health: _Optional[str] = ..., last_heartbeat: _Optional[int] = ..., next_retry_time: _Optional[int] = ..., last_error: _Optional[str] = ..., changed_at: _Optional[int] = ..., config_changed: _Optional[bool] = ...) -> None: ...
+    health_message: str
+    def __init__(self, agent_id: _Optional[str] = ..., type: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., last_exit_signal: _Optional[int] = ..., health: _Optional[str] = ..., last_heartbeat: _Optional[int] = ..., next_retry_time: _Optional[int] = ..., last_error: _Optional[str] = ..., changed_at: _Optional[int] = ..., config_changed: _Optional[bool] = ..., health_message: _Optional[str] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("agent_id", "type", "version", "status", "pid", "start_time", "restart_count", "last_exit_code", "last_exit_signal", "health", "last_heartbeat", "next_retry_time", "last_error", "changed_at", "config_changed")
+    __slots__ = ("agent_id", "type", "version", "status", "pid", "start_time", "restart_count", "last_exit_code", "last_exit_signal", "health", "last_heartbeat", "next_retry_time", "last_error", "changed_at", "config_changed", "health_message")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +81,7 @@ class AgentInfo(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     type: str
     version: str
@@ -94,7 +97,8 @@ class AgentInfo(_message.Message):
     last_error: str
     changed_at: int
     config_changed: bool
-    def __init__(self, agent_id: _Optional[str] = ..., type: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., last_exit_signal: _Optional[int] = ..., health: _Optional[str] = ..., last_heartbeat: _Optional[int] = ..., next_retry_time: _Optional[int] = ..., last_error: _Optional[str] = ..., changed_at: _Optional[int] = ..., config_changed: _Optional[bool] = ...) -> None: ...
+    health_message: str
+    def __init__(self, agent_id: _Optional[str] = ..., type: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., last_exit_signal: _Optional[int] = ..., health: _Optional[str] = ..., last_heartbeat: _Optional[int] = ..., next_retry_time: _Optional[int] = ..., last_error: _Optional[str] = ..., changed_at: _Optional[int] = ..., config_changed: _Optional[bool] = ..., health_message: _Optional[str] = ...) -> None: ...
 
 class ResourceDataPoint(_message.Message):
     __slots__ = ("timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "threads")
