@@ -6,6 +6,7 @@ Layout:
   boot_id               a counter, +1 at each daemon start
   agents/<id>.json      pid, create time, pgid, config hash, restart count
   logs/<id>.log         the agents' stdout and stderr
+  metrics/<id>.metrics  the agents' metrics history (fleet/daemon/history.py)
 Every write is atomic (write a temp file, then rename). Agent ids are checked
 against the id rule before they become a path, so none escapes the directory.
 """
@@ -59,6 +60,7 @@ class StateDir:
         self.path = os.path.abspath(path)
         self.agents_dir = os.path.join(self.path, "agents")
         self.logs_dir = os.path.join(self.path, "logs")
+        self.metrics_dir = os.path.join(self.path, "metrics")
         self._lock_fd = -1
 
     def open(self) -> None:
