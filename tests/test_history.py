@@ -44,7 +44,7 @@ def test_minute_holds_mean_and_max():
     assert (p.timestamp, p.resolution_seconds) == (T0, 60.0)
     assert (p.cpu, p.cpu_max) == (30.0, 50.0)
     assert (p.memory_rss, p.memory_rss_max) == (2000 * 4096, 3000 * 4096)
-    assert p.memory_vms == 2 * 2000 * 4096
+    assert p.memory_vms == 0  # not kept per minute
     assert (p.disk_read_rate, p.disk_write_rate) == (100.0, 10.0)
     assert (p.open_files, p.threads, p.process_count) == (9, 4, 3)
     assert (p.disk_read_bytes, p.disk_write_bytes) == (0, 0)

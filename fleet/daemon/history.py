@@ -68,6 +68,7 @@ class HistoryFiles:
 
     def write(self, agent_id: str, saved: Saved) -> bool:
         try:
+            os.makedirs(self.folder, mode=0o750, exist_ok=True)
             write_atomic(self.path(agent_id), encode(saved))
             return True
         except OSError as exc:
@@ -98,14 +99,15 @@ def decode(data: bytes, sample_codes: tuple[str, ...], minute_codes: tuple[str, 
     """Parse a file's bytes; BadHistory unless it is whole and of the expected layout."""
     if len(data) < _HEADER.size + 1 + _CRC.size:
         raise BadHistory(f"too short ({len(data)} bytes)")
-    body, (crc,) = data[:-_CRC.size], _CRC.unpack(data[-_CRC.size:])
+    view = memoryview(data)   # slices of a view copy nothing: a restore allocates little
+    body, (crc,) = view[:-_CRC.size], _CRC.unpack(view[-_CRC.size:])
     if zlib.crc32(body) != crc:
         raise BadHistory("checksum mismatch (truncated or corrupt)")
     magic, version, big, interval, head, count, slots = _HEADER.unpack_from(body)
     if magic != MAGIC or version != VERSION:
         raise BadHistory(f"not a version {VERSION} history file")
     offset = _HEADER.size
-    layout = body[offset + 1:offset + 1 + body[offset]]
+    layout = bytes(body[offset + 1:offset + 1 + body[offset]])
     if layout != _layout_of(sample_codes, minute_codes):
         raise BadHistory(f"column layout {layout!r} is not this daemon's")
     offset += 1 + len(layout)

@@ -5,7 +5,7 @@ with psutil and appends the figures to that agent's ``Ring`` and folds them into
 its ``MinuteRing`` (fleet/daemon/rollups.py). A ring is preallocated: a column
 of numbers per figure (``array.array``), not a list of objects, so a sample
 costs 64 bytes and 50 agents hold an hour at 10 s in 50 * 362 * 64 B = 1.10 MiB,
-plus 2.40 MiB for a day of minutes. With a history directory the rings are saved
+plus 1.85 MiB for a day of minutes. With a history directory the rings are saved
 there (fleet/daemon/history.py) every ``save_interval`` and at stop, and
 restored at start, so history outlives the daemon.
 """

@@ -1,8 +1,10 @@
 """One-minute rollups of an agent's samples: 24 hours in a preallocated ring.
 
 A ``MinuteRing`` has one slot per minute of the day (1440), stored column-wise
-like the sampler's ``Ring``: a minute costs 35 bytes, so 50 agents hold 24 hours
-in 50 * 1440 * 35 B = 2.40 MiB. Slot ``m % 1440`` holds Unix minute ``m``; the
+like the sampler's ``Ring``: a minute costs 27 bytes, so 50 agents hold 24 hours
+in 50 * 1440 * 27 B = 1.85 MiB. To stay that small a minute keeps cpu in tenths of
+a percent (up to 6553.5 %), and no memory_vms nor cumulative disk counters (a
+minute's point carries 0 there; its disk I/O is in the rates). Slot ``m % 1440`` holds Unix minute ``m``; the
 ring remembers its newest minute (``head``), so a slot needs no timestamp, and a
 slot whose sample count is 0 is empty.
 
@@ -21,24 +23,26 @@ MINUTE_MS = 60_000
 DAY_MINUTES = 1440
 MINUTE_SECONDS = 60.0
 
-# count, cpu mean, cpu max, rss mean, rss max, vms mean, read rate, write rate (means),
-# open files, threads, process count (maxima). float32 keeps byte figures to about 7
-# significant digits (a page-multiple rss exactly up to 64 GiB) in half of an int64.
-MINUTE_COLUMNS = ("B", "f", "f", "f", "f", "f", "f", "f", "H", "H", "H")
-_COUNT, _CPU, _CPU_MAX, _RSS, _RSS_MAX, _VMS, _READ, _WRITE, _FDS, _THREADS, _PROCS = range(11)
+# count, cpu mean, cpu max (tenths of a percent), rss mean, rss max, read rate, write
+# rate (means), open files, threads, process count (maxima). float32 keeps byte
+# figures to about 7 significant digits (a page-multiple rss exactly up to 64 GiB)
+# in half of an int64.
+MINUTE_COLUMNS = ("B", "H", "H", "f", "f", "f", "f", "H", "H", "H")
+_COUNT, _CPU, _CPU_MAX, _RSS, _RSS_MAX, _READ, _WRITE, _FDS, _THREADS, _PROCS = range(10)
 _MAX_COUNT, _MAX_SMALL = 255, 65535
+_CPU_SCALE = 10   # stored cpu = percent * 10
 
 
 class _Minute:
     """The running sums and maxima of the minute being filled."""
 
-    __slots__ = ("minute", "n", "cpu", "cpu_max", "rss", "rss_max", "vms", "read", "write",
+    __slots__ = ("minute", "n", "cpu", "cpu_max", "rss", "rss_max", "read", "write",
                  "fds", "threads", "procs")
 
     def __init__(self, minute: int) -> None:
         self.minute = minute      # Unix minute (timestamp // 60000)
         self.n = 0                # samples summed
-        self.cpu = self.rss = self.vms = self.read = self.write = 0.0   # sums
+        self.cpu = self.rss = self.read = self.write = 0.0              # sums
         self.cpu_max = self.rss_max = 0.0
         self.fds = self.threads = self.procs = 0                        # maxima
 
@@ -46,7 +50,6 @@ class _Minute:
         self.n += 1
         self.cpu += p.cpu
         self.rss += p.memory_rss
-        self.vms += p.memory_vms
         self.read += p.disk_read_rate
         self.write += p.disk_write_rate
         self.cpu_max = max(self.cpu_max, p.cpu)
@@ -106,17 +109,18 @@ class MinuteRing:
         if n:
             c = self._cols
             acc.n = n
-            acc.cpu, acc.rss, acc.vms = c[_CPU][i] * n, c[_RSS][i] * n, c[_VMS][i] * n
+            acc.cpu, acc.cpu_max = c[_CPU][i] / _CPU_SCALE * n, c[_CPU_MAX][i] / _CPU_SCALE
+            acc.rss, acc.rss_max = c[_RSS][i] * n, c[_RSS_MAX][i]
             acc.read, acc.write = c[_READ][i] * n, c[_WRITE][i] * n
-            acc.cpu_max, acc.rss_max = c[_CPU_MAX][i], c[_RSS_MAX][i]
             acc.fds, acc.threads, acc.procs = c[_FDS][i], c[_THREADS][i], c[_PROCS][i]
         return acc
 
     def _store(self, acc: _Minute) -> None:
         i, n, c = acc.minute % self.slots, acc.n, self._cols
         c[_COUNT][i] = min(n, _MAX_COUNT)
-        c[_CPU][i], c[_CPU_MAX][i] = acc.cpu / n, acc.cpu_max
-        c[_RSS][i], c[_RSS_MAX][i], c[_VMS][i] = acc.rss / n, acc.rss_max, acc.vms / n
+        c[_CPU][i] = _tenths(acc.cpu / n)
+        c[_CPU_MAX][i] = _tenths(acc.cpu_max)
+        c[_RSS][i], c[_RSS_MAX][i] = acc.rss / n, acc.rss_max
         c[_READ][i], c[_WRITE][i] = acc.read / n, acc.write / n
         c[_FDS][i] = min(acc.fds, _MAX_SMALL)
         c[_THREADS][i] = min(acc.threads, _MAX_SMALL)
@@ -139,12 +143,12 @@ class MinuteRing:
     def _fields(self, minute: int, i: int) -> dict:
         c = self._cols
         return dict(
-            timestamp=minute * MINUTE_MS, cpu=round(c[_CPU][i], 2),
-            memory_rss=round(c[_RSS][i]), memory_vms=round(c[_VMS][i]),
-            disk_read_bytes=0, disk_write_bytes=0,  # a counter has no mean: see the rates
+            timestamp=minute * MINUTE_MS, cpu=c[_CPU][i] / _CPU_SCALE,
+            memory_rss=round(c[_RSS][i]), memory_vms=0,  # not kept: see the module's doc
+            disk_read_bytes=0, disk_write_bytes=0,       # a counter has no mean: see the rates
             open_files=c[_FDS][i], threads=c[_THREADS][i], process_count=c[_PROCS][i],
             disk_read_rate=round(c[_READ][i], 1), disk_write_rate=round(c[_WRITE][i], 1),
-            cpu_max=round(c[_CPU_MAX][i], 2), memory_rss_max=round(c[_RSS_MAX][i]),
+            cpu_max=c[_CPU_MAX][i] / _CPU_SCALE, memory_rss_max=round(c[_RSS_MAX][i]),
             resolution_seconds=MINUTE_SECONDS)
 
     def export(self) -> tuple[int, list[array.array]]:
@@ -159,3 +163,7 @@ class MinuteRing:
             mine[:] = saved
         self.head = None if head < 0 else head
         self._open = None
+
+
+def _tenths(percent: float) -> int:
+    return min(round(percent * _CPU_SCALE), _MAX_SMALL)
