@@ -7,7 +7,7 @@ import pytest
 
 from fleet.daemon import history, metrics
 from fleet.daemon.metrics import DataPoint, Sampler, with_rates
-from fleet.daemon.rollups import MINUTE_MS, MinuteRing
+from fleet.daemon.rollups import MINUTE_COLUMNS, MINUTE_MS, MinuteRing
 from fleet.v1 import fleet_pb2 as pb
 from tests.daemon_harness import agent, running_daemon
 from tests.helpers import wait_for
@@ -107,14 +107,17 @@ def test_rates_are_bytes_per_second_between_samples():
 
 
 def test_sampler_rates_follow_the_watched_process(monkeypatch):
-    """The sampler stores rates between its samples of one process; a new pid starts over."""
+    """The sampler stores rates between its samples of one process, across a change
+    published again for it; a new pid starts over."""
     monkeypatch.setattr(metrics, "_read_process",
                         fed([(0, 0), (10_000, 2_000), (30_000, 2_000), (50, 0)]))
     sampler = Sampler(interval=10)
     sampler.watch("me", os.getpid())
-    for t in (0, 10_000, 20_000):
+    for t in (0, 10_000):
         sampler.sample_once(now_ms=T0 + t)
-    sampler.watch("me", os.getpid())  # the agent restarted: its counters begin again
+    sampler.watch("me", os.getpid())  # STARTING -> RUNNING: the same process again
+    sampler.sample_once(now_ms=T0 + 20_000)
+    sampler.watch("me", os.getppid())  # the agent restarted: its counters begin again
     sampler.sample_once(now_ms=T0 + 30_000)
     got = sampler.points("me", 60, now_ms=T0 + 30_000)
     assert [(p.disk_read_rate, p.disk_write_rate) for p in got] == \
@@ -179,9 +182,10 @@ def test_saved_history_is_restored_whole(tmp_path, monkeypatch):
     assert len(again.points("a", 86400, now_ms=T0 + 2 * 3_600_000)) == 20  # minutes
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "layout"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "layout", "slots"])
 def test_bad_history_file_is_ignored_with_a_warning(tmp_path, monkeypatch, caplog, damage):
-    """A truncated, corrupt, empty or foreign-layout file is logged and ignored, not fatal."""
+    """A truncated, corrupt, empty, foreign-layout or foreign-size file is logged and
+    ignored, not fatal."""
     saved_sampler(tmp_path, monkeypatch)
     path = tmp_path / "a.metrics"
     data = path.read_bytes()
@@ -191,12 +195,15 @@ def test_bad_history_file_is_ignored_with_a_warning(tmp_path, monkeypatch, caplo
         data = data[:500] + bytes([data[500] ^ 0xFF]) + data[501:]
     elif damage == "empty":
         data = b""
+    elif damage == "slots":  # whole and checksummed, but a ring of 10 minutes
+        saved = history.decode(data, metrics._COLUMNS, MINUTE_COLUMNS)
+        data = history.encode(saved._replace(minutes=[c[:10] for c in saved.minutes]))
     else:
         cols = [metrics.array.array("d", [1.0])]
         data = history.encode(history.Saved(10.0, cols, -1, cols))
     path.write_bytes(data)
     again = Sampler(interval=10, history_dir=str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="fleet.daemon.history"):
+    with caplog.at_level(logging.WARNING):
         again.restore(["a"])
     assert again.points("a", 86400, now_ms=T0 + 1_200_000) == []
     assert "agent a: ignoring metrics history" in caplog.text

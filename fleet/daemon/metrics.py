@@ -250,10 +250,13 @@ class Sampler:
         self._periodic = Periodic("fleet-metrics", interval, self._tick, first_delay=0.0)
 
     def watch(self, agent_id: str, pid: int) -> None:
-        """Start sampling ``pid`` for ``agent_id`` (replacing any previous pid)."""
+        """Start sampling ``pid`` for ``agent_id`` (replacing any previous pid); the
+        process already watched (a change published again) keeps its baselines."""
         proc = _new_process(agent_id, pid)  # psutil before taking the lock
         with self._lock:
             self._history(agent_id)
+            if proc is not None and self._procs.get(agent_id) == proc:  # pid and create time
+                return
             self._last.pop(agent_id, None)
             if proc is None:
                 self._procs.pop(agent_id, None)
@@ -359,11 +362,21 @@ class Sampler:
                 self._files.delete(agent_id)
                 continue
             saved = self._files.load(agent_id, _COLUMNS, MINUTE_COLUMNS)
-            with self._lock:
-                if saved is not None and not self._history(agent_id).restore(saved):
-                    log.info("agent %s: saved samples were taken every %gs, not %gs; "
-                             "keeping only their one-minute history",
-                             agent_id, saved.interval, self.interval)
+            if saved is not None:
+                self._install(agent_id, saved)
+
+    def _install(self, agent_id: str, saved: history.Saved) -> None:
+        found = AgentHistory(self._capacity, self.interval)
+        try:
+            if not found.restore(saved):
+                log.info("agent %s: saved samples were taken every %gs, not %gs; "
+                         "keeping only their one-minute history",
+                         agent_id, saved.interval, self.interval)
+        except ValueError as exc:  # a well-formed file of another shape
+            log.warning("agent %s: ignoring metrics history: %s", agent_id, exc)
+            return
+        with self._lock:
+            self._histories[agent_id] = found
 
     def save(self) -> int:
         """Write every agent's history to history_dir; return how many were written.
