@@ -78,7 +78,10 @@ class FakeDaemon(fleet_pb2_grpc.DaemonServiceServicer):
         self._agent(request.agent_id, context)
         points = [S.ResourceDataPoint(timestamp=1_700_000_000_000 + n * 10_000, cpu=1.5 * n,
                                       memory_rss=1000 + n, memory_vms=2000 + n, disk_read_bytes=n,
-                                      disk_write_bytes=2 * n, open_files=3, threads=2)
+                                      disk_write_bytes=2 * n, open_files=3, threads=2,
+                                      process_count=2, disk_read_rate=0.5 * n,
+                                      disk_write_rate=1.5, cpu_max=1.5 * n,
+                                      memory_rss_max=1000 + n, resolution_seconds=10)
                   for n in range(min(request.duration_seconds // 10, 360))]
         return S.GetAgentMetricsResponse(data_points=points)
 

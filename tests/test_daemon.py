@@ -124,7 +124,8 @@ def test_operation_errors_carry_the_right_status_codes(tmp_path):
             assert caught.value.code() == code
         for request in (pb.GetAgentLogsRequest(agent_id="a", lines=1001),
                         pb.GetAgentLogsRequest(agent_id="a", lines=-1),
-                        pb.GetAgentMetricsRequest(agent_id="a", duration_seconds=86401)):
+                        pb.GetAgentMetricsRequest(agent_id="a", duration_seconds=86401),
+                        pb.GetAgentMetricsRequest(agent_id="a", duration_seconds=-1)):
             method = stub.GetAgentLogs if isinstance(request, pb.GetAgentLogsRequest) \
                 else stub.GetAgentMetrics
             with pytest.raises(grpc.RpcError) as caught:

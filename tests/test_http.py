@@ -291,12 +291,17 @@ def test_logs_bad_parameters_are_400(manager, query):
 
 
 def test_metrics(manager):
-    """Metrics come back as points with every field; default one hour."""
+    """Metrics come back as points with every field, rates and rollup fields too; default one hour."""
     status, _, payload = call(manager, "GET", A1 + "/metrics?duration=60")
     assert status == 200 and len(payload["points"]) == 6
     assert set(payload["points"][1]) == {"timestamp", "cpu", "memory_rss", "memory_vms",
                                          "disk_read_bytes", "disk_write_bytes", "open_files",
-                                         "threads"}
+                                         "threads", "process_count", "disk_read_rate",
+                                         "disk_write_rate", "cpu_max", "memory_rss_max",
+                                         "resolution_seconds"}
+    assert payload["points"][2]["disk_read_rate"] == 1.0
+    assert payload["points"][2]["process_count"] == 2
+    assert payload["points"][2]["resolution_seconds"] == 10
     _check_schema(payload, "Metrics")
     assert manager.fake.calls[-1][1].duration_seconds == 60
     assert len(call(manager, "GET", A1 + "/metrics")[2]["points"]) == 360

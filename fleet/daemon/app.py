@@ -69,7 +69,8 @@ class Daemon:
         self.node_id = self.statedir.node_id(cfg.node_id)
         self.boot_id = self.statedir.next_boot_id()
         self._logs = LogKeeper(self.statedir.logs_dir)
-        self._sampler = Sampler(cfg.metrics_interval)
+        self._sampler = Sampler(cfg.metrics_interval, history_dir=self.statedir.metrics_dir)
+        self._sampler.restore(agent.id for agent in self.config.agents)
         self.events = EventLog(self.statedir.events_dir)
         self.events.load()
         self.supervisor = Supervisor(self.config.agents, self.statedir, self._logs, self._sampler,

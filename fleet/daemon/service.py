@@ -63,12 +63,10 @@ class DaemonServicer(pb_grpc.DaemonServiceServicer):
         duration = bounded(request.duration_seconds, DEFAULT_DURATION, MAX_DURATION,
                            "duration_seconds")
         points = self.sampler.points(request.agent_id, duration)
+        # DataPoint's fields are ResourceDataPoint's: samples of the last hour, then
+        # one-minute points before them (coarsest last), each oldest first.
         return pb.GetAgentMetricsResponse(data_points=[
-            pb.ResourceDataPoint(
-                timestamp=p.timestamp, cpu=p.cpu, memory_rss=p.memory_rss,
-                memory_vms=p.memory_vms, disk_read_bytes=p.disk_read_bytes,
-                disk_write_bytes=p.disk_write_bytes, open_files=p.open_files,
-                threads=p.threads) for p in points])
+            pb.ResourceDataPoint(**p._asdict()) for p in points])
 
     @translate
     def GetAgentLogs(self, request, context):

@@ -7,6 +7,7 @@ Layout:
   agents/<id>.json      pid, create time, pgid, config hash, restart count
   logs/<id>.log         the agents' stdout and stderr
   events/               the agents' last events (fleet/daemon/events.py)
+  metrics/<id>.metrics  the agents' metrics history (fleet/daemon/history.py)
 Every write is atomic (write a temp file, then rename). Agent ids are checked
 against the id rule before they become a path, so none escapes the directory.
 """
@@ -66,6 +67,7 @@ class StateDir:
         self.agents_dir = os.path.join(self.path, "agents")
         self.logs_dir = os.path.join(self.path, "logs")
         self.events_dir = os.path.join(self.path, "events")
+        self.metrics_dir = os.path.join(self.path, "metrics")
         self._lock_fd = -1
 
     def open(self) -> None:

@@ -29,7 +29,9 @@ DEFAULT_DURATION = 3600
 MAX_GREP = 1024                 # characters; a filter, not a payload
 
 POINT_FIELDS = ("timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes",
-                "disk_write_bytes", "open_files", "threads")
+                "disk_write_bytes", "open_files", "threads", "process_count",
+                "disk_read_rate", "disk_write_rate", "cpu_max", "memory_rss_max",
+                "resolution_seconds")
 
 
 class AgentService:
@@ -119,7 +121,8 @@ class AgentService:
         return {"lines": found, "truncated": truncated}
 
     def metrics(self, node_id: str, agent_id: str, duration: int = DEFAULT_DURATION) -> list[dict]:
-        """The agent's resource samples of the last `duration` seconds, oldest first."""
+        """The agent's resource points of the last `duration` seconds: samples of the
+        last hour, oldest first, then one-minute points before them, oldest first."""
         node_id, agent_id = _node_id(node_id), _agent_id(agent_id)
         duration = _in_range("duration", duration, DURATION_RANGE)
         node = self._node_with_agent(node_id, agent_id)

@@ -74,10 +74,23 @@ def schemas() -> dict:
         "config_changed": {"type": "boolean",
                            "description": "its config differs from the running process's"},
         "last_heartbeat": _TIME, "last_sync_time": _TIME}, "An agent as last stored")
+    num = {"type": "number"}
     point = _obj({
-        "timestamp": _INT, "cpu": {"type": "number", "description": "percent of one core"},
-        "memory_rss": _INT, "memory_vms": _INT, "disk_read_bytes": _INT,
-        "disk_write_bytes": _INT, "open_files": _INT, "threads": _INT})
+        "timestamp": {**_INT, "description": "Unix ms: the sample, or the start of its minute"},
+        "cpu": {**num, "description": "percent of one core (a minute: its mean)"},
+        "memory_rss": _INT, "memory_vms": _INT,
+        "disk_read_bytes": {**_INT, "description": "cumulative; 0 in a one-minute point"},
+        "disk_write_bytes": {**_INT, "description": "cumulative; 0 in a one-minute point"},
+        "open_files": _INT, "threads": _INT,
+        "process_count": {**_INT, "description": "processes summed into the point"},
+        "disk_read_rate": {**num, "description": "bytes/s since the previous sample"},
+        "disk_write_rate": {**num, "description": "bytes/s since the previous sample"},
+        "cpu_max": {**num, "description": "a minute's peak cpu; a sample's own cpu"},
+        "memory_rss_max": {**_INT, "description": "a minute's peak rss; a sample's own rss"},
+        "resolution_seconds": {**num, "description": "metrics_interval for a sample, 60 for "
+                               "a one-minute point (mean and max over that minute; counts "
+                               "are the minute's maximum)"}},
+        "A resource sample, or a one-minute rollup")
     error = _obj({"error": _obj({
         "code": {"type": "string", "enum": sorted({code for code, _ in ERRORS.values()})},
         "message": _STR})})
@@ -92,7 +105,9 @@ def schemas() -> dict:
             "operation": {"type": "string", "enum": ["start", "stop", "restart"]}}},
         "Logs": _obj({"lines": {"type": "array", "items": _STR},
                       "truncated": {"type": "boolean"}}),
-        "Metrics": _obj({"points": {"type": "array", "items": _ref("MetricPoint")}}),
+        "Metrics": _obj({"points": {"type": "array", "items": _ref("MetricPoint"), "description": (
+            "The samples of the last hour (at metrics_interval), oldest first, then "
+            "(coarsest last) one-minute points before them, oldest first")}}),
         "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}),
         "Index": _obj({"name": _STR, "api": _STR, "openapi": _STR}),
         "AuditEntry": _obj({
@@ -148,7 +163,9 @@ def parameters() -> dict:
         "Grep": query("grep", {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00]*$",
                                "default": ""}, "Only lines containing this text (no NUL)"),
         "Duration": query("duration", {"type": "integer", "minimum": 1, "maximum": 86400,
-                                       "default": 3600}, "Seconds of samples, up to now"),
+                                       "default": 3600},
+                          "Seconds of history, up to now: the last hour in samples, "
+                          "older in one-minute points"),
         "AuditNode": query("node", {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN},
                            "Only the entries of this node, deleted nodes included "
                            "(empty: every node)"),

@@ -101,7 +101,7 @@ class AgentInfo(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., type: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., last_exit_signal: _Optional[int] = ..., health: _Optional[str] = ..., last_heartbeat: _Optional[int] = ..., next_retry_time: _Optional[int] = ..., last_error: _Optional[str] = ..., changed_at: _Optional[int] = ..., config_changed: _Optional[bool] = ..., health_message: _Optional[str] = ...) -> None: ...
 
 class ResourceDataPoint(_message.Message):
-    __slots__ = ("timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "threads")
+    __slots__ = ("timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "threads", "process_count", "disk_read_rate", "disk_write_rate", "cpu_max", "memory_rss_max", "resolution_seconds")
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
     MEMORY_RSS_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,12 @@ class ResourceDataPoint(_message.Message):
     DISK_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPEN_FILES_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DISK_READ_RATE_FIELD_NUMBER: _ClassVar[int]
+    DISK_WRITE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CPU_MAX_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_RSS_MAX_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     timestamp: int
     cpu: float
     memory_rss: int
@@ -118,7 +124,13 @@ class ResourceDataPoint(_message.Message):
     disk_write_bytes: int
     open_files: int
     threads: int
-    def __init__(self, timestamp: _Optional[int] = ..., cpu: _Optional[float] = ..., memory_rss: _Optional[int] = ..., memory_vms: _Optional[int] = ..., disk_read_bytes: _Optional[int] = ..., disk_write_bytes: _Optional[int] = ..., open_files: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
+    process_count: int
+    disk_read_rate: float
+    disk_write_rate: float
+    cpu_max: float
+    memory_rss_max: int
+    resolution_seconds: float
+    def __init__(self, timestamp: _Optional[int] = ..., cpu: _Optional[float] = ..., memory_rss: _Optional[int] = ..., memory_vms: _Optional[int] = ..., disk_read_bytes: _Optional[int] = ..., disk_write_bytes: _Optional[int] = ..., open_files: _Optional[int] = ..., threads: _Optional[int] = ..., process_count: _Optional[int] = ..., disk_read_rate: _Optional[float] = ..., disk_write_rate: _Optional[float] = ..., cpu_max: _Optional[float] = ..., memory_rss_max: _Optional[int] = ..., resolution_seconds: _Optional[float] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
     __slots__ = ("node_id", "hostname", "ip", "advertise_address", "os", "arch", "labels", "daemon_version", "boot_id")
