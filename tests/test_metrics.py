@@ -1,6 +1,7 @@
 """Tests of fleet.daemon.metrics: the Ring and the /proc Sampler."""
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -28,7 +29,8 @@ def as_read(p, resolution=0.0):
 
 @pytest.fixture
 def spawn():
-    """Start real child processes; kill and reap them after the test."""
+    """Start real child processes, each leading its own group; kill each whole group
+    (grandchildren too, whatever the test's outcome) and reap them after the test."""
     children = []
 
     def start(code):
@@ -38,8 +40,10 @@ def spawn():
 
     yield start
     for child in children:
-        if child.poll() is None:
-            child.kill()
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         child.wait(timeout=10)
 
 
