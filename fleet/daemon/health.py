@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import heapq
-import http.client
 import itertools
 import logging
 import os
@@ -64,6 +63,9 @@ class Result(NamedTuple):
 
 def probe_http(url: str, timeout: float) -> Result:
     """GET url: passes on 2xx/3xx within timeout."""
+    # Imported here: http.client brings ssl and email (0.7 MiB of RSS) that a daemon
+    # without http probes would carry for nothing.
+    import http.client  # pylint: disable=import-outside-toplevel
     parts = urllib.parse.urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     start = time.monotonic()
