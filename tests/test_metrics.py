@@ -269,10 +269,12 @@ def test_access_denied_optional_figures_are_zero(monkeypatch):
     assert p.memory_rss > 0
 
 
-def test_figures_match_psutil(spawn):
+def test_figures_match_psutil(spawn, tmp_path):
     """The figures read from /proc are psutil's: rss, vms, threads, open files, io."""
-    child = spawn("import time; x = bytearray(20_000_000); time.sleep(60)")
-    wait_for(lambda: psutil.Process(child.pid).memory_info().rss > 10 * MB)
+    ready = tmp_path / "ready"   # touched once the child has allocated: its figures hold still
+    child = spawn("import pathlib, time; x = bytearray(20_000_000); "
+                  f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)")
+    wait_for(ready.exists)
     sampler = Sampler(interval=10)
     sampler.watch("c", child.pid)
     assert sampler.sample_once(now_ms=1) == 1
