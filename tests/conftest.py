@@ -23,3 +23,12 @@ def build(output, *args):
 def pyz(tmp_path_factory):
     """fleet.pyz for the running interpreter, built once per session."""
     return build(tmp_path_factory.mktemp("pyz") / "fleet.pyz")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Real fleet processes under tmp_path, all stopped (and their agents gone) at the end."""
+    from tests.realfleet import Cluster
+    fleet = Cluster(tmp_path)
+    yield fleet
+    fleet.close()

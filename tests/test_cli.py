@@ -110,13 +110,7 @@ def test_sigkilled_daemon_leaves_agents_running_and_the_next_one_adopts_them(tmp
     first.popen.kill()
     first.popen.wait(10)
     assert all(alive(p) for p in pids)
-    second = FleetProcess("--role", "daemon", "--config", config, log_dir=tmp_path)
-    second.port()
-    assert wait_for(lambda: "adopted pid=%d" % next(iter(pids)) in second.read())
-    assert agent_pids(second.pid) == set()   # adopted, not a new child
-    second.popen.send_signal(signal.SIGTERM)
-    assert second.popen.wait(15) == 0
-    wait_for(lambda: not [p for p in pids if alive(p)], timeout=5)
+    adopt_then_stop(tmp_path, config, pids)
 
 
 def test_stop_agents_on_exit_false_leaves_agents_for_the_next_daemon_to_adopt(tmp_path):
@@ -131,13 +125,7 @@ def test_stop_agents_on_exit_false_leaves_agents_for_the_next_daemon_to_adopt(tm
     first.popen.send_signal(signal.SIGTERM)
     assert first.popen.wait(15) == 0
     assert all(alive(p) for p in pids) and record.exists()
-    second = FleetProcess("--role", "daemon", "--config", write_config(tmp_path), log_dir=tmp_path)
-    second.port()
-    assert wait_for(lambda: "adopted pid=%d" % next(iter(pids)) in second.read())
-    assert agent_pids(second.pid) == set()   # adopted, not a new child
-    second.popen.send_signal(signal.SIGTERM)
-    assert second.popen.wait(15) == 0
-    wait_for(lambda: not [p for p in pids if alive(p)], timeout=5)
+    adopt_then_stop(tmp_path, write_config(tmp_path), pids)
 
 
 def test_an_unusable_database_directory_exits_1_with_one_message(tmp_path):
@@ -256,3 +244,15 @@ def test_a_second_sigint_forces_exit_130(tmp_path):
     assert daemon.popen.wait(10) == 130, daemon.read()
     for pid in pids:          # the stubborn agent outlives a forced exit: clean it up
         os.kill(pid, signal.SIGKILL)
+
+
+def adopt_then_stop(tmp_path, config, pids):
+    """A second daemon on the same state_dir adopts `pids` (no new child) and, at its
+    SIGTERM, exits 0 having stopped them."""
+    second = FleetProcess("--role", "daemon", "--config", config, log_dir=tmp_path)
+    second.port()
+    assert wait_for(lambda: "adopted pid=%d" % next(iter(pids)) in second.read())
+    assert agent_pids(second.pid) == set()   # adopted, not a new child
+    second.popen.send_signal(signal.SIGTERM)
+    assert second.popen.wait(15) == 0
+    wait_for(lambda: not [p for p in pids if alive(p)], timeout=5)

@@ -4,11 +4,9 @@ resend; an operator's restart names its cause; a retried report stores nothing t
 import collections
 import os
 
-import pytest
-
 from fleet.v1 import fleet_pb2 as pb
 from tests.helpers import wait_for
-from tests.realfleet import AUTH, Api, Cluster, DaemonStub, agents_toml, free_port, manager_stub
+from tests.realfleet import AUTH, Api, DaemonStub, agents_toml, free_port, manager_stub
 
 CRASH = """
 [[agents]]
@@ -21,14 +19,6 @@ backoff_initial = 0.1
 backoff_max = 0.2
 """
 CRASH_LOOP = {"started": 3, "exited": 3, "backoff": 2, "fatal": 1}
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    """Real fleet processes under tmp_path, all stopped (and their agents gone) at the end."""
-    fleet = Cluster(tmp_path)
-    yield fleet
-    fleet.close()
 
 
 def agent_events(api, agent):

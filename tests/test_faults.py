@@ -21,21 +21,13 @@ from fleet.manager.app import Manager
 from fleet.v1 import fleet_pb2 as pb
 from tests.helpers import wait_for
 from tests.procs import alive
-from tests.realfleet import (API_TOKEN, AUTH, CLUSTER_TOKEN, SYNC_INTERVAL, Api, Cluster,
+from tests.realfleet import (API_TOKEN, AUTH, CLUSTER_TOKEN, SYNC_INTERVAL, Api,
                              DaemonStub, agents_toml, free_port, manager_stub, running_state)
 
 # How long a restarted manager may take to match every node: two sync intervals and slack.
 CONVERGE_SECONDS = 2 * SYNC_INTERVAL + 1.0
 # The syncer's line for a failed report (logged at debug after the first one a minute).
 FAILED_REPORT = re.compile(r"report to manager \S+ failed \(.*\); (\d+) pending; retrying")
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    """Real fleet processes under tmp_path, all stopped (and their agents gone) at the end."""
-    fleet = Cluster(tmp_path)
-    yield fleet
-    fleet.close()
 
 
 def all_running(stub, count):

@@ -3,10 +3,8 @@ sockets: every agent field in its reports, its clean stop, and a refused cluster
 import re
 import time
 
-import pytest
-
 from tests.helpers import wait_for
-from tests.realfleet import CLUSTER_TOKEN, Api, Cluster, agents_toml
+from tests.realfleet import CLUSTER_TOKEN, Api, agents_toml
 
 QUICK_EXIT = """
 [[agents]]
@@ -16,14 +14,6 @@ start_seconds = 0.2
 backoff_initial = 30
 backoff_max = 30
 """
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    """Real fleet processes under tmp_path, all stopped (and their agents gone) at the end."""
-    fleet = Cluster(tmp_path)
-    yield fleet
-    fleet.close()
 
 
 def node_status(api, node):
