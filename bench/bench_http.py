@@ -4,7 +4,7 @@
                                [--clients 2] [--connections 4]
 
 Each server runs in its own process (`--serve NAME`) around fleet's real bottle
-app (fleet.manager.http.make_app over a SQLite file with three nodes). For each
+app (fleet.manager.api.routes.make_app over a SQLite file with three nodes). For each
 round and server: `--clients` load processes with `--connections` keep-alive
 connections each send GET /health, then GET /api/v1/nodes with the bearer token,
 for `--duration` seconds each; then `--stalled` connections are opened and left
@@ -13,7 +13,7 @@ a body shorter than its Content-Length) and the same is measured again. A reques
 that takes over 5 s counts as an error. RSS is the server's after the round.
 Prints the median over rounds of requests/s and p99 ms per path and phase.
 
-By default only fleet's server (fleet.manager.web) runs. `--candidates` adds, in
+By default only fleet's server (fleet.manager.api.server) runs. `--candidates` adds, in
 the same run, cheroot (what fleet used before), waitress, uvicorn with a2wsgi,
 and hypercorn; those are bench-only dependencies:
     pip install cheroot==11.1.2 waitress==3.0.2 a2wsgi==1.10.10 hypercorn==0.18.0
@@ -52,13 +52,13 @@ CANDIDATES = ("fleet", "cheroot", "waitress", "uvicorn+a2wsgi", "hypercorn")
 
 def build_app(directory: str):
     """fleet's bottle app over a fresh SQLite file with three registered nodes."""
-    from fleet.manager.agents import AgentService
+    from fleet.manager.service import FleetService
     from fleet.manager.audit import AuditLog
-    from fleet.manager.db import migrate, open_database
-    from fleet.manager.http import make_app
+    from fleet.manager.store.db import migrate, open_database
+    from fleet.manager.api.routes import make_app
     from fleet.manager.nodes import NodeFacts
     from fleet.manager.pool import DaemonClientPool
-    from fleet.manager.servicer import build_manager
+    from fleet.manager.parts import build_manager
     from fleet.manager.tokens import ApiAuth
     db = open_database(f"sqlite:///{directory}/bench.db")
     migrate(db)
@@ -66,7 +66,7 @@ def build_app(directory: str):
     for n in range(3):
         parts.nodes.register(NodeFacts(f"n{n}", hostname=f"n{n}.local", ip="127.0.0.1",
                                        advertise_address="127.0.0.1:1", labels={"role": "edge"}))
-    service = AgentService(parts.nodes, DaemonClientPool(CLUSTER), AuditLog(db))
+    service = FleetService(parts.nodes, DaemonClientPool(CLUSTER), AuditLog(db))
     return make_app(service, ApiAuth([("default", TOKEN)], CLUSTER))
 
 
@@ -81,7 +81,7 @@ def serve(name: str, directory: str) -> None:
     sock.listen(1024)
     port = sock.getsockname()[1]
     if name == "fleet":
-        from fleet.manager.web import serve_http
+        from fleet.manager.api.server import serve_http
         sock.close()
         server = serve_http(app, "127.0.0.1:0", threads=THREADS, request_timeout=60.0)
         port = server.port

@@ -322,7 +322,7 @@ def measure_operate(manager: Manager, count: int) -> tuple[list[float], list[str
 
 def raw_upsert_rate(workdir: pathlib.Path, nodes: int, agents: int) -> float:
     """Rows/s of the prepared agent upsert via executemany, 20,000 rows per transaction."""
-    from fleet.manager.db import backend_of, migrate, open_database
+    from fleet.manager.store.db import backend_of, migrate, open_database
     from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert
 
     db = open_database(f"sqlite:///{workdir / 'raw.db'}")

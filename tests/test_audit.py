@@ -7,18 +7,18 @@ import time
 import openapi_schema_validator
 import pytest
 
-from fleet.manager import db as dbmod
-from fleet.manager import openapi
-from fleet.manager.agents import AgentService
+from fleet.manager.store import db as dbmod
+from fleet.manager.api import openapi
+from fleet.manager.service import FleetService
 from fleet.manager.audit import AuditLog
-from fleet.manager.db import close_database, migrate, open_database
-from fleet.manager.http import make_app
-from fleet.manager.models import AuditEntry
+from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.api.routes import make_app
+from fleet.manager.store.models import AuditEntry
 from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.pool import DaemonClientPool
-from fleet.manager.registry import Registry
+from fleet.manager.store.registry import Registry
 from fleet.manager.tokens import ApiAuth
-from fleet.manager.web import serve_http
+from fleet.manager.api.server import serve_http
 from tests.fake_daemon import agent_info, serve_fake
 
 API_TOKEN = "audit-api-token-0123456789abcdef"
@@ -41,7 +41,7 @@ class Env:
                                                      token=CLUSTER_TOKEN)
         self.pool = DaemonClientPool(CLUSTER_TOKEN, timeout=1.0, operate_timeout=1.0)
         self.audit = AuditLog(self.db)
-        service = AgentService(self.store, self.pool, self.audit)
+        service = FleetService(self.store, self.pool, self.audit)
         auth = ApiAuth([("default", API_TOKEN), ("ops-team", OPS_TOKEN)], CLUSTER_TOKEN)
         self.http = serve_http(make_app(service, auth), "127.0.0.1:0")
         self.http.start_background()

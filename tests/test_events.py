@@ -9,15 +9,15 @@ import pytest
 from fleet.config import read_manager
 from fleet.daemon.events import KEEP, EventLog
 from fleet.daemon.procops import Child, Exit
-from fleet.manager.agents import AgentService
-from fleet.manager.db import close_database, migrate, open_database
+from fleet.manager.service import FleetService
+from fleet.manager.store.db import close_database, migrate, open_database
 from fleet.manager.events import EventService, EventStore
-from fleet.manager.http import make_app
+from fleet.manager.api.routes import make_app
 from fleet.manager.nodes import NodeFacts
 from fleet.manager.pool import DaemonClientPool
-from fleet.manager.servicer import build_manager
+from fleet.manager.parts import build_manager
 from fleet.manager.tokens import ApiAuth
-from fleet.manager.web import serve_http
+from fleet.manager.api.server import serve_http
 from fleet.v1 import fleet_pb2 as pb
 from tests.httpapi import Api
 from tests.test_program import make
@@ -115,7 +115,7 @@ class Manager:
         self.parts = build_manager(self.db)
         self.parts.writer.start()
         self.pool = DaemonClientPool("cluster-token-events-0123456789")
-        service = AgentService(self.parts.nodes, self.pool)
+        service = FleetService(self.parts.nodes, self.pool)
         app = make_app(service, ApiAuth([("default", TOKEN)]),
                        events=EventService(self.parts.events, self.parts.nodes))
         self.http = serve_http(app, "127.0.0.1:0")

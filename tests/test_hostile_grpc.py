@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from fleet.manager.app import Manager
-from fleet.manager.models import Agent, Node
+from fleet.manager.store.models import Agent, Node
 from fleet.rpc import open_channel
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc

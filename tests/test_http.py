@@ -1,4 +1,4 @@
-"""The HTTP API end to end: real HTTP server (fleet.manager.web), file SQLite, fake daemon over real gRPC."""
+"""The HTTP API end to end: real HTTP server (fleet.manager.api.server), file SQLite, fake daemon over real gRPC."""
 import http.client
 import json
 import socket
@@ -10,15 +10,15 @@ import grpc
 import pytest
 
 from fleet.config import TLSConfig
-from fleet.manager import openapi
-from fleet.manager.agents import AgentService
-from fleet.manager.db import close_database, migrate, open_database
-from fleet.manager.http import make_app
+from fleet.manager.api import openapi
+from fleet.manager.service import FleetService
+from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.api.routes import make_app
 from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.pool import DaemonClientPool
-from fleet.manager.registry import Registry
+from fleet.manager.store.registry import Registry
 from fleet.manager.tokens import ApiAuth
-from fleet.manager.web import serve_http
+from fleet.manager.api.server import serve_http
 from fleet.v1 import fleet_pb2
 from tests.fake_daemon import agent_info, serve_fake
 
@@ -39,7 +39,7 @@ class Manager:
         self.server, address, self.fake = serve_fake(
             "n1", [agent_info("a1"), agent_info("a2")], token=CLUSTER_TOKEN)
         self.pool = DaemonClientPool(CLUSTER_TOKEN, timeout=1.0, operate_timeout=1.0)
-        self.service = AgentService(self.store, self.pool)
+        self.service = FleetService(self.store, self.pool)
         auth = ApiAuth([("default", API_TOKEN), ("ops", OPS_TOKEN)], CLUSTER_TOKEN)
         self.http = serve_http(make_app(self.service, auth), "127.0.0.1:0")
         self.http.start_background()

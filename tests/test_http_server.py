@@ -1,4 +1,4 @@
-"""The HTTP server's own limits (fleet.manager.web): connection cap, idle close, clean stop,
+"""The HTTP server's own limits (fleet.manager.api.server): connection cap, idle close, clean stop,
 and the config keys that set them."""
 import http.client
 import socket
@@ -9,7 +9,7 @@ import bottle
 import pytest
 
 from fleet import config as configuration
-from fleet.manager.web import KEEP_ALIVE_SECONDS, serve_http
+from fleet.manager.api.server import KEEP_ALIVE_SECONDS, serve_http
 from tests.helpers import wait_for
 
 

@@ -6,11 +6,11 @@ import threading
 import pytest
 
 from fleet import errors
-from fleet.manager import db as dbmod
+from fleet.manager.store import db as dbmod
 from fleet.manager.ingest import IngestWriter, Report, ReportService, agent_row
-from fleet.manager.models import Agent, Node
+from fleet.manager.store.models import Agent, Node
 from fleet.manager.nodes import NodeFacts, NodeStore
-from fleet.manager.registry import Registry
+from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
 from helpers import wait_for
 

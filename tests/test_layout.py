@@ -25,7 +25,7 @@ def fleet_imports(path):
 @pytest.mark.parametrize("side,other", [("daemon", "manager"), ("manager", "daemon")])
 def test_daemon_and_manager_never_import_each_other(side, other):
     """No module of fleet/daemon imports fleet.manager, and the other way round."""
-    for path in (REPO / "fleet" / side).glob("*.py"):
+    for path in (REPO / "fleet" / side).rglob("*.py"):
         bad = [m for m in fleet_imports(path) if m.startswith(f"fleet.{other}")]
         assert not bad, (path.name, bad)
 

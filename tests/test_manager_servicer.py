@@ -6,9 +6,9 @@ from concurrent import futures
 import grpc
 import pytest
 
-from fleet.manager import db as dbmod
-from fleet.manager.models import Agent
-from fleet.manager.servicer import build_manager
+from fleet.manager.store import db as dbmod
+from fleet.manager.store.models import Agent
+from fleet.manager.parts import build_manager
 from fleet.rpc import create_server, open_channel
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc

@@ -17,11 +17,11 @@ from fleet import config as configuration
 from fleet import errors
 from fleet import values as fleet_values
 from fleet.errors import ConfigError
-from fleet.manager import db as dbmod
+from fleet.manager.store import db as dbmod
 from fleet.manager.ingest import IngestWriter, ReportService
-from fleet.manager.models import Agent
+from fleet.manager.store.models import Agent
 from fleet.manager.nodes import NodeFacts, NodeStore
-from fleet.manager.registry import Registry
+from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True,

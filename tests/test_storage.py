@@ -4,12 +4,12 @@ import sqlite3
 import pytest
 
 from fleet import errors
-from fleet.manager import db as dbmod
-from fleet.manager.db import PostgresBackend, SQLiteBackend, migrate, open_database, schema_version
+from fleet.manager.store import db as dbmod
+from fleet.manager.store.db import PostgresBackend, SQLiteBackend, migrate, open_database, schema_version
 from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert
-from fleet.manager.models import Agent, Node
+from fleet.manager.store.models import Agent, Node
 from fleet.manager.nodes import AGENT_FIELDS, NodeFacts, NodeStore
-from fleet.manager.registry import Registry
+from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
 
 NODE_FIELDS = {"node_id", "hostname", "ip", "advertise_address", "os", "arch", "labels",

@@ -11,15 +11,15 @@ from typing import Callable, Iterable
 from fleet.config import ManagerConfig
 from fleet.listen import listen
 from fleet.values import join_address, split_address
-from fleet.manager.agents import AgentService
+from fleet.manager.service import FleetService
 from fleet.manager.audit import AuditLog
-from fleet.manager.db import migrate, open_database
+from fleet.manager.store.db import migrate, open_database
 from fleet.manager.events import EventService
-from fleet.manager.http import make_app
+from fleet.manager.api.routes import make_app
 from fleet.manager.pool import DaemonClientPool
-from fleet.manager.servicer import ManagerParts, build_manager
+from fleet.manager.parts import ManagerParts, build_manager
 from fleet.manager.tokens import ApiAuth, ManagerTokens, create_token_files, resolve_tokens
-from fleet.manager.web import HttpServer, serve_http
+from fleet.manager.api.server import HttpServer, serve_http
 from fleet.rpc import as_client, create_server
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Manager:
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
                                      timeout=cfg.daemon_timeout,
                                      operate_timeout=cfg.operate_timeout)
-        service = AgentService(self.parts.nodes, self.pool, AuditLog(db))
+        service = FleetService(self.parts.nodes, self.pool, AuditLog(db))
         self._app.target = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
                                     events=EventService(self.parts.events, self.parts.nodes))
         self.parts.start()

@@ -1,7 +1,7 @@
 """The audit log: who did which operation to which node or agent, and how it ended.
 
 An operation is what changes a node or an agent through the HTTP API: operate
-(start, stop, restart), a manual sync, and a node's deletion. AgentService runs
+(start, stop, restart), a manual sync, and a node's deletion. FleetService runs
 each inside `AuditLog.timed(...)`, which writes one row when it ends, whether
 it succeeded or failed: `result` is "ok" or the FleetError code ("unavailable",
 "not_found", ...), `message` the error message. Requests refused before they
@@ -23,8 +23,8 @@ from typing import Callable, Iterator, Optional
 import peewee
 
 from fleet import errors
-from fleet.manager.db import now_ms, storage_faults
-from fleet.manager.models import AuditEntry
+from fleet.manager.store.db import now_ms, storage_faults
+from fleet.manager.store.models import AuditEntry
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 request against the in-memory Registry (no database lookup per report),
 validates each state (and each event: fleet.manager.events), turns the valid
 ones straight into parameter tuples (no dicts or model objects: this is the
-hot path) and hands them to the `IngestWriter` (fleet.manager.writer), which
+hot path) and hands them to the `IngestWriter` (fleet.manager.store.writer), which
 commits them before the reply.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Callable, Optional, Sequence
 from fleet import errors
 from fleet.values import valid_agent_id, valid_node_id
 from fleet.manager import events as agent_events
-from fleet.manager.db import Backend, now_ms
-from fleet.manager.registry import Registry
-from fleet.manager.writer import SUBMIT_TIMEOUT, IngestWriter, Report  # noqa: F401 - re-exported
+from fleet.manager.store.db import Backend, now_ms
+from fleet.manager.store.registry import Registry
+from fleet.manager.store.writer import SUBMIT_TIMEOUT, IngestWriter, Report  # noqa: F401 - re-exported
 from fleet.states import State
 
 log = logging.getLogger(__name__)

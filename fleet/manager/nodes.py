@@ -17,10 +17,10 @@ import peewee
 
 from fleet import errors
 from fleet.values import valid_node_id
-from fleet.manager.db import backend_of, now_ms, storage_faults
+from fleet.manager.store.db import backend_of, now_ms, storage_faults
 from fleet.manager.ingest import HEALTHS, REPORT_COLUMNS, agent_row, agent_upsert, state_fault
-from fleet.manager.models import Agent, Node
-from fleet.manager.registry import Registry
+from fleet.manager.store.models import Agent, Node
+from fleet.manager.store.registry import Registry
 from fleet.states import State
 
 log = logging.getLogger(__name__)

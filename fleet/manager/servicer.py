@@ -5,17 +5,12 @@ errors become statuses in fleet.rpc.translate.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import grpc
-import peewee
 
-from fleet.manager.db import close_database
-from fleet.manager.events import EventPurger, EventStore
-from fleet.manager.ingest import IngestWriter, ReportService
+from fleet.manager.ingest import ReportService
 from fleet.manager.nodes import NodeFacts, NodeStore
-from fleet.manager.registry import Registry
 from fleet.rpc import translate
 from fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -70,43 +65,3 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
             response.errors.extend(fleet_pb2.StateError(agent_id=agent_id, reason=reason)
                                    for agent_id, reason in result.errors)
         return response
-
-
-@dataclasses.dataclass
-class ManagerParts:
-    """The manager's storage-side objects, wired; `start()` before serving."""
-
-    db: peewee.Database
-    registry: Registry
-    writer: IngestWriter
-    nodes: NodeStore
-    reports: ReportService
-    servicer: ManagerServicer
-    events: EventStore
-    purger: EventPurger
-
-    def start(self) -> None:
-        """Start the ingest writer and the events' purge (idempotent)."""
-        self.writer.start()
-        self.purger.start()
-
-    def stop(self) -> None:
-        """Drain and stop the writer (after the gRPC server stopped) and the purge;
-        close this thread's connection."""
-        self.purger.stop()
-        self.writer.stop()
-        close_database(self.db)
-
-
-def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interval: float = 0.0,
-                  heartbeat_interval: float = 0.0,
-                  events_retention: float = 604800.0) -> ManagerParts:
-    """Wire registry, writer, stores and servicer over a migrated database."""
-    registry = Registry.load(db)
-    writer = IngestWriter(db)
-    nodes = NodeStore(db, registry, offline_after)
-    reports = ReportService(registry, writer)
-    servicer = ManagerServicer(nodes, reports, sync_interval, heartbeat_interval)
-    events = EventStore(db, events_retention)
-    return ManagerParts(db, registry, writer, nodes, reports, servicer, events,
-                        EventPurger(events))

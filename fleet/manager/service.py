@@ -1,4 +1,4 @@
-"""AgentService: what the HTTP API does with nodes and agents, without HTTP.
+"""FleetService: what the HTTP API does with nodes, agents and the audit log, without HTTP.
 
 It validates ids and parameters, checks in the database that the node (and
 agent) exists before calling a daemon, dials the node's advertise_address
@@ -34,7 +34,7 @@ POINT_FIELDS = ("timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes
                 "resolution_seconds")
 
 
-class AgentService:
+class FleetService:
     """Nodes and agents for the HTTP API: stored reads, and calls to the daemons."""
 
     def __init__(self, nodes: NodeStore, pool: DaemonClientPool,

@@ -1,4 +1,4 @@
-"""The HTTP API: a thin bottle app that translates JSON requests into AgentService calls.
+"""The HTTP API: a thin bottle app that translates JSON requests into FleetService calls.
 
 `make_app(agent_service, auth)` builds a fresh bottle.Bottle (never bottle's
 default app). One plugin wraps every route: it checks the bearer token
@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import bottle
 
 from fleet import errors
-from fleet.manager import openapi
+from fleet.manager.api import openapi
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None) -> bottle.Bottle:
     """A new bottle app serving DESIGN.md's HTTP API.
 
-    `agent_service`: a fleet.manager.agents.AgentService (or alike).
+    `agent_service`: a fleet.manager.service.FleetService (or alike).
     `auth`: a fleet.manager.tokens.ApiAuth; `auth.check(header)` returns the
     token's name or raises Unauthenticated.
     `events`: a fleet.manager.events.EventService (None: the events endpoints 404).

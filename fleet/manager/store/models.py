@@ -1,7 +1,7 @@
 """Peewee models of the manager's database: nodes, their agents, the audit log, the
 schema version.
 
-The models are bound to `database_proxy`, which `fleet.manager.db.open_database`
+The models are bound to `database_proxy`, which `fleet.manager.store.db.open_database`
 points at the database it opens, so one process can open many databases one
 after another (tests do). Code in fleet.manager passes its database explicitly
 (`query.execute(db)`, `SchemaManager(model, db)`) and never relies on the proxy.

@@ -3,7 +3,7 @@
 A thread per connection lets slow clients starve the API (cheroot reads
 headers on its worker threads: 64 stalled clients held /health past 10 s). Here
 one `fleet-http` thread runs an asyncio loop that accepts connections and
-parses HTTP/1.1 with uvicorn's h11 protocol (fleet.manager.httpconn); only a
+parses HTTP/1.1 with uvicorn's h11 protocol (fleet.manager.api.conn); only a
 request that arrived whole within `request_timeout` goes to the bottle app on
 one of `threads` workers. At most `max_connections` are open: more wait in the
 listen backlog. With TLS the first byte of each connection is peeked before the
@@ -26,7 +26,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from fleet.config import TLSConfig
-from fleet.manager.httpconn import Connection, WsgiBridge
+from fleet.manager.api.conn import Connection, WsgiBridge
 from fleet.values import join_address, split_address
 
 log = logging.getLogger(__name__)

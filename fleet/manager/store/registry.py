@@ -13,7 +13,7 @@ from typing import Optional
 
 import peewee
 
-from fleet.manager import models
+from fleet.manager.store import models
 
 
 class Registry:

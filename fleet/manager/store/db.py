@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import peewee
 
 from fleet import errors
-from fleet.manager import models
+from fleet.manager.store import models
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,54 @@
+"""The manager's storage-side objects wired together: registry, ingest writer,
+node and event stores, and the ManagerService servicer over them."""
+from __future__ import annotations
+
+import dataclasses
+
+import peewee
+
+from fleet.manager.events import EventPurger, EventStore
+from fleet.manager.ingest import IngestWriter, ReportService
+from fleet.manager.nodes import NodeStore
+from fleet.manager.servicer import ManagerServicer
+from fleet.manager.store.db import close_database
+from fleet.manager.store.registry import Registry
+
+
+@dataclasses.dataclass
+class ManagerParts:
+    """The manager's storage-side objects, wired; `start()` before serving."""
+
+    db: peewee.Database
+    registry: Registry
+    writer: IngestWriter
+    nodes: NodeStore
+    reports: ReportService
+    servicer: ManagerServicer
+    events: EventStore
+    purger: EventPurger
+
+    def start(self) -> None:
+        """Start the ingest writer and the events' purge (idempotent)."""
+        self.writer.start()
+        self.purger.start()
+
+    def stop(self) -> None:
+        """Drain and stop the writer (after the gRPC server stopped) and the purge;
+        close this thread's connection."""
+        self.purger.stop()
+        self.writer.stop()
+        close_database(self.db)
+
+
+def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interval: float = 0.0,
+                  heartbeat_interval: float = 0.0,
+                  events_retention: float = 604800.0) -> ManagerParts:
+    """Wire registry, writer, stores and servicer over a migrated database."""
+    registry = Registry.load(db)
+    writer = IngestWriter(db)
+    nodes = NodeStore(db, registry, offline_after)
+    reports = ReportService(registry, writer)
+    servicer = ManagerServicer(nodes, reports, sync_interval, heartbeat_interval)
+    events = EventStore(db, events_retention)
+    return ManagerParts(db, registry, writer, nodes, reports, servicer, events,
+                        EventPurger(events))
