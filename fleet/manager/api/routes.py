@@ -47,8 +47,8 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None) -> b
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
     app.install(_Edge(auth))
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
-    for method, path, handler, public in routes.table():
-        app.route(path, method, handler, public=public)
+    for method, path, handler, scope in routes.table():
+        app.route(path, method, handler, scope=scope)
     for status in range(400, 600):
         app.error(status)(_error_page)
     return app
@@ -63,24 +63,25 @@ class _Routes:
         self._max_body = max_body
         self._openapi = openapi_json
 
-    def table(self) -> list[tuple[str, str, Callable, bool]]:
-        """(method, path, handler, public) for every endpoint."""
+    def table(self) -> list[tuple[str, str, Callable, str]]:
+        """(method, path, handler, scope) for every endpoint; scope is the least a
+        token needs: "public" (no token), "read", "operate" or "admin"."""
         node, agent = API + "/nodes/<node_id>", API + "/nodes/<node_id>/agents/<agent_id>"
         return [
-            ("GET", "/", self.index, True),
-            ("GET", "/health", self.health, True),
-            ("GET", API + "/openapi.json", self.openapi, True),
-            ("GET", API + "/nodes", self.list_nodes, False),
-            ("GET", node, self.get_node, False),
-            ("DELETE", node, self.delete_node, False),
-            ("GET", node + "/agents", self.list_agents, False),
-            ("POST", node + "/agents/sync", self.sync, False),
-            ("POST", agent + "/operate", self.operate, False),
-            ("GET", agent + "/logs", self.logs, False),
-            ("GET", agent + "/metrics", self.metrics, False),
-            ("GET", API + "/audit", self.audit, False),
-            ("GET", agent + "/events", self.agent_events, False),
-            ("GET", API + "/events", self.events, False),
+            ("GET", "/", self.index, "public"),
+            ("GET", "/health", self.health, "public"),
+            ("GET", API + "/openapi.json", self.openapi, "public"),
+            ("GET", API + "/nodes", self.list_nodes, "read"),
+            ("GET", node, self.get_node, "read"),
+            ("DELETE", node, self.delete_node, "admin"),
+            ("GET", node + "/agents", self.list_agents, "read"),
+            ("POST", node + "/agents/sync", self.sync, "operate"),
+            ("POST", agent + "/operate", self.operate, "operate"),
+            ("GET", agent + "/logs", self.logs, "read"),
+            ("GET", agent + "/metrics", self.metrics, "read"),
+            ("GET", API + "/audit", self.audit, "read"),
+            ("GET", agent + "/events", self.agent_events, "read"),
+            ("GET", API + "/events", self.events, "read"),
         ]
 
     def index(self):
@@ -161,11 +162,11 @@ class _Edge:
         self._auth = auth
 
     def apply(self, callback: Callable, route: bottle.Route) -> Callable:
-        public = bool(route.config.get("public"))
+        scope = route.config.get("scope", "admin")
 
         def wrapper(*args, **kwargs):
             try:
-                if not public:
+                if scope != "public":
                     header = bottle.request.get_header("Authorization")
                     bottle.request.environ["fleet.token_name"] = self._auth.check(header)
                 return _respond(200, callback(*args, **kwargs))
