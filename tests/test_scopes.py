@@ -15,6 +15,7 @@ from fleet import errors
 from fleet.config import ApiToken
 from fleet.errors import ConfigError
 from fleet.manager.api import openapi
+from fleet.manager.api import routes as routes_module
 from fleet.manager.app import Manager
 from fleet.manager.nodes import NodeFacts
 from fleet.manager.store.models import Node
@@ -221,6 +222,15 @@ def test_every_route_refuses_exactly_the_tokens_below_its_scope(fleet):
             assert status != 401, (name, method, rule, body)
             if below:
                 assert body == denied(name, scope)
+
+
+def test_a_route_with_an_unknown_scope_fails_make_app(monkeypatch):
+    """A typo in the table's scope column stops make_app instead of failing requests."""
+    real = routes_module._Routes.table
+    monkeypatch.setattr(routes_module._Routes, "table",
+                        lambda self: real(self) + [("GET", "/x", self.health, "reader")])
+    with pytest.raises(ValueError, match="reader"):
+        routes_module.make_app(None, ApiAuth([]))
 
 
 # ---- audit and logs ----

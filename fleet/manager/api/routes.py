@@ -52,6 +52,8 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None) -> b
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
     app.install(_Edge(auth, routes.refused))
     for method, path, handler, scope in routes.table():
+        if scope != "public":
+            tokens.rank(scope)         # a typo in the table fails here, not at a request
         app.route(path, method, handler, scope=scope)
     for status in range(400, 600):
         app.error(status)(_error_page)
@@ -181,8 +183,6 @@ class _Edge:
 
     def apply(self, callback: Callable, route: bottle.Route) -> Callable:
         scope = route.config.get("scope", "admin")
-        if scope != "public":
-            tokens.rank(scope)             # a typo in the table fails at make_app, not later
 
         def wrapper(*args, **kwargs):
             try:
