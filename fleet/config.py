@@ -15,7 +15,7 @@ import os
 import signal
 import ssl
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,6 +31,7 @@ from fleet.values import (AGENT_ID_RE, is_loopback, to_address, to_address_list,
 RESTART_POLICIES = ("always", "on-failure", "never")
 PROBE_KINDS = ("http", "tcp", "exec")
 HEALTH_ACTIONS = ("restart", "none")
+API_SCOPES = ("read", "operate", "admin")   # least to most (DESIGN.md "Security")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,14 @@ class AgentConfig:
         return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 
+class ApiToken(NamedTuple):
+    """One named HTTP API token; a (name, token) pair without a scope is admin."""
+
+    name: str                          # what the audit log records, never the token
+    token: str
+    scope: str = "admin"               # one of API_SCOPES
+
+
 @dataclasses.dataclass(frozen=True)
 class DaemonConfig:
     managers: tuple[str, ...] = ("127.0.0.1:9090",)
@@ -121,7 +130,7 @@ class ManagerConfig:
     http_request_timeout: float = 10.0  # a request must arrive whole within this
     http_max_connections: int = 1000   # open HTTP connections at most; more wait
     events_retention: float = 604800.0  # seconds agent events are kept
-    api_tokens: tuple[tuple[str, str], ...] = ()   # (name, token)
+    api_tokens: tuple[ApiToken, ...] = ()   # (name, token, scope)
     cluster_token: str = ""
     tls: TLSConfig | None = None
 
@@ -139,8 +148,9 @@ class Config:
 class _Reader:
     """Reads one TOML table, collecting problems named `section key: why`."""
 
-    def __init__(self, section: str, table: Any, problems: list[str]):
+    def __init__(self, section: str, table: Any, problems: list[str], prefix: str = ""):
         self.section = section
+        self.prefix = prefix           # before every key: "viewer." in [manager.api_tokens]
         self.problems = problems
         self.seen: set[str] = set()
         if not isinstance(table, dict):
@@ -150,6 +160,7 @@ class _Reader:
 
     def fail(self, key: str, why: str) -> None:
         # A top-level key is named alone: `log_level: ...`, not `[] log_level: ...`.
+        key = self.prefix + key
         where = f"[{self.section}] {key}".rstrip() if self.section else key
         self.problems.append(f"{where}: {why}")
 
@@ -176,16 +187,24 @@ def read_token(reader: _Reader, key: str) -> str:
     if token and path:
         reader.fail(key, f"set {key} or {key}_file, not both")
     if path:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                token = handle.read().strip()
-        except OSError as exc:
-            reader.fail(f"{key}_file", f"cannot read {path}: {exc.strerror}")
-        except UnicodeError:
-            reader.fail(f"{key}_file", f"{path} is not UTF-8 text")
-        else:
-            if not token:
-                reader.fail(f"{key}_file", f"{path} is empty")
+        token = read_token_file(reader, f"{key}_file", path)
+    return token
+
+
+def read_token_file(reader: _Reader, key: str, path: str) -> str:
+    """The token in the file at `path`, whitespace stripped; "" and a problem named
+    `key` when it cannot be read, is not UTF-8 text, or is empty."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        reader.fail(key, f"cannot read {path}: {exc.strerror}")
+        return ""
+    except UnicodeError:
+        reader.fail(key, f"{path} is not UTF-8 text")
+        return ""
+    if not token:
+        reader.fail(key, f"{path} is empty")
     return token
 
 
@@ -248,13 +267,9 @@ def _check_key(reader: _Reader, cert: str, key: str) -> None:
 
 def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
     r = _Reader("manager", table, problems)
-    tokens = []
-    api_token = read_token(r, "api_token")
-    if api_token:
-        tokens.append(("default", api_token))
-    named = r.get("api_tokens", (), to_str_map)
-    for name, spec in named:
-        tokens.append((name, _named_token(r, name, spec)))
+    api_token, cluster_token = read_token(r, "api_token"), read_token(r, "cluster_token")
+    tokens = [ApiToken("default", api_token)] if api_token else []
+    tokens += read_api_tokens(r, tokens, cluster_token)
     config = ManagerConfig(
         http=r.get("http", ManagerConfig.http, to_address),
         grpc=r.get("grpc", ManagerConfig.grpc, to_address),
@@ -271,31 +286,72 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
         events_retention=r.get("events_retention", ManagerConfig.events_retention,
                                lambda v: to_seconds(v, 60)),
         api_tokens=tuple(tokens),
-        cluster_token=read_token(r, "cluster_token"),
+        cluster_token=cluster_token,
         tls=read_tls(r, ("cert", "key", "client_ca")),
     )
     r.check_unknown()
-    if config.cluster_token and any(t == config.cluster_token for _, t in tokens):
+    if api_token and api_token == cluster_token:
         r.fail("api_token", "must differ from cluster_token")
     return config
 
 
-def _named_token(r: _Reader, name: str, spec: str) -> str:
-    """`file:/path` reads the token from a file; anything else is the token."""
-    if not spec.startswith("file:"):
-        return spec
-    try:
-        with open(spec[5:], encoding="utf-8") as handle:
-            token = handle.read().strip()
-    except OSError as exc:
-        r.fail(f"api_tokens.{name}", f"cannot read {spec[5:]}: {exc.strerror}")
-        return ""
-    except UnicodeError:
-        r.fail(f"api_tokens.{name}", f"{spec[5:]} is not UTF-8 text")
-        return ""
-    if not token:
-        r.fail(f"api_tokens.{name}", f"{spec[5:]} is empty")
-    return token
+def read_api_tokens(parent: _Reader, before: list[ApiToken], cluster_token: str
+                    ) -> list[ApiToken]:
+    """`[manager.api_tokens]`: `name = "TOKEN"` or `"file:/path"` (admin), or
+    `name = { file = "/path", scope = "read" }` (`token = "TOKEN"` instead of file).
+
+    Each token must differ from the cluster token and from every other one
+    (`before` included): two names for one token would make its name and scope
+    ambiguous.
+    """
+    parent.seen.add("api_tokens")
+    r = _Reader("manager.api_tokens", parent.table.get("api_tokens", {}), parent.problems)
+    names = {entry.token: entry.name for entry in before}
+    found = []
+    for name, spec in sorted(r.table.items()):
+        r.seen.add(name)
+        entry = _api_token(r, name, spec)
+        if not entry.token:
+            continue
+        if entry.token == cluster_token:
+            r.fail(name, "must differ from cluster_token")
+        elif entry.token in names:
+            r.fail(name, f"same token as {names[entry.token]}")
+        names.setdefault(entry.token, name)
+        found.append(entry)
+    return found
+
+
+def _api_token(r: _Reader, name: str, spec: Any) -> ApiToken:
+    """One entry of `[manager.api_tokens]`; its token is "" when it is bad."""
+    if "\x00" in name:
+        r.fail(repr(name), "contains a NUL byte")
+    elif isinstance(spec, dict):
+        return _scoped_token(_Reader(r.section, spec, r.problems, f"{name}."), name)
+    elif not isinstance(spec, str) or not spec:
+        r.fail(name, 'must be a token, "file:/path", or { file = "/path", scope = "read" }')
+    elif spec.startswith("file:"):
+        return ApiToken(name, read_token_file(r, name, spec[5:]))
+    else:
+        return ApiToken(name, r.get(name, "", to_str))
+    return ApiToken(name, "")
+
+
+def _scoped_token(r: _Reader, name: str) -> ApiToken:
+    """One `{ file = ... | token = ..., scope = ... }` table; token "" when it is bad."""
+    if "scope" not in r.table:
+        r.fail("scope", f"required: one of {', '.join(API_SCOPES)}")
+    scope = r.get("scope", "", to_choice(API_SCOPES))
+    path = r.get("file", "", to_nonempty_str)
+    token = r.get("token", "", to_nonempty_str)
+    r.check_unknown()
+    if ("file" in r.table) == ("token" in r.table):
+        r.fail("file", "set file or token, not both" if "file" in r.table
+               else "required (or token)")
+        return ApiToken(name, "", scope)
+    if path:
+        token = read_token_file(r, "file", path)
+    return ApiToken(name, token if scope else "", scope)
 
 
 def read_daemon(table: Any, problems: list[str]) -> DaemonConfig:

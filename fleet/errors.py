@@ -45,6 +45,12 @@ class Unauthenticated(FleetError):
     code = "unauthenticated"
 
 
+class PermissionDenied(FleetError):
+    """A valid token whose scope is below what the request needs."""
+
+    code = "permission_denied"
+
+
 class ResourceExhausted(FleetError):
     code = "resource_exhausted"
 
@@ -77,6 +83,7 @@ GRPC_CODE_NAMES: dict[type, str] = {
     Unavailable: "UNAVAILABLE",
     DeadlineExceeded: "DEADLINE_EXCEEDED",
     Unauthenticated: "UNAUTHENTICATED",
+    PermissionDenied: "PERMISSION_DENIED",
     ResourceExhausted: "RESOURCE_EXHAUSTED",
     PayloadTooLarge: "RESOURCE_EXHAUSTED",
     DaemonError: "UNKNOWN",
@@ -98,6 +105,7 @@ FROM_GRPC_CODE_NAME: dict[str, type] = {
 HTTP_STATUS: dict[type, int] = {
     InvalidArgument: 400,
     Unauthenticated: 401,
+    PermissionDenied: 403,
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,

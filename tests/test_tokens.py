@@ -15,8 +15,8 @@ from fleet.manager.tokens import ApiAuth, create_token_files, resolve_tokens
 def test_named_tokens_are_all_valid_and_return_their_name():
     """Several tokens are valid at once; a check returns the matching token's name."""
     auth = ApiAuth([("default", "aaa"), ("ops", "bbb"), ("empty", "")], cluster_token="ccc")
-    assert auth.check("Bearer aaa") == "default"
-    assert auth.check("bearer   bbb ") == "ops"
+    assert auth.check("Bearer aaa") == ("default", "admin")
+    assert auth.check("bearer   bbb ").name == "ops"
     assert len(auth) == 2
 
 

@@ -4,9 +4,11 @@ An operation is what changes a node or an agent through the HTTP API: operate
 (start, stop, restart), a manual sync, and a node's deletion. FleetService runs
 each inside `AuditLog.timed(...)`, which writes one row when it ends, whether
 it succeeded or failed: `result` is "ok" or the FleetError code ("unavailable",
-"not_found", ...), `message` the error message. Requests refused before they
-name a well-formed node, agent and operation (bad token, malformed id or body)
-are not operations and leave no row.
+"not_found", ...), `message` the error message. An operation refused because
+the token's scope is too low is recorded too, with result "permission_denied"
+(an operator wants to see who tried). Requests refused before they name a
+well-formed node, agent and operation (bad token, malformed id or body) are
+not operations and leave no row.
 
 `actor` is the name of the API token (fleet.manager.tokens), never the token.
 Each row is one INSERT in its own short transaction on the caller's thread: it

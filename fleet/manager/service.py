@@ -69,6 +69,17 @@ class FleetService:
         limit = _in_range("limit", limit, LIMIT_RANGE)
         return self._audit.list(node, limit) if self._audit is not None else []
 
+    def record_refused(self, actor: str, node_id: Optional[str], agent_id: Optional[str],
+                       operation: str, message: str) -> None:
+        """Audit an operation refused before it ran (the token's scope is too low);
+        nothing when the ids or the operation are malformed: it names no operation."""
+        wanted = OPERATIONS if agent_id is not None else ("sync", "delete")
+        if self._audit is None or operation not in wanted or not valid_node_id(node_id or "") \
+                or (agent_id is not None and not valid_agent_id(agent_id)):
+            return
+        self._audit.record(actor, node_id, agent_id, operation,
+                           errors.PermissionDenied.code, message)
+
     # ---- agents ----
 
     def list_agents(self, node_id: str, health: Optional[str] = None) -> list[dict]:

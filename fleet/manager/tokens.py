@@ -1,9 +1,12 @@
 """API tokens: checking `Authorization: Bearer` headers, and first-start token files.
 
 Several named API tokens may be valid at once (rotation); a check compares the
-presented token with every one of them in constant time and returns the name,
-which the audit log records instead of the token. The cluster token is for
-gRPC between manager and daemons only and never opens the HTTP API.
+presented token with every one of them in constant time and returns its name,
+which the audit log records instead of the token, and its scope: `read` (every
+GET), `operate` (also operate and sync), `admin` (also node delete). A token
+without a scope (`api_token`, the generated one, today's `[manager.api_tokens]`
+strings) is admin. The cluster token is for gRPC between manager and daemons
+only and never opens the HTTP API.
 
 A manager on SQLite with no tokens configured gets a random API token and
 cluster token, kept in `fleet-api.token` and `fleet-cluster.token` beside the
@@ -19,9 +22,10 @@ import hmac
 import logging
 import os
 import secrets
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 from fleet import errors
+from fleet.config import API_SCOPES, ApiToken
 
 log = logging.getLogger(__name__)
 
@@ -29,39 +33,68 @@ API_TOKEN_FILE = "fleet-api.token"
 CLUSTER_TOKEN_FILE = "fleet-cluster.token"
 
 
+class Caller(NamedTuple):
+    """Who sent a request: the name and scope of its API token (never the token)."""
+
+    name: str
+    scope: str
+
+    def require(self, needed: str) -> None:
+        """PermissionDenied unless this scope reaches `needed` (read < operate < admin)."""
+        if rank(self.scope) < rank(needed):
+            raise errors.PermissionDenied(
+                f"token {self.name!r} has scope {self.scope}; this needs {needed}")
+
+
+def rank(scope: str) -> int:
+    """The place of `scope` in API_SCOPES; ValueError for anything else."""
+    if scope not in API_SCOPES:
+        raise ValueError(f"unknown scope {scope!r}: not one of {', '.join(API_SCOPES)}")
+    return API_SCOPES.index(scope)
+
+
 class ApiAuth:
     """Checks an HTTP Authorization header against the named API tokens."""
 
-    def __init__(self, tokens: Iterable[tuple[str, str]], cluster_token: str = ""):
-        """`tokens`: (name, token) pairs; empty tokens are ignored."""
-        self._tokens = [(name, token.encode("utf-8")) for name, token in tokens if token]
-        if cluster_token and any(t == cluster_token.encode("utf-8") for _, t in self._tokens):
-            # config.py already refuses this; a caller that skipped it must not open HTTP to daemons.
+    def __init__(self, tokens: Iterable[tuple[str, ...]], cluster_token: str = ""):
+        """`tokens`: ApiToken (name, token, scope) or (name, token) admin pairs;
+        empty tokens are ignored. ValueError for a token equal to the cluster
+        token or another one, or an unknown scope (config.py refuses them first)."""
+        entries = [ApiToken(*entry) for entry in tokens if entry[1]]
+        for entry in entries:
+            rank(entry.scope)
+        self._tokens = [(Caller(e.name, e.scope), e.token.encode("utf-8")) for e in entries]
+        given = [token for _, token in self._tokens]
+        if len(set(given)) != len(given):
+            raise ValueError("two API tokens are equal: whose name and scope would it be?")
+        if cluster_token and cluster_token.encode("utf-8") in given:
+            # A caller that skipped config.py's check must not open HTTP to daemons.
             raise ValueError("an API token must differ from the cluster token")
 
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def check(self, authorization: Optional[str]) -> str:
-        """The name of the token in `Authorization: Bearer <token>`; Unauthenticated if none."""
+    def check(self, authorization: Optional[str]) -> Caller:
+        """The name and scope of the token in `Authorization: Bearer <token>`;
+        Unauthenticated if there is none or it is not one of the API tokens."""
         given = _bearer_token(authorization)
         if given is None:
             raise errors.Unauthenticated("missing bearer token")
-        match = self.name_of(given)
+        match = self.caller_of(given)
         if match is None:
             raise errors.Unauthenticated("invalid token")
         return match
 
-    def name_of(self, token: bytes) -> Optional[str]:
-        """The name of `token` among the API tokens, or None.
+    def caller_of(self, token: bytes) -> Optional[Caller]:
+        """The name and scope of `token` among the API tokens, or None.
 
         Every token is compared, with no early exit, so the time taken does
         not tell which one (or how much of one) matched.
         """
         found = None
-        for name, expected in self._tokens:
+        for caller, expected in self._tokens:
             if hmac.compare_digest(token, expected) and found is None:
-                found = name
+                found = caller
         return found
 
 
@@ -80,7 +113,7 @@ def _bearer_token(authorization: Optional[str]) -> Optional[bytes]:
 @dataclasses.dataclass(frozen=True)
 class ManagerTokens:
     """The tokens a manager runs with, and the token files a first start still has to write."""
-    api: tuple[tuple[str, str], ...]            # (name, token) pairs for the HTTP API
+    api: tuple[ApiToken, ...]                   # (name, token, scope) for the HTTP API
     cluster: str                                # the gRPC token shared with daemons
     to_create: tuple[tuple[str, str], ...] = ()  # (path, token): made in memory, not yet written
     paths: tuple[str, ...] = ()                 # every token file used, to log at start
@@ -105,13 +138,13 @@ def resolve_tokens(config) -> ManagerTokens:
     to_create, paths = [], []
     if not named:
         path = os.path.join(directory, API_TOKEN_FILE)
-        named = (("default", _existing_or_new(path, "api_token", to_create)),)
+        named = (ApiToken("default", _existing_or_new(path, "api_token", to_create)),)
         paths.append(path)
     if not cluster:
         path = os.path.join(directory, CLUSTER_TOKEN_FILE)
         cluster = _existing_or_new(path, "cluster_token", to_create)
         paths.append(path)
-    if any(hmac.compare_digest(token.encode(), cluster.encode()) for _, token in named):
+    if any(hmac.compare_digest(entry[1].encode(), cluster.encode()) for entry in named):
         raise errors.ConfigError(["[manager] api_token: must differ from cluster_token"])
     return ManagerTokens(named, cluster, tuple(to_create), tuple(paths))
 

@@ -21,6 +21,12 @@ AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete"]
 # "ok", or the code of any FleetError kind (what fleet.manager.audit records).
 AUDIT_RESULTS = ["ok"] + sorted({kind.code for kind in HTTP_STATUS})
 
+SCOPES_NOTE = (
+    "An API token of [manager.api_tokens] has a scope: `read` may GET everything, "
+    "`operate` may also operate agents and sync nodes, `admin` may also delete nodes. "
+    "api_token, the generated fleet-api.token and a token without a scope are admin. "
+    "A valid token below what an endpoint needs gets 403 permission_denied.")
+
 _INT = {"type": "integer", "format": "int64"}
 _TIME = {"type": "integer", "format": "int64", "nullable": True,
          "description": "Unix milliseconds; null when unset"}
@@ -29,6 +35,7 @@ _STR = {"type": "string"}
 ERRORS = {  # status: (error code, when)
     "400": ("invalid_argument", "Bad parameter or body"),
     "401": ("unauthenticated", "No or bad API token"),
+    "403": ("permission_denied", "The token's scope is below what this needs"),
     "404": ("not_found", "Unknown node, agent or route"),
     "405": ("method_not_allowed", "Method not allowed on this path"),
     "409": ("conflict", "Refused in the agent's or daemon's state, or node online on delete"),
@@ -205,7 +212,7 @@ def _op(op_id: str, summary: str, schema: str, errors: str = "", params=(), body
                  "parameters": [_ref(p, "parameters") for p in params],
                  "responses": {"200": {"description": "OK", "content": {
                      "application/json": {"schema": _ref(schema)}}}}}
-    statuses = errors.split() + ([] if public else ["401", "500"])
+    statuses = errors.split() + ([] if public else ["401", "403", "500"])
     for status in sorted(set(statuses)):
         operation["responses"][status] = _ref(ERRORS[status][0], "responses")
     if public:
@@ -275,7 +282,8 @@ def document(version: str = fleet.__version__) -> dict:
         "security": [{"bearer": []}],
         "paths": paths(),
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": SCOPES_NOTE}},
             "schemas": schemas(), "parameters": parameters(), "responses": responses()},
     }
 

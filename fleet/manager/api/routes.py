@@ -2,7 +2,9 @@
 
 `make_app(agent_service, auth)` builds a fresh bottle.Bottle (never bottle's
 default app). One plugin wraps every route: it checks the bearer token
-(unless the route is public), turns the handler's dict into a JSON response,
+(unless the route is public) and that the token's scope reaches the route's
+(a refused operate, sync or delete is audited as `permission_denied`), turns
+the handler's dict into a JSON response,
 and turns every failure into the error envelope
 `{"error": {"code": ..., "message": ...}}` with the status of
 fleet.errors.HTTP_STATUS. A bug becomes a logged traceback and a bare
@@ -19,6 +21,7 @@ from typing import Any, Callable, Optional
 import bottle
 
 from fleet import errors
+from fleet.manager import tokens
 from fleet.manager.api import openapi
 
 log = logging.getLogger(__name__)
@@ -28,7 +31,8 @@ JSON_TYPE = "application/json"
 API = "/api/v1"
 
 # The envelope's code for statuses bottle raises itself (unknown route, method...).
-STATUS_CODES = {400: "invalid_argument", 401: "unauthenticated", 404: "not_found",
+STATUS_CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
+                404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
                 429: "resource_exhausted", 500: "internal", 502: "daemon_error",
                 503: "unavailable", 504: "deadline_exceeded"}
@@ -40,14 +44,16 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None) -> b
 
     `agent_service`: a fleet.manager.service.FleetService (or alike).
     `auth`: a fleet.manager.tokens.ApiAuth; `auth.check(header)` returns the
-    token's name or raises Unauthenticated.
+    token's Caller (name, scope) or raises Unauthenticated.
     `events`: a fleet.manager.events.EventService (None: the events endpoints 404).
     """
     app = bottle.Bottle()
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
-    app.install(_Edge(auth))
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
+    app.install(_Edge(auth, routes.refused))
     for method, path, handler, scope in routes.table():
+        if scope != "public":
+            tokens.rank(scope)         # a typo in the table fails here, not at a request
         app.route(path, method, handler, scope=scope)
     for status in range(400, 600):
         app.error(status)(_error_page)
@@ -142,6 +148,19 @@ class _Routes:
             _since(), _int_query("limit", 500), _query("cursor") or None)
         return {"events": events, "next_cursor": cursor}
 
+    def refused(self, callback: Callable, kwargs: dict, actor: str, message: str) -> None:
+        """Audit an operate, sync or delete refused for the token's scope, like one
+        that failed; other routes, and an operate whose body names no operation,
+        are not operations and leave no row."""
+        if callback == self.operate:
+            body = _json_body(self._max_body)
+            operation = body.get("operation") if isinstance(body, dict) else None
+        else:
+            operation = {self.sync: "sync", self.delete_node: "delete"}.get(callback)
+        if isinstance(operation, str):
+            self._service.record_refused(actor, kwargs.get("node_id"), kwargs.get("agent_id"),
+                                         operation, message)
+
     def _event_service(self):
         if self._events is None:
             raise errors.NotFound("events are not served here")
@@ -158,8 +177,9 @@ class _Edge:
     name = "fleet-edge"
     api = 2
 
-    def __init__(self, auth):
+    def __init__(self, auth, on_refused: Callable[[Callable, dict, str, str], None]):
         self._auth = auth
+        self._on_refused = on_refused    # audits a refused operation (_Routes.refused)
 
     def apply(self, callback: Callable, route: bottle.Route) -> Callable:
         scope = route.config.get("scope", "admin")
@@ -167,8 +187,7 @@ class _Edge:
         def wrapper(*args, **kwargs):
             try:
                 if scope != "public":
-                    header = bottle.request.get_header("Authorization")
-                    bottle.request.environ["fleet.token_name"] = self._auth.check(header)
+                    self._authorize(scope, route.callback, kwargs)
                 return _respond(200, callback(*args, **kwargs))
             except errors.FleetError as exc:
                 return _fleet_error(exc)
@@ -180,6 +199,22 @@ class _Edge:
                 return _envelope(500, "internal", "internal error")
 
         return wrapper
+
+    def _authorize(self, scope: str, callback: Callable, kwargs: dict) -> None:
+        """Unauthenticated without a valid token, PermissionDenied (logged, and audited
+        for an operation) when its scope is below `scope`."""
+        caller = self._auth.check(bottle.request.get_header("Authorization"))
+        bottle.request.environ["fleet.token_name"] = caller.name
+        try:
+            caller.require(scope)
+        except errors.PermissionDenied as exc:
+            log.warning("permission denied: token=%s scope=%s needs=%s: %s %s", caller.name,
+                        caller.scope, scope, bottle.request.method, bottle.request.path[:200])
+            try:
+                self._on_refused(callback, kwargs, caller.name, exc.message)
+            except errors.FleetError:
+                pass                       # a malformed body: no operation to audit
+            raise
 
 
 # ---- requests ----
