@@ -35,18 +35,22 @@ STATUS_CODES = {400: "invalid_argument", 401: "unauthenticated", 404: "not_found
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
-def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None) -> bottle.Bottle:
+def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
+             metrics=None, metrics_public: bool = False) -> bottle.Bottle:
     """A new bottle app serving DESIGN.md's HTTP API.
 
     `agent_service`: a fleet.manager.service.FleetService (or alike).
     `auth`: a fleet.manager.tokens.ApiAuth; `auth.check(header)` returns the
     token's name or raises Unauthenticated.
     `events`: a fleet.manager.events.EventService (None: the events endpoints 404).
+    `metrics`: a fleet.manager.api.metrics.ManagerMetrics (None: /metrics 404s);
+    `metrics_public`: /metrics answers without a token.
     """
     app = bottle.Bottle()
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
     app.install(_Edge(auth))
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
+    routes.metrics, routes.metrics_scope = metrics, "public" if metrics_public else "read"
     for method, path, handler, scope in routes.table():
         app.route(path, method, handler, scope=scope)
     for status in range(400, 600):
@@ -62,6 +66,8 @@ class _Routes:
         self._events = events
         self._max_body = max_body
         self._openapi = openapi_json
+        self.metrics = None                  # a ManagerMetrics serving /metrics, or None
+        self.metrics_scope = "read"          # "public" with [manager] metrics_public
 
     def table(self) -> list[tuple[str, str, Callable, str]]:
         """(method, path, handler, scope) for every endpoint; scope is the least a
@@ -82,6 +88,7 @@ class _Routes:
             ("GET", API + "/audit", self.audit, "read"),
             ("GET", agent + "/events", self.agent_events, "read"),
             ("GET", API + "/events", self.events, "read"),
+            ("GET", "/metrics", self.prometheus, self.metrics_scope),
         ]
 
     def index(self):
@@ -142,6 +149,11 @@ class _Routes:
             _since(), _int_query("limit", 500), _query("cursor") or None)
         return {"events": events, "next_cursor": cursor}
 
+    def prometheus(self):
+        if self.metrics is None:
+            raise errors.NotFound("metrics are not served here")
+        return _Body(*self.metrics.exposition())
+
     def _event_service(self):
         if self._events is None:
             raise errors.NotFound("events are not served here")
@@ -150,6 +162,14 @@ class _Routes:
 
 class _Raw(str):
     """A body already encoded as JSON."""
+
+
+class _Body:
+    """A body that is not JSON, with its Content-Type (the Prometheus exposition)."""
+
+    def __init__(self, data: bytes, content_type: str):
+        self.data = data
+        self.content_type = content_type
 
 
 class _Edge:
@@ -256,6 +276,9 @@ def _respond(status: int, payload: Any) -> str:
     response.set_header("X-Content-Type-Options", "nosniff")
     if isinstance(payload, _Raw):
         return str(payload)
+    if isinstance(payload, _Body):
+        response.content_type = payload.content_type
+        return payload.data
     return json.dumps(payload, separators=(",", ":")) + "\n"
 
 
