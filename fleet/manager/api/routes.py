@@ -50,7 +50,7 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
     app.install(_Edge(auth))
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
-    routes.metrics, routes.metrics_scope = metrics, "public" if metrics_public else "read"
+    routes.exposition, routes.exposition_scope = metrics, "public" if metrics_public else "read"
     for method, path, handler, scope in routes.table():
         app.route(path, method, handler, scope=scope)
     for status in range(400, 600):
@@ -66,8 +66,8 @@ class _Routes:
         self._events = events
         self._max_body = max_body
         self._openapi = openapi_json
-        self.metrics = None                  # a ManagerMetrics serving /metrics, or None
-        self.metrics_scope = "read"          # "public" with [manager] metrics_public
+        self.exposition = None               # a ManagerMetrics serving /metrics, or None
+        self.exposition_scope = "read"       # "public" with [manager] metrics_public
 
     def table(self) -> list[tuple[str, str, Callable, str]]:
         """(method, path, handler, scope) for every endpoint; scope is the least a
@@ -88,7 +88,7 @@ class _Routes:
             ("GET", API + "/audit", self.audit, "read"),
             ("GET", agent + "/events", self.agent_events, "read"),
             ("GET", API + "/events", self.events, "read"),
-            ("GET", "/metrics", self.prometheus, self.metrics_scope),
+            ("GET", "/metrics", self.prometheus, self.exposition_scope),
         ]
 
     def index(self):
@@ -150,9 +150,9 @@ class _Routes:
         return {"events": events, "next_cursor": cursor}
 
     def prometheus(self):
-        if self.metrics is None:
+        if self.exposition is None:
             raise errors.NotFound("metrics are not served here")
-        return _Body(*self.metrics.exposition())
+        return _Body(*self.exposition.exposition())
 
     def _event_service(self):
         if self._events is None:
