@@ -248,6 +248,7 @@ def test_both_roles_pass_promtool_and_counters_move(cluster):
     manager_text = scrape(http_port, API_TOKEN)[2]
     status, content_type, daemon_text = scrape(metrics_port)
     assert status == 200 and content_type.startswith("text/plain")
+    assert scrape(metrics_port, path="/")[0] == 404
     assert promtool_check(manager_text) == (0, "")
     assert promtool_check(daemon_text) == (0, "")
 
