@@ -116,6 +116,7 @@ class DaemonConfig:
     metrics_interval: float = 10.0
     stop_agents_on_exit: bool = True   # False: SIGTERM leaves agents for the next daemon
     insecure: bool = False
+    metrics_listen: str = ""           # HOST:PORT serving Prometheus /metrics; "": off
     tls: TLSConfig | None = None
 
 
@@ -130,6 +131,7 @@ class ManagerConfig:
     http_request_timeout: float = 10.0  # a request must arrive whole within this
     http_max_connections: int = 1000   # open HTTP connections at most; more wait
     events_retention: float = 604800.0  # seconds agent events are kept
+    metrics_public: bool = False       # /metrics without a token
     api_tokens: tuple[ApiToken, ...] = ()   # (name, token, scope)
     cluster_token: str = ""
     tls: TLSConfig | None = None
@@ -285,6 +287,7 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
                                    lambda v: to_int(v, 1, 100_000)),
         events_retention=r.get("events_retention", ManagerConfig.events_retention,
                                lambda v: to_seconds(v, 60)),
+        metrics_public=r.get("metrics_public", False, to_bool),
         api_tokens=tuple(tokens),
         cluster_token=cluster_token,
         tls=read_tls(r, ("cert", "key", "client_ca")),
@@ -369,6 +372,7 @@ def read_daemon(table: Any, problems: list[str]) -> DaemonConfig:
         metrics_interval=r.get("metrics_interval", 10.0, lambda v: to_seconds(v, 1.0)),
         stop_agents_on_exit=r.get("stop_agents_on_exit", True, to_bool),
         insecure=r.get("insecure", False, to_bool),
+        metrics_listen=r.get("metrics_listen", "", lambda v: to_address(v) if v else ""),
         tls=read_tls(r, ("cert", "key", "ca", "server_name")),
     )
     r.check_unknown()

@@ -5,7 +5,8 @@ import urllib.request
 
 
 class Api:
-    """Calls the API with a bearer token; every call returns (status, parsed JSON)."""
+    """Calls the API with a bearer token; every call returns (status, parsed JSON), or
+    (status, text) for a body that is not JSON (the Prometheus exposition)."""
 
     def __init__(self, port, token):
         self.base = f"http://127.0.0.1:{port}"
@@ -21,9 +22,9 @@ class Api:
             request.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read())
+                return response.status, _parsed(response)
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+            return error.code, _parsed(error)
 
     def get(self, path, **kw):
         return self.call("GET", path, **kw)
@@ -38,3 +39,11 @@ class Api:
             return {}
         assert status == 200, body
         return {a["agent_id"]: a for a in body["agents"]}
+
+
+def _parsed(response):
+    """The body as JSON, or as text when the server says it is not JSON."""
+    data = response.read()
+    if response.headers.get("Content-Type", "").startswith("application/json"):
+        return json.loads(data)
+    return data.decode("utf-8", "replace")

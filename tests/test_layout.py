@@ -37,9 +37,11 @@ def test_leaf_modules_import_nothing_of_fleet():
 
 
 def test_the_daemon_role_loads_neither_peewee_nor_bottle():
-    """Importing the daemon's whole stack leaves peewee, bottle and the HTTP server (uvicorn, h11) unloaded."""
+    """Importing the daemon's whole stack leaves peewee, bottle, the HTTP server (uvicorn,
+    h11) and prometheus_client (loaded only with metrics_listen) unloaded."""
     code = ("import sys; import fleet.cli, fleet.roles, fleet.daemon.app; "
-            "print(sorted(m for m in ('peewee', 'bottle', 'uvicorn', 'h11') if m in sys.modules))")
+            "print(sorted(m for m in ('peewee', 'bottle', 'uvicorn', 'h11', 'prometheus_client')"
+            " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True, env={"GRPC_ENABLE_FORK_SUPPORT": "0", "PATH": ""})
     assert out.stdout.strip() == "[]"

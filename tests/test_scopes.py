@@ -176,7 +176,7 @@ def test_unknown_routes_are_404_for_every_token(fleet):
 
 def routes(fleet):
     """(method, rule, scope) of every route of the running manager's app."""
-    app = fleet.manager._app.target
+    app = fleet.manager.routes
     return [(r.method, r.rule, r.config.get("scope", "admin")) for r in app.routes]
 
 

@@ -46,6 +46,7 @@ class Daemon:
         self.events: EventLog | None = None  # agents' history; probes and limits record into it
         self._health: HealthChecker | None = None
         self._limits: LimitGuard | None = None
+        self._exporter = None   # fleet.daemon.exporter.MetricsServer with metrics_listen set
 
     def bind(self) -> None:
         """Bind the gRPC port (not serving yet); OSError `cannot listen ...` if it is taken.
@@ -57,6 +58,10 @@ class Daemon:
         cfg = self.config.daemon
         self._server, self.port = listen(self.listen_label, cfg.listen, lambda: create_server(
             cfg.listen, [], token=cfg.cluster_token, tls=as_server(cfg.tls)))
+        if cfg.metrics_listen:
+            from fleet.daemon import exporter   # prometheus_client only when asked for
+            self._exporter = listen("metrics", cfg.metrics_listen,
+                                    lambda: exporter.MetricsServer(cfg.metrics_listen))
 
     def start(self) -> None:
         """bind(), take the state dir, start the agents, serve, and start reporting.
@@ -88,6 +93,7 @@ class Daemon:
         log.info("node %s boot %s: %d agent(s)", self.node_id, self.boot_id,
                  len(self.config.agents))
         self._start_syncer()
+        self._start_exporter()
 
     def _start_health(self) -> None:
         """Probes follow every published change; limits see every tree sample."""
@@ -106,6 +112,17 @@ class Daemon:
         self.supervisor.listeners.append(self.syncer.notify)
         self.events.listeners.append(self.syncer.poke)
         self.syncer.start()
+
+    def _start_exporter(self) -> None:
+        """Serve /metrics on metrics_listen, if set (bound by bind())."""
+        if self._exporter is None:
+            return
+        from fleet.daemon.exporter import DaemonCollector
+        syncer = self.syncer
+        self._exporter.start(DaemonCollector(
+            self.node_id, self.supervisor.snapshots, self._sampler.latest,
+            lambda: (syncer.pending_count(), syncer.last_report_time)))
+        log.info("listening metrics=%s", self._exporter.address)
 
     def registration(self, manager: str = "") -> pb.RegisterNodeRequest:
         """This node's facts now, as RegisterNode to `manager` (default: the first) carries
@@ -148,6 +165,8 @@ class Daemon:
     def close(self) -> None:
         """Release everything but the agents' processes (after stop(), or after a
         failed start: then the syncer and the server end here, with no final report)."""
+        if self._exporter is not None:
+            self._exporter.stop()
         if self.syncer is not None:
             self.syncer.stop(final_report=False)
         if self._server is not None:

@@ -414,6 +414,11 @@ class Sampler:
             found = self._histories.get(agent_id)
             return found.points(cutoff, now_ms, self._horizon_ms) if found is not None else []
 
+    def latest(self) -> dict[str, DataPoint]:
+        """The last whole-tree sample of each agent whose process is watched now."""
+        with self._lock:
+            return dict(self._last)
+
     def memory_bytes(self) -> int:
         """Bytes of sample data held by all rings."""
         with self._lock:

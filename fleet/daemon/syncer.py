@@ -67,6 +67,7 @@ class StateSyncer:
         self._closing = False
         self._last_warning = -WARN_EVERY_SECONDS
         self.reports_sent = 0                 # acknowledged reports (for tests and logs)
+        self.last_report_time = 0.0           # Unix seconds of the last acknowledged report
         self._thread = threading.Thread(target=self._run, name="fleet-syncer", daemon=True)
 
     # ---- from other threads ----
@@ -208,6 +209,7 @@ class StateSyncer:
         with self._cond:
             self._seq += 1
             self.reports_sent += 1
+            self.last_report_time = time.time()
             for agent_id, snapshot in taken.items():
                 if self._pending.get(agent_id) is snapshot:
                     del self._pending[agent_id]

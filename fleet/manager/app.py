@@ -15,6 +15,7 @@ from fleet.manager.service import FleetService
 from fleet.manager.audit import AuditLog
 from fleet.manager.store.db import migrate, open_database
 from fleet.manager.events import EventService
+from fleet.manager.api.metrics import ManagerMetrics
 from fleet.manager.api.routes import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.parts import ManagerParts, build_manager
@@ -34,6 +35,8 @@ class Manager:
         self.grpc_port = 0                 # the ports actually bound
         self.http_port = 0
         self.parts: ManagerParts | None = None
+        self.metrics: ManagerMetrics | None = None   # this manager's own registry
+        self.routes = None                 # the bottle app (before the metrics' WSGI wrapper)
         self.pool: DaemonClientPool | None = None
         self._grpc = None
         self._http: HttpServer | None = None
@@ -76,14 +79,24 @@ class Manager:
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
                                      timeout=cfg.daemon_timeout,
                                      operate_timeout=cfg.operate_timeout)
-        service = FleetService(self.parts.nodes, self.pool, AuditLog(db))
-        self._app.target = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
-                                    events=EventService(self.parts.events, self.parts.nodes))
+        self._app.target = self._make_app(db)
         self.parts.start()
         self._grpc.start()
         log.info("listening grpc=%s", join_address(split_address(cfg.grpc)[0], self.grpc_port))
         self._http.start_background()
         log.info("listening http=%s", self._http.address)
+
+    def _make_app(self, db) -> Callable:
+        """The HTTP API over the parts, counted by this manager's metrics."""
+        self.metrics = ManagerMetrics(db, self.config.offline_after)
+        self.parts.servicer.on_report = self.metrics.report_received
+        audit = AuditLog(db)
+        audit.on_record = self.metrics.operation_done
+        service = FleetService(self.parts.nodes, self.pool, audit)
+        self.routes = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
+                               events=EventService(self.parts.events, self.parts.nodes),
+                               metrics=self.metrics, metrics_public=self.config.metrics_public)
+        return self.metrics.instrument(self.routes)
 
     def stop_http(self) -> None:
         """Stop taking HTTP requests (the first step of shutdown)."""

@@ -46,6 +46,8 @@ class AuditLog:
         self._db = db
         self._clock = clock            # wall time of an entry (Unix seconds)
         self._monotonic = monotonic    # its duration, immune to clock steps
+        # Told (operation, result) of every entry, before it is written (metrics).
+        self.on_record: Optional[Callable[[str, str], None]] = None
 
     @contextlib.contextmanager
     def timed(self, actor: str, node_id: str, agent_id: Optional[str],
@@ -74,6 +76,8 @@ class AuditLog:
                "operation": operation, "result": result,
                "message": (message or "")[:MAX_MESSAGE].replace("\x00", "\ufffd"),
                "duration_ms": max(0, int(duration_ms))}
+        if self.on_record is not None:
+            self.on_record(operation, result)
         try:
             with self._db.connection_context():
                 AuditEntry.insert(row).execute(self._db)   # autocommit: its own transaction

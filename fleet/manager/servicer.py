@@ -6,6 +6,8 @@ errors become statuses in fleet.rpc.translate.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Callable
 
 import grpc
 
@@ -27,6 +29,8 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
         # Told to daemons at registration; 0 means "keep your own".
         self._sync_interval = sync_interval
         self._heartbeat_interval = heartbeat_interval
+        # Told (seconds, states) after every SyncAgentStates, failed ones too (metrics).
+        self.on_report: Callable[[float, int], None] = _ignore
 
     def add_to(self, server: grpc.Server) -> None:
         """Register on a server: `create_server(addr, [servicer.add_to])`."""
@@ -54,9 +58,13 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
     @translate
     def SyncAgentStates(self, request, context):
         """Store a report's valid states (committed before the reply) and name the rest."""
-        result = self._reports.sync(request.node_id, request.boot_id, request.seq,
-                                    request.full, request.states, request.stopping,
-                                    request.events)
+        began = time.monotonic()
+        try:
+            result = self._reports.sync(request.node_id, request.boot_id, request.seq,
+                                        request.full, request.states, request.stopping,
+                                        request.events)
+        finally:
+            self.on_report(time.monotonic() - began, len(request.states))
         response = fleet_pb2.SyncAgentStatesResponse(
             success=result.success, accepted=result.accepted, rejected=result.rejected,
             report_full_state=result.report_full_state)
@@ -65,3 +73,7 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
             response.errors.extend(fleet_pb2.StateError(agent_id=agent_id, reason=reason)
                                    for agent_id, reason in result.errors)
         return response
+
+
+def _ignore(seconds: float, states: int) -> None:
+    """The default on_report: nothing is measured."""

@@ -267,7 +267,19 @@ def paths() -> dict:
         "/api/v1/events": {"get": _op(
             "listEvents", "Events of the fleet, newest first", "EventList", "400",
             ("EventNode", "EventAgent", "Kind", "Since", "EventLimit", "Cursor"))},
+        "/metrics": {"get": _metrics_op()},
     }
+
+
+def _metrics_op() -> dict:
+    """GET /metrics: Prometheus text, with a token of scope read unless metrics_public."""
+    operation = {"operationId": "prometheusMetrics", "summary": (
+        "Prometheus metrics (text format 0.0.4); no token needed with "
+        "[manager] metrics_public = true"), "responses": {"200": {
+            "description": "The exposition", "content": {"text/plain": {"schema": _STR}}}}}
+    for status in ("401", "403", "404", "500"):
+        operation["responses"][status] = _ref(ERRORS[status][0], "responses")
+    return operation
 
 
 def document(version: str = fleet.__version__) -> dict:

@@ -39,17 +39,21 @@ STATUS_CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permissio
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
-def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None) -> bottle.Bottle:
+def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
+             metrics=None, metrics_public: bool = False) -> bottle.Bottle:
     """A new bottle app serving DESIGN.md's HTTP API.
 
     `agent_service`: a fleet.manager.service.FleetService (or alike).
     `auth`: a fleet.manager.tokens.ApiAuth; `auth.check(header)` returns the
     token's Caller (name, scope) or raises Unauthenticated.
     `events`: a fleet.manager.events.EventService (None: the events endpoints 404).
+    `metrics`: a fleet.manager.api.metrics.ManagerMetrics (None: /metrics 404s);
+    `metrics_public`: /metrics answers without a token.
     """
     app = bottle.Bottle()
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
+    routes.exposition, routes.exposition_scope = metrics, "public" if metrics_public else "read"
     app.install(_Edge(auth, routes.refused))
     for method, path, handler, scope in routes.table():
         if scope != "public":
@@ -68,6 +72,8 @@ class _Routes:
         self._events = events
         self._max_body = max_body
         self._openapi = openapi_json
+        self.exposition = None               # a ManagerMetrics serving /metrics, or None
+        self.exposition_scope = "read"       # "public" with [manager] metrics_public
 
     def table(self) -> list[tuple[str, str, Callable, str]]:
         """(method, path, handler, scope) for every endpoint; scope is the least a
@@ -88,6 +94,7 @@ class _Routes:
             ("GET", API + "/audit", self.audit, "read"),
             ("GET", agent + "/events", self.agent_events, "read"),
             ("GET", API + "/events", self.events, "read"),
+            ("GET", "/metrics", self.prometheus, self.exposition_scope),
         ]
 
     def index(self):
@@ -161,6 +168,11 @@ class _Routes:
             self._service.record_refused(actor, kwargs.get("node_id"), kwargs.get("agent_id"),
                                          operation, message)
 
+    def prometheus(self):
+        if self.exposition is None:
+            raise errors.NotFound("metrics are not served here")
+        return _Body(*self.exposition.exposition())
+
     def _event_service(self):
         if self._events is None:
             raise errors.NotFound("events are not served here")
@@ -169,6 +181,14 @@ class _Routes:
 
 class _Raw(str):
     """A body already encoded as JSON."""
+
+
+class _Body:
+    """A body that is not JSON, with its Content-Type (the Prometheus exposition)."""
+
+    def __init__(self, data: bytes, content_type: str):
+        self.data = data
+        self.content_type = content_type
 
 
 class _Edge:
@@ -291,6 +311,9 @@ def _respond(status: int, payload: Any) -> str:
     response.set_header("X-Content-Type-Options", "nosniff")
     if isinstance(payload, _Raw):
         return str(payload)
+    if isinstance(payload, _Body):
+        response.content_type = payload.content_type
+        return payload.data
     return json.dumps(payload, separators=(",", ":")) + "\n"
 
 
