@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import bottle
 
 from fleet import errors
-from fleet.manager.api import openapi
+from fleet.manager.api import openapi, ui
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None) -> b
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
     app.install(_Edge(auth))
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
-    for method, path, handler, scope in routes.table():
+    dashboard = ui.Dashboard(ui.load_files())
+    for method, path, handler, scope in routes.table() + _ui_table(dashboard):
         app.route(path, method, handler, scope=scope)
     for status in range(400, 600):
         app.error(status)(_error_page)
@@ -85,6 +86,7 @@ class _Routes:
         ]
 
     def index(self):
+        ui.redirect_browser()
         return {"name": "fleet", "api": API, "openapi": API + "/openapi.json"}
 
     def health(self):
@@ -146,6 +148,15 @@ class _Routes:
         if self._events is None:
             raise errors.NotFound("events are not served here")
         return self._events
+
+
+def _ui_table(dashboard: ui.Dashboard) -> list[tuple[str, str, Callable, str]]:
+    """The dashboard's routes: static files, no token (the page asks for one)."""
+    return [
+        ("GET", "/ui", dashboard.bare, "public"),
+        ("GET", "/ui/", dashboard.index, "public"),
+        ("GET", "/ui/<name>", dashboard.file, "public"),
+    ]
 
 
 class _Raw(str):
