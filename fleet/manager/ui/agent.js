@@ -22,7 +22,7 @@ export class AgentView {
     this.duration = 3600;
     this.charts = [
       new Chart("CPU (% of one core)", (p) => p.cpu, percent, 10),
-      new Chart("Memory (RSS)", (p) => p.memory_rss, bytes, 1024 * 1024),
+      new Chart("Memory (RSS)", (p) => p.memory_rss, bytes, 1024 * 1024, true),
     ];
     this.logs = new LogPanel(node, agent);
   }

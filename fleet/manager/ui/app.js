@@ -5,7 +5,7 @@
 // refresh collects the API's errors, which the banner shows until a refresh
 // succeeds. A 401 anywhere returns to the token form with the API's message.
 
-import { onUnauthenticated, token } from "./api.js";
+import { api, onUnauthenticated, token } from "./api.js";
 import { paused, setUpDialog } from "./actions.js";
 import { AgentView } from "./agent.js";
 import { clock, el, fill } from "./dom.js";
@@ -144,11 +144,20 @@ function showLogin(message) {
   $("token").focus();
 }
 
-function signIn(event) {
+/** Keep the typed token for this tab once the API accepts it (a 401 shows why not). */
+async function signIn(event) {
   event.preventDefault();
   const value = $("token").value.trim();
   if (!value) return;
   token.set(value);
+  $("token-submit").disabled = true;
+  try {
+    await api("nodes", { query: { limit: 1 } });
+  } catch (error) {
+    if (error.status === 401) return;         // onUnauthenticated showed the form again
+  } finally {
+    $("token-submit").disabled = false;
+  }
   $("token").value = "";
   navigate();
 }

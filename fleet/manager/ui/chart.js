@@ -9,10 +9,11 @@ const PAD = { left: 64, right: 12, top: 10, bottom: 22 };
 export class Chart {
   /**
    * title: shown above; value(point): the y value or null; format(y): axis text;
-   * floor: the least top of the y axis (e.g. 1 for a percentage).
+   * floor: the least top of the y axis (e.g. 10 for a percentage); binary: bytes.
    */
-  constructor(title, value, format, floor = 0) {
+  constructor(title, value, format, floor = 0, binary = false) {
     this.value = value;
+    this.binary = binary;     // bytes: round the axis in powers of 1024
     this.format = format;
     this.floor = floor;
     this.series = [];
@@ -70,7 +71,7 @@ export class Chart {
     let t0 = points[0].t;
     let t1 = points[points.length - 1].t;
     if (t1 - t0 < 60000) t0 = t1 - 60000;                 // at least a minute wide
-    const top = niceTop(Math.max(this.floor, ...points.map((p) => p.v)));
+    const top = niceTop(Math.max(this.floor, ...points.map((p) => p.v)), this.binary);
     return { t0, t1: Math.max(t1, t0 + 1), top };
   }
 
@@ -140,12 +141,15 @@ function splitAtGaps(series) {
   return runs;
 }
 
-/** A round number at or above value: 1, 2, 2.5, 5 times a power of ten (or of 1024 for bytes). */
-function niceTop(value) {
+/** A round top for the axis at or above value, whose quarters are round too:
+ * 1, 2, 4, 8 or 10 times a power of ten (bytes: of ten within a power of 1024). */
+function niceTop(value, binary) {
   if (!(value > 0)) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) {
-    if (value <= step * power) return step * power;
+  const unit = binary ? 1024 ** Math.max(0, Math.floor(Math.log(value) / Math.log(1024))) : 1;
+  const scaled = value / unit;
+  const power = 10 ** Math.floor(Math.log10(scaled));
+  for (const step of [1, 2, 4, 8, 10]) {
+    if (scaled <= step * power) return step * power * unit;
   }
-  return 10 * power;
+  return 10 * power * unit;
 }

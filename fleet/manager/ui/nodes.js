@@ -75,7 +75,7 @@ export class NodeView {
     this.cursor = query.get("cursor") || "";
     this.charts = [
       new Chart("CPU (whole machine)", (p) => p.cpu, percent, 10),
-      new Chart("Memory used", (p) => p.memory_used, bytes, 1024 * 1024),
+      new Chart("Memory used", (p) => p.memory_used, bytes, 1024 * 1024, true),
     ];
   }
 
@@ -129,7 +129,9 @@ export class NodeView {
       link(agentHash(this.node, a.agent_id), a.agent_id, { class: "id" }),
       orDash(a.type), badge(a.status),
       el("td", { class: "health" }, badge(a.health),
-        a.health_message ? el("span", { class: "health-message" }, a.health_message) : null),
+        a.health_message ? el("span", {
+          class: a.health === "unhealthy" ? "health-message bad" : "health-message",
+        }, a.health_message) : null),
       el("td", { class: "pid num" }, a.pid ? String(a.pid) : DASH),
       el("td", { class: "num" }, String(a.restart_count ?? DASH)),
       lastExit(a.last_exit_code, a.last_exit_signal),
