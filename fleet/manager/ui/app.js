@@ -77,23 +77,26 @@ function navigate() {
   }
   view.mount($("view"), context);
   banner([]);
+  running = null;           // a refresh of the page left may still wait on a slow daemon:
+  again = false;            // its answers are dropped (cycle checks the view), not waited for
   refreshNow();
 }
 
-/** Refresh the view now (after one in progress, if any). */
+/** Refresh the view now (after one in progress for the same view, if any). */
 async function refreshNow() {
   if (running) {
     again = true;
     return running;
   }
   clearTimeout(timer);
-  running = cycle();
+  const mine = cycle();
+  running = mine;
   try {
-    await running;
+    await mine;
   } finally {
-    running = null;
+    if (running === mine) running = null;
   }
-  if (again) {
+  if (again && running === null) {
     again = false;
     await refreshNow();
   }
