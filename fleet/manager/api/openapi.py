@@ -12,6 +12,7 @@ import json
 import fleet
 from fleet.errors import HTTP_STATUS
 from fleet.manager import events
+from fleet.manager.api import ui
 from fleet.states import State
 
 NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # values.valid_node_id
@@ -231,7 +232,7 @@ def paths() -> dict:
     node, agent = ("NodeId",), ("NodeId", "AgentId")
     daemon = "404 409 502 503 504"
     return {
-        "/": {"get": _op("index", "What this server is", "Index", public=True)},
+        "/": {"get": _browser_redirect(_op("index", "What this server is", "Index", public=True))},
         "/health": {"get": _op("health", "Liveness", "Health", public=True)},
         "/api/v1/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document", "security": [],
@@ -268,6 +269,41 @@ def paths() -> dict:
             "listEvents", "Events of the fleet, newest first", "EventList", "400",
             ("EventNode", "EventAgent", "Kind", "Since", "EventLimit", "Cursor"))},
         "/metrics": {"get": _metrics_op()},
+        **dashboard_paths(),
+    }
+
+
+def _browser_redirect(operation: dict) -> dict:
+    """`operation` that also sends a browser (Accept: text/html) to the dashboard."""
+    operation["responses"]["302"] = {
+        "description": "Accept names text/html: go to the dashboard, ui/",
+        "headers": {"Location": {"schema": {"type": "string", "example": "ui/"}}}}
+    return operation
+
+
+def dashboard_paths() -> dict:
+    """The dashboard's static files (no token: the page asks for one)."""
+    files = ui.load_files()
+    types = sorted({found.content_type.split(";")[0] for found in files.values()})
+    fresh = {"description": "Not modified (If-None-Match matched the ETag)"}
+
+    def serve(op_id: str, summary: str, media: list, params=()) -> dict:
+        content = {kind: {"schema": {"type": "string"}} for kind in media}
+        operation = {"operationId": op_id, "summary": summary, "security": [],
+                     "responses": {"200": {"description": "The file", "content": content},
+                                   "304": fresh, "404": _ref("not_found", "responses")}}
+        if params:
+            operation["parameters"] = list(params)
+        return operation
+
+    name = {"name": "name", "in": "path", "required": True,
+            "schema": {"type": "string", "enum": sorted(files) or ["index.html"]}}
+    return {
+        "/ui": {"get": {"operationId": "dashboardRedirect", "summary": "To the dashboard, ui/",
+                        "security": [], "responses": {"302": {"description": "Go to ui/"}}}},
+        "/ui/": {"get": serve("dashboard", "The dashboard (HTML)", ["text/html"])},
+        "/ui/{name}": {"get": serve("dashboardFile", "A file of the dashboard", types,
+                                    [name])},
     }
 
 

@@ -22,7 +22,7 @@ import bottle
 
 from fleet import errors
 from fleet.manager import tokens
-from fleet.manager.api import openapi
+from fleet.manager.api import openapi, ui
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
     routes.exposition, routes.exposition_scope = metrics, "public" if metrics_public else "read"
     app.install(_Edge(auth, routes.refused))
-    for method, path, handler, scope in routes.table():
+    dashboard = ui.Dashboard(ui.load_files())
+    for method, path, handler, scope in routes.table() + _ui_table(dashboard):
         if scope != "public":
             tokens.rank(scope)         # a typo in the table fails here, not at a request
         app.route(path, method, handler, scope=scope)
@@ -98,6 +99,7 @@ class _Routes:
         ]
 
     def index(self):
+        ui.redirect_browser()
         return {"name": "fleet", "api": API, "openapi": API + "/openapi.json"}
 
     def health(self):
@@ -177,6 +179,15 @@ class _Routes:
         if self._events is None:
             raise errors.NotFound("events are not served here")
         return self._events
+
+
+def _ui_table(dashboard: ui.Dashboard) -> list[tuple[str, str, Callable, str]]:
+    """The dashboard's routes: static files, no token (the page asks for one)."""
+    return [
+        ("GET", "/ui", dashboard.bare, "public"),
+        ("GET", "/ui/", dashboard.index, "public"),
+        ("GET", "/ui/<name>", dashboard.file, "public"),
+    ]
 
 
 class _Raw(str):
