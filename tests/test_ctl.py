@@ -390,3 +390,24 @@ def test_pyz_runs_ctl(pyz):
     result = subprocess.run([sys.executable, str(pyz), "ctl", "--url", url, "nodes"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "connection refused" in result.stderr
+
+
+def test_https_with_a_private_ca(cluster, tmp_path):
+    """Over HTTPS ctl trusts a private CA given by --ca-file or FLEET_CA_FILE, and without
+    it fails in one line that says so."""
+    from tests.tls_certs import issue, make_ca
+    ca = make_ca(tmp_path, "ctl-ca")
+    leaf = issue(tmp_path, ca, "manager")
+    manager = cluster.run("manager", cluster.manager_config(
+        extra=f'[manager.tls]\ncert = "{leaf.cert}"\nkey = "{leaf.key}"\n'))
+    url = f"https://127.0.0.1:{manager.port('http')}"
+    trusted = ctl("--ca-file", ca.cert, "nodes", url=url)
+    assert trusted.returncode == 0 and trusted.stdout == "no nodes\n", trusted.stderr
+    by_env = subprocess.run(FLEET_PY + ["ctl", "nodes"], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "FLEET_URL": url,
+                                             "FLEET_CA_FILE": ca.cert,
+                                             "FLEET_API_TOKEN": API_TOKEN})
+    assert by_env.returncode == 0, by_env.stderr
+    untrusted = ctl("nodes", url=url)
+    assert untrusted.returncode == 1 and "TLS certificate not trusted" in untrusted.stderr
+    assert untrusted.stderr.count("\n") == 1
