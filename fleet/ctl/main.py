@@ -146,13 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     nodes = command("nodes", commands.nodes, "list nodes")
     nodes.add_argument("--status", choices=("online", "offline"))
     nodes.add_argument("--label", action="append", type=_label, metavar="K=V")
-    agents = command("agents", commands.agents, "list a node's agents, or the fleet's")
-    agents.add_argument("node", nargs="?", metavar="NODE")
-    agents.add_argument("--status", choices=AGENT_STATUSES)
-    agents.add_argument("--health", choices=HEALTHS)
-    agents.add_argument("--type", help="only agents of this type (fleet-wide list)")
-    agents.add_argument("--label", action="append", type=_label, metavar="K=V",
-                        help="only agents on nodes with this label (fleet-wide list)")
+    _add_agents(command("agents", commands.agents, "list a node's agents, or the fleet's"))
     for operation in ("start", "stop", "restart"):
         made = command(operation, commands.operate, f"{operation} an agent")
         _node_agent(made)
@@ -160,19 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = _node_agent(command("metrics", commands.metrics, "an agent's resource samples"))
     metrics.add_argument("--duration", type=lambda t: _int_in(t, 1, 86400), default=300,
                          help="seconds of history (default 300)")
-    events = command("events", commands.events, "events, newest first")
-    events.add_argument("node", nargs="?", metavar="NODE")
-    events.add_argument("agent", nargs="?", metavar="AGENT")
-    events.add_argument("--kind")
-    events.add_argument("-n", "--limit", type=_positive, default=100, help="default 100")
-    audit = command("audit", commands.audit, "operations done, newest first")
-    audit.add_argument("--node")
-    audit.add_argument("-n", "--limit", type=_positive, default=100, help="default 100")
+    _add_history(command("events", commands.events, "events, newest first"),
+                 command("audit", commands.audit, "operations done, newest first"))
     command("reload", commands.reload, "make a node reread its config").add_argument(
         "node", metavar="NODE")
     _add_rollout(command("rollout", rollout, "apply an operation to the nodes of a selector"))
     command("policies", commands.policies, "list policies")
     return parser
+
+
+def _add_agents(agents: argparse.ArgumentParser) -> None:
+    agents.add_argument("node", nargs="?", metavar="NODE")
+    agents.add_argument("--status", choices=AGENT_STATUSES)
+    agents.add_argument("--health", choices=HEALTHS)
+    agents.add_argument("--type", help="only agents of this type (fleet-wide list)")
+    agents.add_argument("--label", action="append", type=_label, metavar="K=V",
+                        help="only agents on nodes with this label (fleet-wide list)")
+
+
+def _add_history(events: argparse.ArgumentParser, audit: argparse.ArgumentParser) -> None:
+    events.add_argument("node", nargs="?", metavar="NODE")
+    events.add_argument("agent", nargs="?", metavar="AGENT")
+    events.add_argument("--kind")
+    audit.add_argument("--node")
+    for parser in (events, audit):
+        parser.add_argument("-n", "--limit", type=_positive, default=100, help="default 100")
 
 
 def _node_agent(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

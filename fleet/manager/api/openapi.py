@@ -163,7 +163,8 @@ def parameters() -> dict:
                   "style": "form", "explode": True},
         "Lines": query("lines", {"type": "integer", "minimum": 1, "maximum": 1000,
                                  "default": 100}, "How many of the last log lines"),
-        "Offset": query("offset", {"type": "integer", "format": "int64", "minimum": 0},
+        "Offset": query("offset", {"type": "integer", "format": "int64", "minimum": 0,
+                                   "maximum": 10**18 - 1},
                         "Only the whole lines from this byte offset of the log on, at most "
                         "`lines` of them (a follower passes the last next_offset); a log now "
                         "shorter than offset was rotated and is read from 0"),
