@@ -63,6 +63,30 @@ def rows(output):
     return [re.split(r"\s{2,}", line.strip()) for line in output.strip().splitlines()]
 
 
+# ---- what ctl is ----
+
+def test_ctl_is_a_stdlib_client_of_the_api_only():
+    """fleet/ctl imports only the standard library and itself, and `fleet ctl` loads
+    neither role, gRPC nor protobuf."""
+    import ast
+    import pathlib
+    package = pathlib.Path(__file__).resolve().parent.parent / "fleet" / "ctl"
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                top = name.split(".")[0]
+                assert name.startswith("fleet.ctl") or top in sys.stdlib_module_names \
+                    or top == "__future__", (source.name, name)
+    code = ("import sys; from fleet.cli import main; main(['ctl', '--url', 'http://127.0.0.1:1',"
+            " 'nodes']); print(sorted(m for m in sys.modules if m.startswith(('grpc', 'google',"
+            " 'fleet.daemon', 'fleet.manager', 'psutil'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=package.parent.parent, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+
+
 # ---- against the real fleet ----
 
 def test_nodes_lists_the_node_online(fleet):
