@@ -435,3 +435,49 @@ def test_https_with_a_private_ca(cluster, tmp_path):
     untrusted = ctl("nodes", url=url)
     assert untrusted.returncode == 1 and "TLS certificate not trusted" in untrusted.stderr
     assert untrusted.stderr.count("\n") == 1
+
+
+def test_logs_follow_passes_offsets_and_grep_and_waits_out_a_503(fake_api):
+    """The follower asks from each next_offset with the same grep; a 503 is noted once on
+    stderr and polling goes on; Ctrl-C ends it with 0."""
+    answers = iter([(503, {"error": {"code": "unavailable", "message": "daemon down"}}),
+                    (200, {"lines": ["new ERROR"], "truncated": False, "next_offset": 25})])
+
+    def logs(query, _):
+        if "offset" not in query:
+            return 200, {"lines": ["old ERROR"], "truncated": False, "next_offset": 10}
+        return next(answers, (200, {"lines": [], "truncated": False, "next_offset": 25}))
+    server = fake_api({("GET", "/api/v1/nodes/n1/agents/a/logs"): logs})
+    env = {**os.environ, "FLEET_API_TOKEN": "t", "FLEET_URL": server.url}
+    follower = subprocess.Popen(FLEET_PY + ["ctl", "logs", "n1", "a", "--grep", "ERROR", "-f"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+    try:
+        wait_for(lambda: [q.get("offset") for _, _, q in server.requests][-1:] == ["25"],
+                 timeout=20)
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=10)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(10)
+    assert follower.returncode == 0
+    assert out == "old ERROR\nnew ERROR\n"
+    assert err == "fleet ctl: daemon down (retrying)\n"
+    offsets = [q.get("offset") for _, _, q in server.requests]
+    assert offsets[:4] == [None, "10", "10", "25"]
+    assert {q["grep"] for _, _, q in server.requests} == {"ERROR"}
+    assert {q["lines"] for _, _, q in server.requests[1:]} == {"1000"}
+
+
+def test_output_helpers():
+    """Times read relative when recent and ISO when old; sizes in binary units."""
+    from fleet.ctl import output
+    now = 1_800_000_000.0
+    assert output.ago(int((now - 12) * 1000), now) == "12s ago"
+    assert output.ago(int((now - 312) * 1000), now) == "5m12s ago"
+    assert output.ago(int((now + 3) * 1000), now) == "in 3s"
+    assert output.ago(int((now - 3 * 86400) * 1000), now)[:2] == "20"   # ISO date
+    assert output.ago(None) == "-"
+    assert [output.size(v) for v in (512, 13_700_000, None)] == ["512B", "13.1MiB", "-"]
+    assert output.labels({"b": "2", "a": "1"}) == "a=1,b=2"
