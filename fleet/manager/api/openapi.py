@@ -254,7 +254,8 @@ def paths() -> dict:
             "operateAgent", "Start, stop or restart an agent", "AgentResponse",
             "400 413 " + daemon, agent, body="OperateRequest")},
         "/api/v1/nodes/{node_id}/agents/{agent_id}/logs": {"get": _op(
-            "agentLogs", "The agent's last log lines", "Logs", "400 " + daemon,
+            "agentLogs", "The agent's last log lines, or the lines after an offset", "Logs",
+            "400 " + daemon,
             agent + ("Lines", "Grep", "Offset"))},
         "/api/v1/nodes/{node_id}/agents/{agent_id}/metrics": {"get": _op(
             "agentMetrics", "The agent's resource samples", "Metrics", "400 " + daemon,
