@@ -1,4 +1,5 @@
-"""Command line: parse flags, load the config, run a role until SIGTERM/SIGINT.
+"""Command line: parse flags, load the config, run a role until SIGTERM/SIGINT;
+or, as `fleet ctl ...`, hand the rest to fleet.ctl (a client of the HTTP API).
 
 Exit status: 2 for a bad flag or config (one stderr line per problem, nothing
 started), 1 for a runtime failure (port in use, state_dir locked, database
@@ -77,6 +78,10 @@ class Shutdown:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:
+        from fleet.ctl.main import main as ctl  # the HTTP client: neither role is loaded
+        return ctl(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.role:

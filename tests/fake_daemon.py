@@ -88,9 +88,15 @@ class FakeDaemon(fleet_pb2_grpc.DaemonServiceServicer):
     def GetAgentLogs(self, request, context):
         self._enter("GetAgentLogs", request, context)
         self._agent(request.agent_id, context)
-        lines = [line for line in self.log_lines if request.grep in line]
         count = request.lines or 100
-        return S.GetAgentLogsResponse(lines=lines[-count:], truncated=False)
+        # Its "log" is log_lines; an offset counts lines, not bytes (enough for the manager).
+        end = len(self.log_lines)
+        if request.HasField("offset"):
+            start = request.offset if request.offset <= end else 0
+            lines = [line for line in self.log_lines[start:] if request.grep in line][:count]
+            return S.GetAgentLogsResponse(lines=lines, next_offset=end)
+        lines = [line for line in self.log_lines if request.grep in line]
+        return S.GetAgentLogsResponse(lines=lines[-count:], truncated=False, next_offset=end)
 
 
 def serve_fake(node_id: str, agents=(), token: str = ""):

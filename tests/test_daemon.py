@@ -153,6 +153,25 @@ def test_logs_return_what_the_agent_printed(tmp_path):
         assert wait_for(lambda: "hello from agent" in lines())
 
 
+def test_logs_offset_follows_only_new_lines(tmp_path):
+    """A tail gives next_offset (the log's size); from there only newer lines come;
+    a negative offset is INVALID_ARGUMENT."""
+    with running_daemon(tmp_path, [agent("a")]) as (node, stub):
+        wait_for(lambda: "hello from agent" in stub.GetAgentLogs(
+            pb.GetAgentLogsRequest(agent_id="a", lines=10)).lines)
+        tail = stub.GetAgentLogs(pb.GetAgentLogsRequest(agent_id="a", lines=10))
+        path = os.path.join(node.statedir.logs_dir, "a.log")
+        assert tail.next_offset == os.path.getsize(path)
+        with open(path, "ab") as log:
+            log.write(b"appended by the test\n")
+        newer = stub.GetAgentLogs(pb.GetAgentLogsRequest(agent_id="a", offset=tail.next_offset))
+        assert list(newer.lines) == ["appended by the test"]
+        assert newer.next_offset == os.path.getsize(path)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetAgentLogs(pb.GetAgentLogsRequest(agent_id="a", offset=-1))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_metrics_have_points_with_rss(tmp_path):
     """GetAgentMetrics returns points with rss > 0 for a running agent."""
     with running_daemon(tmp_path, [agent("a")]) as (node, stub):

@@ -276,17 +276,33 @@ def test_big_body_is_413(manager):
 def test_logs(manager):
     """Logs pass lines and grep to the daemon; default 100 lines."""
     status, _, payload = call(manager, "GET", A1 + "/logs?lines=2")
-    assert status == 200 and payload == {"lines": ["line 299", "line 300"], "truncated": False}
+    assert status == 200 and payload == {"lines": ["line 299", "line 300"], "truncated": False,
+                                         "next_offset": 300}
     _check_schema(payload, "Logs")
     assert len(call(manager, "GET", A1 + "/logs")[2]["lines"]) == 100
     grep = call(manager, "GET", A1 + "/logs?lines=1000&grep=line%2029")[2]["lines"]
     assert grep == ["line 29"] + [f"line {n}" for n in range(290, 300)]
 
 
+def test_logs_offset_is_passed_to_the_daemon(manager):
+    """offset reaches the daemon as a set field (0 too); next_offset comes back."""
+    status, _, payload = call(manager, "GET", A1 + "/logs?offset=298&lines=5")
+    assert status == 200 and payload == {"lines": ["line 299", "line 300"], "truncated": False,
+                                         "next_offset": 300}
+    _check_schema(payload, "Logs")
+    call(manager, "GET", A1 + "/logs?offset=0&lines=1")
+    sent = [request for name, request in manager.fake.calls if name == "GetAgentLogs"]
+    assert sent[-1].HasField("offset") and sent[-1].offset == 0
+    call(manager, "GET", A1 + "/logs?lines=1")
+    assert not manager.fake.calls[-1][1].HasField("offset")
+
+
 @pytest.mark.parametrize("query", ["lines=0", "lines=1001", "lines=abc", "lines=", "lines=1.5",
-                                   "lines=-3", "lines=99999999999999999999", "grep=%ff"])
+                                   "lines=-3", "lines=99999999999999999999", "grep=%ff",
+                                   "offset=-1", "offset=", "offset=abc", "offset=1.5",
+                                   "offset=99999999999999999999"])
 def test_logs_bad_parameters_are_400(manager, query):
-    """lines outside 1..1000, not an integer, or grep not UTF-8: 400."""
+    """lines outside 1..1000, offset negative or not an integer, or grep not UTF-8: 400."""
     assert error_code(manager, "GET", A1 + "/logs?" + query) == (400, "invalid_argument")
 
 

@@ -394,3 +394,142 @@ def test_keeper_thread_survives_errors(tmp_path, monkeypatch):
         wait_for(lambda: len(calls) >= 3)
     finally:
         keeper.stop()
+
+
+# ---------------------------------------------------------------- read_from (follow)
+
+def test_tail_to_end_gives_the_size_read_up_to(log_path):
+    """A tail without offset also says where a follower starts: the log's size."""
+    write(log_path, b"a\nb\n")
+    assert logs.tail_to_end(log_path, 1) == (["b"], False, 4)
+    assert logs.tail_to_end(log_path + ".missing", 1) == ([], False, 0)
+
+
+def test_read_from_returns_only_lines_after_the_offset(log_path):
+    """From a previous next_offset only the newer lines come, and next_offset moves on."""
+    write(log_path, b"one\ntwo\n")
+    _, _, end = logs.tail_to_end(log_path, 10)
+    assert logs.read_from(log_path, end, 100) == ([], False, 8)
+    write(log_path, b"three\nfour\n")
+    assert logs.read_from(log_path, end, 100) == (["three", "four"], False, 19)
+    assert logs.read_from(log_path, 0, 100) == (["one", "two", "three", "four"], False, 19)
+
+
+def test_read_from_leaves_an_unfinished_line_for_the_next_call(log_path):
+    """A final line without its newline is not returned; next_offset stays at its start."""
+    write(log_path, b"done\nhalf")
+    assert logs.read_from(log_path, 0, 10) == (["done"], False, 5)
+    write(log_path, b" more\n")
+    assert logs.read_from(log_path, 5, 10) == (["half more"], False, 15)
+
+
+def test_read_from_an_offset_inside_a_line_skips_the_rest_of_it(log_path):
+    """An offset in the middle of a line starts at the next whole line."""
+    write(log_path, b"alpha\nbravo\ncharlie\n")
+    assert logs.read_from(log_path, 8, 10) == (["charlie"], False, 20)
+    assert logs.read_from(log_path, 6, 10) == (["bravo", "charlie"], False, 20)
+    assert logs.read_from(log_path, 20, 10) == ([], False, 20)
+
+
+def test_read_from_at_most_n_lines_then_continues(log_path):
+    """At most N lines from the offset on; the next call picks up where it stopped."""
+    write(log_path, b"".join(b"l%d\n" % i for i in range(10)))
+    first, truncated, offset = logs.read_from(log_path, 0, 3)
+    assert first == ["l0", "l1", "l2"] and not truncated and offset == 9
+    assert logs.read_from(log_path, offset, 3)[0] == ["l3", "l4", "l5"]
+
+
+def test_read_from_a_rotated_log_starts_again_at_0(log_path):
+    """A log now shorter than the offset was rotated by copy-truncate: read from 0."""
+    write(log_path, b"x" * 50 + b"\n" + b"old\n")
+    _, _, end = logs.tail_to_end(log_path, 1)
+    assert rotate_if_needed(log_path, 10, 1)
+    write(log_path, b"new\n")
+    assert logs.read_from(log_path, end, 10) == (["new"], False, 4)
+
+
+def test_read_from_stops_at_1_mib_and_the_next_call_goes_on(log_path):
+    """Over 1 MiB of new lines: truncated, next_offset after the last line sent, rest next."""
+    data = b"".join(b"%04d" % i + b"x" * 8187 + b"\n" for i in range(200))  # 8 KiB lines
+    write(log_path, data)
+    lines, truncated, offset = logs.read_from(log_path, 0, 1000)
+    assert truncated is True and len(lines) == 128
+    assert lines[0].startswith("0000") and lines[-1].startswith("0127")
+    assert offset == 128 * 8192
+    rest, truncated, end = logs.read_from(log_path, offset, 1000)
+    assert [line[:4] for line in rest] == ["%04d" % i for i in range(128, 200)]
+    assert not truncated and end == len(data)
+
+
+def test_read_from_cuts_long_lines_and_replaces_invalid_utf8(log_path):
+    """Lines are cut at 8 KiB and invalid UTF-8 is replaced, as in tail."""
+    write(log_path, b"A" * 20_000 + b"\nbad \xff\n")
+    assert logs.read_from(log_path, 0, 10) == (["A" * 8192, "bad \ufffd"], False, 20_007)
+
+
+def test_read_from_one_line_longer_than_the_scan_still_moves_on(log_path):
+    """A line longer than the scan bound: its head is shown and the next call skips its rest."""
+    write(log_path, b"B" * 300_000 + b"\nafter\n")
+    lines, truncated, offset = logs.read_from(log_path, 0, 10, max_scan_bytes=100_000)
+    assert lines == ["B" * 8192] and truncated and offset == 100_000
+    lines, truncated, offset = logs.read_from(log_path, offset, 10, max_scan_bytes=100_000)
+    assert lines == [] and truncated and offset == 200_000
+    assert logs.read_from(log_path, offset, 10, max_scan_bytes=100_000) == ([], True, 300_000)
+    assert logs.read_from(log_path, 300_000, 10, max_scan_bytes=100_000) == \
+        (["after"], False, 300_007)
+
+
+def test_read_from_with_grep_consumes_lines_that_do_not_match(log_path):
+    """grep with an offset returns only new matching lines; next_offset passes the others."""
+    write(log_path, b"".join(b"%s %d\n" % (b"ERROR" if i % 1000 == 0 else b"info", i)
+                             for i in range(5000)))
+    _, _, start = logs.tail_to_end(log_path, 1)
+    write(log_path, b"info late\nERROR late\ninfo later\n")
+    lines, truncated, offset = logs.read_from(log_path, start, 10, grep="ERROR")
+    assert lines == ["ERROR late"] and not truncated and offset == os.path.getsize(log_path)
+    assert logs.read_from(log_path, 0, 10, grep="ERROR")[0] == \
+        ["ERROR 0", "ERROR 1000", "ERROR 2000", "ERROR 3000", "ERROR 4000", "ERROR late"]
+    assert logs.read_from(log_path, 0, 2, grep="ERROR")[2] == len(b"ERROR 0\n") + sum(
+        len(b"info %d\n" % i) for i in range(1, 1000)) + len(b"ERROR 1000\n")
+
+
+@pytest.mark.parametrize("bad", [-1, True, "5", 2.0])
+def test_read_from_rejects_a_bad_offset(log_path, bad):
+    """A negative or non-integer offset is InvalidArgument."""
+    with pytest.raises(InvalidArgument):
+        logs.read_from(log_path, bad, 10)
+
+
+def test_read_from_missing_log_is_empty(log_path):
+    """No log yet: no lines, next_offset 0."""
+    assert logs.read_from(log_path, 100, 10) == ([], False, 0)
+
+
+def test_keeper_read_tails_or_follows(tmp_path):
+    """LogKeeper.read without offset tails, with one follows."""
+    keeper = LogKeeper(str(tmp_path))
+    write(keeper.path_for("a"), b"1\n2\n3\n")
+    assert keeper.read("a", 2) == (["2", "3"], False, 6)
+    write(keeper.path_for("a"), b"4\n")
+    assert keeper.read("a", 10, "", 6) == (["4"], False, 8)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"")), max_size=40),
+       cuts=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=8))
+def test_read_from_following_in_steps_sees_every_line_once(tmp_path, lines, cuts):
+    """Following with small N in steps, written in pieces, yields each whole line exactly once."""
+    path = str(tmp_path / "follow.log")
+    write(path, b"", "wb")
+    stream = b"".join(line + b"\n" for line in lines)
+    seen, offset, pos, step = [], 0, 0, 0
+    while pos < len(stream) or offset < len(stream):
+        if pos < len(stream):
+            piece = max(1, len(stream) // 7)
+            write(path, stream[pos:pos + piece])
+            pos += piece
+        got, _, offset = logs.read_from(path, offset, cuts[step % len(cuts)])
+        seen.extend(got)
+        step += 1
+    assert seen == [line.decode("utf-8", "replace") for line in lines]

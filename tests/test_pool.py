@@ -97,7 +97,7 @@ def test_calls_carry_node_id_and_return_protos(daemon, factory):
         assert [a.agent_id for a in client.list_agents()] == ["a1", "a2"]
         assert client.operate("a1", "stop").status == fleet_pb2.AGENT_STATUS_STOPPED
         assert len(client.metrics("a1", 60)) == 6
-        assert client.logs("a1", 2, "") == (["line 299", "line 300"], False)
+        assert client.logs("a1", 2, "") == (["line 299", "line 300"], False, 300)
         assert client.logs("a1", 5, "line 1") [0][-1] == "line 199"
     assert {request.node_id for _, request in fake.calls} == {"n1"}
     assert factory.created == 1 and len(pool) == 1

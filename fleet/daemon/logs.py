@@ -1,4 +1,4 @@
-"""Agent log files: where they live, copy-then-truncate rotation, and tail.
+"""Agent log files: where they live, copy-then-truncate rotation, and reading them.
 
 An agent's stdout and stderr are opened O_APPEND directly onto
 ``<logs_dir>/<id>.log`` (no pipe through the daemon), so the daemon can die
@@ -7,33 +7,25 @@ daemon cannot rename the log away; it rotates by copying it to ``<id>.log.1``
 and truncating it in place, and the agent's next O_APPEND write lands at
 offset 0.
 
-``tail`` reads backwards from the end in fixed blocks, so its cost depends on
-the lines asked for, not on the file size.
+Reading (``tail`` backwards, ``read_from`` forwards from an offset) lives in
+fleet.daemon.logread; its names are re-exported here.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
 
+from fleet.daemon.logread import (BLOCK_BYTES, MAX_LINE_BYTES, MAX_RESPONSE_BYTES,  # noqa: F401
+                                  MAX_SCAN_BYTES, MAX_TAIL_LINES, read_from, tail, tail_to_end)
 from fleet.daemon.periodic import Periodic
 from fleet.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 64 * 1024            # one pread while reading backwards
-MAX_LINE_BYTES = 8 * 1024          # each returned line is cut to this (before decoding)
-MAX_RESPONSE_BYTES = 1024 * 1024   # UTF-8 bytes of all returned lines together
-MAX_TAIL_LINES = 1000
-# Bounds the work of one tail: a grep that never matches, or a file that is one
-# endless line, must not read a whole 1 GB log. Above the default total of
-# log_max_bytes * (log_backups + 1) = 60 MiB, so a grep over default logs is complete.
-MAX_SCAN_BYTES = 128 * 1024 * 1024
 ROTATE_CHECK_SECONDS = 1.0
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -113,136 +105,6 @@ def _copy_fd(src: int, dst: int) -> None:
         with open(src, "rb", closefd=False) as fin, open(dst, "ab", closefd=False) as fout:
             shutil.copyfileobj(fin, fout, BLOCK_BYTES)
 
-
-# --------------------------------------------------------------------------- tail
-
-class _Budget:
-    """How many more bytes one tail may read; ``hit`` records that it ran out."""
-
-    def __init__(self, limit: int) -> None:
-        self.remaining = limit
-        self.hit = False
-
-
-def tail(path: str, lines: int, grep: str = "", backups: int | None = None,
-         *, max_scan_bytes: int = MAX_SCAN_BYTES) -> tuple[list[str], bool]:
-    """Return ``(last lines, truncated)`` of the log at ``path``, oldest line first.
-
-    Reads backwards in BLOCK_BYTES blocks from the end of ``path`` and on into
-    ``path.1``, ``path.2`` ... (up to ``backups`` of them; None = until one is
-    missing) while fewer than ``lines`` lines were found. The backups are the older
-    part of one stream, so a line split by a rotation comes back whole. A final
-    line without a newline counts. Each line is cut at MAX_LINE_BYTES, decoded with
-    invalid UTF-8 replaced, and returned without its newline. With ``grep`` only
-    lines containing that substring count.
-
-    ``truncated`` is True when the lines would pass MAX_RESPONSE_BYTES (the newest
-    lines are kept) or when the scan read ``max_scan_bytes`` without finding
-    ``lines`` lines. A missing log gives ``([], False)``. A rotation running at
-    the same moment may repeat or skip the lines it is moving.
-    """
-    if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= MAX_TAIL_LINES:
-        raise InvalidArgument(f"lines must be between 1 and {MAX_TAIL_LINES}, got {lines!r}")
-    budget = _Budget(max_scan_bytes)
-    found = _backward_lines(path, backups, grep.encode("utf-8"), budget)
-    picked: list[str] = []
-    total = 0
-    truncated = False
-    try:
-        for raw in found:
-            text = raw.decode("utf-8", "replace")
-            size = len(text.encode("utf-8"))
-            if total + size > MAX_RESPONSE_BYTES:
-                truncated = True
-                break
-            picked.append(text)
-            total += size
-            if len(picked) == lines:
-                break
-    finally:
-        found.close()  # closes the file still open in the generator
-    picked.reverse()
-    return picked, truncated or budget.hit
-
-
-def _backward_lines(path: str, backups: int | None, needle: bytes,
-                    budget: _Budget) -> Iterator[bytes]:
-    """Yield the raw lines (cut to MAX_LINE_BYTES) of the stream newest first.
-
-    The stream is ``path.N + ... + path.1 + path``. ``carry`` holds the start of
-    the line that continues to the left of what has been read; only its first
-    MAX_LINE_BYTES matter, so it never grows past that.
-    """
-    carry = b""
-    seen_data = False
-    for fpath in _chain(path, backups):
-        fd = _open_or_none(fpath)
-        if fd is None:
-            break  # no older file: carry is the first line of the stream
-        try:
-            for block in _blocks_backward(fd, budget):
-                if not seen_data:
-                    seen_data = True
-                    if block.endswith(b"\n"):  # the last newline ends the last line
-                        block = block[:-1]
-                buf = block + carry
-                cut = buf.find(b"\n")
-                carry = buf[:MAX_LINE_BYTES if cut < 0 else min(cut, MAX_LINE_BYTES)]
-                if cut >= 0:
-                    yield from _complete_lines(buf, cut + 1, needle)
-        finally:
-            os.close(fd)
-        if budget.hit:
-            return  # carry is the middle of a line we never reached the start of
-    if seen_data and (not needle or needle in carry):
-        yield carry
-
-
-def _complete_lines(buf: bytes, start: int, needle: bytes) -> Iterator[bytes]:
-    """Yield the lines of ``buf[start:]`` newest first, cut, filtered by ``needle``."""
-    if needle and buf.find(needle, start) < 0:
-        return  # fast path for grep: nothing in this block can match
-    for line in reversed(buf[start:].split(b"\n")):
-        if len(line) > MAX_LINE_BYTES:
-            line = line[:MAX_LINE_BYTES]
-        if not needle or needle in line:
-            yield line
-
-
-def _chain(path: str, backups: int | None) -> Iterator[str]:
-    """Yield ``path`` then its backups, newest first."""
-    yield path
-    numbers = itertools.count(1) if backups is None else range(1, backups + 1)
-    for i in numbers:
-        yield f"{path}.{i}"
-
-
-def _open_or_none(path: str) -> int | None:
-    """Open ``path`` read-only, or None if it does not exist."""
-    try:
-        return os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-
-
-def _blocks_backward(fd: int, budget: _Budget) -> Iterator[bytes]:
-    """Yield the contents of ``fd`` in blocks from its end to its start."""
-    pos = os.fstat(fd).st_size  # bytes appended after this are not ours to show
-    while pos > 0:
-        if budget.remaining <= 0:
-            budget.hit = True
-            return
-        size = min(BLOCK_BYTES, pos)
-        pos -= size
-        data = os.pread(fd, size, pos)
-        budget.remaining -= size
-        if len(data) != size:
-            # Truncated by a rotation while we read it: what is left is gone.
-            log.debug("tail: log shrank while reading (fd %d)", fd)
-            return
-        yield data
-
-
 # --------------------------------------------------------------------------- keeper
 
 class LogKeeper:
@@ -291,9 +153,20 @@ class LogKeeper:
 
     def tail(self, agent_id: str, lines: int, grep: str = "") -> tuple[list[str], bool]:
         """``tail`` of the agent's log, following as many backups as it keeps."""
+        found, truncated, _ = self.read(agent_id, lines, grep)
+        return found, truncated
+
+    def read(self, agent_id: str, lines: int, grep: str = "",
+             offset: int | None = None) -> tuple[list[str], bool, int]:
+        """``(lines, truncated, next_offset)`` of the agent's log: without ``offset``
+        its last lines (``tail_to_end``), with one the whole lines from that byte on
+        (``read_from``). ``next_offset`` is where a follower reads on."""
+        path = self.path_for(agent_id)
+        if offset is not None:
+            return read_from(path, offset, lines, grep)
         with self._lock:
             limits = self._limits.get(agent_id)
-        return tail(self.path_for(agent_id), lines, grep, None if limits is None else limits[1])
+        return tail_to_end(path, lines, grep, None if limits is None else limits[1])
 
     def rotate_all(self) -> list[str]:
         """Check every registered log once; return the ids rotated. Never raises."""

@@ -75,5 +75,9 @@ class DaemonServicer(pb_grpc.DaemonServiceServicer):
         lines = bounded(request.lines, DEFAULT_LINES, MAX_LINES, "lines")
         if len(request.grep) > MAX_GREP or "\x00" in request.grep:
             raise InvalidArgument(f"grep must be at most {MAX_GREP} characters, without NUL")
-        found, truncated = self.logs.tail(request.agent_id, lines, request.grep)
-        return pb.GetAgentLogsResponse(lines=found, truncated=truncated)
+        offset = request.offset if request.HasField("offset") else None
+        if offset is not None and offset < 0:
+            raise InvalidArgument(f"offset must be >= 0, got {offset}")
+        found, truncated, next_offset = self.logs.read(request.agent_id, lines, request.grep,
+                                                       offset)
+        return pb.GetAgentLogsResponse(lines=found, truncated=truncated, next_offset=next_offset)

@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import logging
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import grpc
 from grpc import _common as grpc_common  # private: core connectivity -> public enum
@@ -81,12 +81,14 @@ class DaemonClient:
             node_id=self.node_id, agent_id=agent_id, duration_seconds=duration)
         return list(self._call("GetAgentMetrics", request, self._timeout).data_points)
 
-    def logs(self, agent_id: str, lines: int, grep: str = "") -> tuple[list[str], bool]:
-        """The last `lines` log lines (containing `grep`) and whether they were cut."""
+    def logs(self, agent_id: str, lines: int, grep: str = "",
+             offset: Optional[int] = None) -> tuple[list[str], bool, int]:
+        """(lines, truncated, next_offset): the last `lines` log lines (containing
+        `grep`), or with `offset` the whole lines from that byte on."""
         request = fleet_pb2.GetAgentLogsRequest(
-            node_id=self.node_id, agent_id=agent_id, lines=lines, grep=grep)
+            node_id=self.node_id, agent_id=agent_id, lines=lines, grep=grep, offset=offset)
         response = self._call("GetAgentLogs", request, self._timeout)
-        return list(response.lines), response.truncated
+        return list(response.lines), response.truncated, response.next_offset
 
     def _call(self, method: str, request, timeout: float):
         try:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 OPERATIONS = ("start", "stop", "restart")
 LINES_RANGE = (1, 1000)         # GetAgentLogs lines (DESIGN.md, "The wire")
 DURATION_RANGE = (1, 86400)     # GetAgentMetrics seconds
+OFFSET_RANGE = (0, 10**18 - 1)  # GetAgentLogs byte offset: 18 digits, as the query parser reads
 DEFAULT_LINES = 100
 DEFAULT_DURATION = 3600
 MAX_GREP = 1024                 # characters; a filter, not a payload
@@ -119,17 +120,21 @@ class FleetService:
         return agent
 
     def logs(self, node_id: str, agent_id: str, lines: int = DEFAULT_LINES,
-             grep: str = "") -> dict:
-        """{"lines": [...], "truncated": bool}: the agent's last `lines` log lines."""
+             grep: str = "", offset: Optional[int] = None) -> dict:
+        """{"lines": [...], "truncated": bool, "next_offset": int}: the agent's last
+        `lines` log lines or, with `offset`, the whole lines from that byte on (at
+        most `lines`); a follower passes next_offset as the next call's offset."""
         node_id, agent_id = _node_id(node_id), _agent_id(agent_id)
         lines = _in_range("lines", lines, LINES_RANGE)
         if not isinstance(grep, str) or len(grep) > MAX_GREP or "\x00" in grep:
             raise errors.InvalidArgument(
                 f"grep must be text of at most {MAX_GREP} characters, without NUL")
+        if offset is not None:
+            offset = _in_range("offset", offset, OFFSET_RANGE)
         node = self._node_with_agent(node_id, agent_id)
         with self._daemon(node) as daemon:
-            found, truncated = daemon.logs(agent_id, lines, grep)
-        return {"lines": found, "truncated": truncated}
+            found, truncated, next_offset = daemon.logs(agent_id, lines, grep, offset)
+        return {"lines": found, "truncated": truncated, "next_offset": next_offset}
 
     def metrics(self, node_id: str, agent_id: str, duration: int = DEFAULT_DURATION) -> list[dict]:
         """The agent's resource points of the last `duration` seconds: samples of the

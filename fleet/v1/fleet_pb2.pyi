@@ -296,21 +296,25 @@ class GetAgentMetricsResponse(_message.Message):
     def __init__(self, data_points: _Optional[_Iterable[_Union[ResourceDataPoint, _Mapping]]] = ...) -> None: ...
 
 class GetAgentLogsRequest(_message.Message):
-    __slots__ = ("node_id", "agent_id", "lines", "grep")
+    __slots__ = ("node_id", "agent_id", "lines", "grep", "offset")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     GREP_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     agent_id: str
     lines: int
     grep: str
-    def __init__(self, node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., lines: _Optional[int] = ..., grep: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., lines: _Optional[int] = ..., grep: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class GetAgentLogsResponse(_message.Message):
-    __slots__ = ("lines", "truncated")
+    __slots__ = ("lines", "truncated", "next_offset")
     LINES_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedScalarFieldContainer[str]
     truncated: bool
-    def __init__(self, lines: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    next_offset: int
+    def __init__(self, lines: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., next_offset: _Optional[int] = ...) -> None: ...

@@ -112,7 +112,10 @@ def schemas() -> dict:
         "OperateRequest": {"type": "object", "required": ["operation"], "properties": {
             "operation": {"type": "string", "enum": ["start", "stop", "restart"]}}},
         "Logs": _obj({"lines": {"type": "array", "items": _STR},
-                      "truncated": {"type": "boolean"}}),
+                      "truncated": {"type": "boolean"},
+                      "next_offset": {**_INT, "minimum": 0, "description": (
+                          "byte offset where the read ended (the log's size without "
+                          "offset): pass it as offset to get only newer lines")}}),
         "Metrics": _obj({"points": {"type": "array", "items": _ref("MetricPoint"), "description": (
             "The samples of the last hour (at metrics_interval), oldest first, then "
             "(coarsest last) one-minute points before them, oldest first")}}),
@@ -168,6 +171,11 @@ def parameters() -> dict:
                   "style": "form", "explode": True},
         "Lines": query("lines", {"type": "integer", "minimum": 1, "maximum": 1000,
                                  "default": 100}, "How many of the last log lines"),
+        "Offset": query("offset", {"type": "integer", "format": "int64", "minimum": 0,
+                                   "maximum": 10**18 - 1},
+                        "Only the whole lines from this byte offset of the log on, at most "
+                        "`lines` of them (a follower passes the last next_offset); a log now "
+                        "shorter than offset was rotated and is read from 0"),
         "Grep": query("grep", {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00]*$",
                                "default": ""}, "Only lines containing this text (no NUL)"),
         "Duration": query("duration", {"type": "integer", "minimum": 1, "maximum": 86400,
@@ -254,8 +262,9 @@ def paths() -> dict:
             "operateAgent", "Start, stop or restart an agent", "AgentResponse",
             "400 413 " + daemon, agent, body="OperateRequest")},
         "/api/v1/nodes/{node_id}/agents/{agent_id}/logs": {"get": _op(
-            "agentLogs", "The agent's last log lines", "Logs", "400 " + daemon,
-            agent + ("Lines", "Grep"))},
+            "agentLogs", "The agent's last log lines, or the lines after an offset", "Logs",
+            "400 " + daemon,
+            agent + ("Lines", "Grep", "Offset"))},
         "/api/v1/nodes/{node_id}/agents/{agent_id}/metrics": {"get": _op(
             "agentMetrics", "The agent's resource samples", "Metrics", "400 " + daemon,
             agent + ("Duration",))},

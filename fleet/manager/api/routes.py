@@ -136,7 +136,8 @@ class _Routes:
     def logs(self, node_id, agent_id):
         lines = _int_query("lines", 100)
         grep = _query("grep") or ""
-        return self._service.logs(node_id, agent_id, lines, grep)
+        offset = _int_query("offset", -1) if _query("offset") is not None else None
+        return self._service.logs(node_id, agent_id, lines, grep, offset)
 
     def metrics(self, node_id, agent_id):
         duration = _int_query("duration", 3600)

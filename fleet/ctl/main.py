@@ -1,0 +1,208 @@
+"""ctl's command line: options, where the URL and token come from, exit statuses.
+
+URL: --url, FLEET_URL, else http://127.0.0.1:8080. Token: --token-file,
+FLEET_TOKEN_FILE, FLEET_API_TOKEN, else ./fleet-api.token (none if it does not
+exist). CA for HTTPS: --ca-file or FLEET_CA_FILE. Exit 0 on success, 1 with
+one line on an API error or an unreachable manager, 2 on bad usage (argparse),
+130 after Ctrl-C (but `logs -f` ends with 0). Never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import urllib.parse
+from typing import Optional
+
+from fleet.ctl import commands
+from fleet.ctl.client import Client, CtlError
+from fleet.ctl.commands import AGENT_STATUSES, HEALTHS, Ctl
+from fleet.ctl.rollout import rollout
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_TOKEN_FILE = "fleet-api.token"
+DEFAULT_TIMEOUT = 60.0      # above the manager's operate_timeout (30 s)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run one ctl command; the exit status."""
+    args = build_parser().parse_args(argv)   # bad usage: SystemExit(2)
+    if getattr(args, "verbose", False):
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                            format="fleet ctl: %(message)s")
+    try:
+        ctl = Ctl(make_client(args), as_json=args.json)
+        return args.run(ctl, args)
+    except CtlError as exc:
+        print(f"fleet ctl: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, and keep Python's final flush quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def make_client(args) -> Client:
+    """The API client from the flags, the environment and the defaults."""
+    url = args.url or os.environ.get("FLEET_URL") or DEFAULT_URL
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CtlError(f"bad URL {url!r}: want http://HOST:PORT or https://HOST:PORT")
+    token, hint = read_token(args.token_file)
+    ca_file = args.ca_file or os.environ.get("FLEET_CA_FILE") or ""
+    timeout = args.timeout or float(os.environ.get("FLEET_TIMEOUT") or DEFAULT_TIMEOUT)
+    return Client(url, token, ca_file, timeout, hint)
+
+
+def read_token(flag: Optional[str]) -> tuple[str, str]:
+    """(token, where it came from, for a 401's message)."""
+    name = flag or os.environ.get("FLEET_TOKEN_FILE")
+    if not name and os.environ.get("FLEET_API_TOKEN"):
+        return os.environ["FLEET_API_TOKEN"].strip(), "token from FLEET_API_TOKEN"
+    if not name:
+        if not os.path.exists(DEFAULT_TOKEN_FILE):
+            return "", ("no token: pass --token-file, set FLEET_API_TOKEN, or run where "
+                        "fleet-api.token is")
+        name = DEFAULT_TOKEN_FILE
+    try:
+        with open(name, encoding="utf-8") as handle:
+            return handle.read().strip(), f"token from {name}"
+    except (OSError, UnicodeError) as exc:
+        raise CtlError(f"cannot read token file {name}: {getattr(exc, 'strerror', exc)}") \
+            from None
+
+
+# ---- the parser ----
+
+def _lines(text: str) -> int:
+    return _int_in(text, 1, 1000)
+
+
+def _positive(text: str) -> int:
+    return _int_in(text, 1, 10**9)
+
+
+def _int_in(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600, not {text}")
+    return value
+
+
+def _label(text: str) -> str:
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(f"want KEY=VALUE, not {text!r}")
+    return text
+
+
+def _common(default) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=default, help=f"manager URL (FLEET_URL; {DEFAULT_URL})")
+    common.add_argument("--token-file", default=default,
+                        help="API token file (FLEET_TOKEN_FILE; else FLEET_API_TOKEN, "
+                             "else ./fleet-api.token)")
+    common.add_argument("--ca-file", default=default, help="CA of an HTTPS manager (FLEET_CA_FILE)")
+    common.add_argument("--timeout", type=_seconds, default=default,
+                        help=f"seconds per request (FLEET_TIMEOUT; {DEFAULT_TIMEOUT:g})")
+    common.add_argument("--json", action="store_true", default=default,
+                        help="print the API's JSON instead of tables")
+    common.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log each request on stderr")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """ctl's argparse parser; each command's function is in `run`."""
+    parser = argparse.ArgumentParser(prog="fleet ctl", parents=[_common(None)],
+                                     description="Drive a fleet manager over its HTTP API.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = [_common(argparse.SUPPRESS)]
+
+    def command(name: str, run, help_text: str, **kw) -> argparse.ArgumentParser:
+        made = sub.add_parser(name, parents=common, help=help_text, description=help_text, **kw)
+        made.set_defaults(run=run)
+        return made
+
+    command("status", commands.status, "the fleet at a glance (overview)")
+    nodes = command("nodes", commands.nodes, "list nodes")
+    nodes.add_argument("--status", choices=("online", "offline"))
+    nodes.add_argument("--label", action="append", type=_label, metavar="K=V")
+    _add_agents(command("agents", commands.agents, "list a node's agents, or the fleet's"))
+    for operation in ("start", "stop", "restart"):
+        made = command(operation, commands.operate, f"{operation} an agent")
+        _node_agent(made)
+    _add_logs(command("logs", commands.logs, "an agent's log lines"))
+    metrics = _node_agent(command("metrics", commands.metrics, "an agent's resource samples"))
+    metrics.add_argument("--duration", type=lambda t: _int_in(t, 1, 86400), default=300,
+                         help="seconds of history (default 300)")
+    _add_history(command("events", commands.events, "events, newest first"),
+                 command("audit", commands.audit, "operations done, newest first"))
+    command("reload", commands.reload, "make a node reread its config").add_argument(
+        "node", metavar="NODE")
+    _add_rollout(command("rollout", rollout, "apply an operation to the nodes of a selector"))
+    command("policies", commands.policies, "list policies")
+    return parser
+
+
+def _add_agents(agents: argparse.ArgumentParser) -> None:
+    agents.add_argument("node", nargs="?", metavar="NODE")
+    agents.add_argument("--status", choices=AGENT_STATUSES)
+    agents.add_argument("--health", choices=HEALTHS)
+    agents.add_argument("--type", help="only agents of this type (fleet-wide list)")
+    agents.add_argument("--label", action="append", type=_label, metavar="K=V",
+                        help="only agents on nodes with this label (fleet-wide list)")
+
+
+def _add_history(events: argparse.ArgumentParser, audit: argparse.ArgumentParser) -> None:
+    events.add_argument("node", nargs="?", metavar="NODE")
+    events.add_argument("agent", nargs="?", metavar="AGENT")
+    events.add_argument("--kind")
+    audit.add_argument("--node")
+    for parser in (events, audit):
+        parser.add_argument("-n", "--limit", type=_positive, default=100, help="default 100")
+
+
+def _node_agent(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("node", metavar="NODE")
+    parser.add_argument("agent", metavar="AGENT")
+    return parser
+
+
+def _add_logs(logs: argparse.ArgumentParser) -> None:
+    _node_agent(logs)
+    logs.add_argument("-n", "--lines", type=_lines, default=100,
+                      help="how many of the last lines (1..1000, default 100)")
+    logs.add_argument("--grep", help="only lines containing this text")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="then print new lines as they come, until Ctrl-C")
+
+
+def _add_rollout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("operation", choices=("restart", "start", "stop"))
+    parser.add_argument("agent", metavar="AGENT")
+    parser.add_argument("--label", action="append", type=_label, required=True, metavar="K=V",
+                        help="nodes with this label (repeat to require several)")
+    parser.add_argument("--max-parallel", type=_positive, default=5, help="default 5")
+    parser.add_argument("--max-failures", type=lambda t: _int_in(t, 0, 10**9), default=1,
+                        help="default 1")
+    parser.add_argument("--wait-seconds", type=_positive,
+                        help="how long each wave may take to run (the manager's default)")
