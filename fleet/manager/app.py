@@ -15,6 +15,7 @@ from fleet.manager.service import FleetService
 from fleet.manager.audit import AuditLog
 from fleet.manager.store.db import migrate, open_database
 from fleet.manager.events import EventService
+from fleet.manager.views import FleetViews
 from fleet.manager.api.routes import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.parts import ManagerParts, build_manager
@@ -76,7 +77,8 @@ class Manager:
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
                                      timeout=cfg.daemon_timeout,
                                      operate_timeout=cfg.operate_timeout)
-        service = FleetService(self.parts.nodes, self.pool, AuditLog(db))
+        service = FleetService(self.parts.nodes, self.pool, AuditLog(db),
+                               FleetViews(db, cfg.offline_after))
         self._app.target = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
                                     events=EventService(self.parts.events, self.parts.nodes))
         self.parts.start()

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import bottle
 
 from fleet import errors
+from fleet.manager import paging
 from fleet.manager.api import openapi
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class _Routes:
             ("GET", API + "/audit", self.audit, "read"),
             ("GET", agent + "/events", self.agent_events, "read"),
             ("GET", API + "/events", self.events, "read"),
+            ("GET", API + "/agents", self.fleet_agents, "read"),
+            ("GET", API + "/overview", self.overview, "read"),
         ]
 
     def index(self):
@@ -94,9 +97,8 @@ class _Routes:
         return _Raw(self._openapi)
 
     def list_nodes(self):
-        status = _query("status") or None
-        labels = [_decode("label", value) for value in bottle.request.query.getall("label")]
-        return {"nodes": self._service.list_nodes(status, labels or None)}
+        nodes, cursor = self._service.list_nodes(_query("status") or None, _labels(), *_page())
+        return {"nodes": nodes, "next_cursor": cursor}
 
     def get_node(self, node_id):
         return {"node": self._service.get_node(node_id)}
@@ -106,7 +108,8 @@ class _Routes:
         return {"node_id": node_id, "deleted": True}
 
     def list_agents(self, node_id):
-        return {"agents": self._service.list_agents(node_id, _query("health") or None)}
+        agents, cursor = self._service.list_agents(node_id, _query("health") or None, *_page())
+        return {"agents": agents, "next_cursor": cursor}
 
     def sync(self, node_id):
         return {"agents": self._service.sync(node_id, actor=_actor())}
@@ -128,19 +131,28 @@ class _Routes:
         return {"points": self._service.metrics(node_id, agent_id, duration)}
 
     def audit(self):
-        node = _query("node") or None
-        return {"entries": self._service.audit(node, _int_query("limit", 100))}
+        entries, cursor = self._service.audit(_query("node") or None, *_page())
+        return {"entries": entries, "next_cursor": cursor}
 
     def agent_events(self, node_id, agent_id):
         events, cursor = self._event_service().agent_events(
-            node_id, agent_id, _since(), _int_query("limit", 500), _query("cursor") or None)
+            node_id, agent_id, _since(), *_page())
         return {"events": events, "next_cursor": cursor}
 
     def events(self):
         events, cursor = self._event_service().events(
             _query("node") or None, _query("agent") or None, _query("kind") or None,
-            _since(), _int_query("limit", 500), _query("cursor") or None)
+            _since(), *_page())
         return {"events": events, "next_cursor": cursor}
+
+    def fleet_agents(self):
+        agents, cursor = self._service.fleet_agents(
+            _query("status") or None, _query("health") or None, _query("type") or None,
+            _query("node") or None, _labels(), *_page())
+        return {"agents": agents, "next_cursor": cursor}
+
+    def overview(self):
+        return self._service.overview()
 
     def _event_service(self):
         if self._events is None:
@@ -209,6 +221,16 @@ def _int_query(name: str, default: int) -> int:
     if not _INTEGER.fullmatch(text.strip()):
         raise errors.InvalidArgument(f"{name} must be an integer, not {text[:32]!r}")
     return int(text)
+
+
+def _labels() -> Optional[list[str]]:
+    """The repeatable `label` query parameter (KEY=VALUE each), None when absent."""
+    return [_decode("label", value) for value in bottle.request.query.getall("label")] or None
+
+
+def _page() -> tuple[int, Optional[str]]:
+    """(limit, cursor) of a list request (fleet.manager.paging checks them)."""
+    return _int_query("limit", paging.DEFAULT_LIMIT), _query("cursor") or None
 
 
 def _since() -> Optional[int]:
