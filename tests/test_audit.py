@@ -88,7 +88,8 @@ def _check_schema(payload):
     doc = openapi.document()
     schema = dict(openapi.schemas()["AuditList"])
     schema["properties"] = {"entries": {"type": "array",
-                                        "items": doc["components"]["schemas"]["AuditEntry"]}}
+                                        "items": doc["components"]["schemas"]["AuditEntry"]},
+                            "next_cursor": schema["properties"]["next_cursor"]}
     openapi_schema_validator.OAS30Validator(schema).validate(payload)
 
 
