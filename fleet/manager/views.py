@@ -49,19 +49,22 @@ TOP_RESTARTS = 10
 # start). A start after a stop, a restart's own start and an agent's first start
 # (no earlier event stored) are not restarts: the rule the daemon's restart_count
 # follows. Each `started` looks up the agent's previous event on the
-# (node_id, agent_id, time, id) index.
+# (node_id, agent_id, time, id) index. The inner LIMIT (MAX_EXAMINED) bounds the
+# work and keeps SQLite and PostgreSQL from flattening the inner query into the
+# aggregate, which would evaluate the lookup once per reference.
 RESTARTS_SQL = """
 SELECT node_id, agent_id, SUM(counted) AS restarts FROM (
   SELECT e.node_id AS node_id, e.agent_id AS agent_id,
          CASE WHEN e.kind = 'restart' THEN 1
-              WHEN (SELECT p.kind FROM event p
-                    WHERE p.node_id = e.node_id AND p.agent_id = e.agent_id
-                      AND (p.time, p.id) < (e.time, e.id)
-                    ORDER BY p.time DESC, p.id DESC LIMIT 1) NOT IN ('stopped', 'restart')
-              THEN 1 ELSE 0 END AS counted
-  FROM event e WHERE e.kind IN ('started', 'restart') AND e.time >= ?
+              ELSE COALESCE((SELECT CASE WHEN p.kind IN ('stopped', 'restart') THEN 0 ELSE 1 END
+                             FROM event p
+                             WHERE p.node_id = e.node_id AND p.agent_id = e.agent_id
+                               AND (p.time, p.id) < (e.time, e.id)
+                             ORDER BY p.time DESC, p.id DESC LIMIT 1), 0) END AS counted
+  FROM event e WHERE e.kind IN ('started', 'restart') AND e.time >= ? LIMIT ?
 ) AS counts GROUP BY node_id, agent_id HAVING SUM(counted) > 0
 ORDER BY restarts DESC, node_id, agent_id LIMIT ?"""
+MAX_EXAMINED = 1_000_000     # starts and restarts of the last hour looked at, at most
 
 
 class FleetViews:
@@ -162,17 +165,22 @@ class FleetViews:
                 "SELECT status, COUNT(*) FROM agent GROUP BY status").fetchall()
             by_health = self._db.execute_sql(
                 "SELECT health, COUNT(*) FROM agent GROUP BY health").fetchall()
-            restarts = self._db.execute_sql(self._backend.sql(RESTARTS_SQL),
-                                            (now - RESTART_WINDOW_MS, TOP_RESTARTS)).fetchall()
+            restarts = self._top_restarts(now)
         online = int(online or 0)
         return {
             "nodes": {"total": total, "online": online, "offline": total - online},
             "agents": {"total": sum(count for _, count in by_status),
                        "status": _count_by(by_status, AGENT_STATUSES, _status_name),
                        "health": _count_by(by_health, HEALTHS, _health_name)},
-            "top_restarts": [{"node_id": n, "agent_id": a, "restarts": int(r)}
-                             for n, a, r in restarts],
+            "top_restarts": restarts,
         }
+
+    def _top_restarts(self, now: int) -> list[dict]:
+        """At most TOP_RESTARTS agents by their restarts of the last hour (RESTARTS_SQL)."""
+        rows = self._db.execute_sql(self._backend.sql(RESTARTS_SQL),
+                                    (now - RESTART_WINDOW_MS, MAX_EXAMINED, TOP_RESTARTS))
+        return [{"node_id": node_id, "agent_id": agent_id, "restarts": int(restarts)}
+                for node_id, agent_id, restarts in rows.fetchall()]
 
     def _snapshot(self):
         """A read transaction, so that the counts agree with each other. SQLite:
