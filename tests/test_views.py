@@ -6,7 +6,6 @@ import itertools
 import json
 import re
 import sqlite3
-import time
 import urllib.parse
 
 import pytest
@@ -296,8 +295,7 @@ def test_bad_parameters_are_400_naming_the_parameter(env, path, query, words):
 def test_nodes_page_by_default_at_500_and_follow_the_cursor(env):
     """501 nodes: a request without a limit gets 500 and a cursor, then the last one;
     status and label filters page too, each node once."""
-    agents = fill(env, nodes=501, per_node=0, offline_every=4)
-    del agents
+    fill(env, nodes=501, per_node=0, offline_every=4)
     first = env.get("/api/v1/nodes")
     assert len(first["nodes"]) == 500 and first["next_cursor"] == "n499"
     last = env.get("/api/v1/nodes", cursor=first["next_cursor"])

@@ -29,7 +29,7 @@ import peewee
 from fleet import errors
 from fleet.manager import paging
 from fleet.manager.ingest import HEALTHS, MAX_TEXT
-from fleet.manager.nodes import agent_dict, parse_labels
+from fleet.manager.nodes import agent_columns, agent_from_values, parse_labels
 from fleet.manager.store.db import backend_of, now_ms, storage_faults
 from fleet.manager.store.models import Agent, Node
 from fleet.states import State
@@ -102,24 +102,25 @@ class FleetViews:
                     where.append(peewee.Tuple(Agent.node_id, Agent.agent_id) >
                                  peewee.Tuple(*after))
                 rows = self._select(where, limit + 1)
-        rows, more = paging.split_page(rows, limit)
-        next_cursor = paging.encode_fleet_agent(rows[-1].node_id, rows[-1].agent_id) \
-            if more else None
-        return [agent_dict(row) for row in rows], next_cursor
+        agents, more = paging.split_page([agent_from_values(values) for values in rows], limit)
+        last = agents[-1] if more else None
+        return agents, paging.encode_fleet_agent(last["node_id"], last["agent_id"]) if last \
+            else None
 
-    def _select(self, where: list, count: int, by_agent: bool = False) -> list[Agent]:
-        """At most `count` agents matching every condition, in (node_id, agent_id) order."""
-        query = Agent.select()
+    def _select(self, where: list, count: int, by_agent: bool = False) -> list[tuple]:
+        """At most `count` agents' AGENT_FIELDS values matching every condition, in
+        (node_id, agent_id) order."""
+        query = Agent.select(*agent_columns())
         if where:
             query = query.where(*where)
         order = (Agent.agent_id,) if by_agent else (Agent.node_id, Agent.agent_id)
-        return list(query.order_by(*order).limit(count).execute(self._db))
+        return list(query.order_by(*order).limit(count).tuples().execute(self._db))
 
     def _page_of_nodes(self, node: Optional[str], wanted: list[tuple[str, str]], where: list,
-                       after: Optional[tuple[str, str]], count: int) -> list[Agent]:
+                       after: Optional[tuple[str, str]], count: int) -> list[tuple]:
         """At most `count` agents of the nodes named by `node` and carrying the labels
         `wanted`, after `after`: the cursor's node first, then batches of nodes."""
-        rows: list[Agent] = []
+        rows: list[tuple] = []
         for batch in self._matching_nodes(node, wanted, after[0] if after else None):
             if after is not None and batch[0] == after[0]:
                 rows += self._select(where + [Agent.node_id == after[0],
