@@ -103,9 +103,9 @@ class FleetViews:
                                  peewee.Tuple(*after))
                 rows = self._select(where, limit + 1)
         agents, more = paging.split_page([agent_from_values(values) for values in rows], limit)
-        last = agents[-1] if more else None
-        return agents, paging.encode_fleet_agent(last["node_id"], last["agent_id"]) if last \
-            else None
+        if not more:
+            return agents, None
+        return agents, paging.encode_fleet_agent(agents[-1]["node_id"], agents[-1]["agent_id"])
 
     def _select(self, where: list, count: int, by_agent: bool = False) -> list[tuple]:
         """At most `count` agents' AGENT_FIELDS values matching every condition, in
