@@ -80,6 +80,7 @@ class FleetService:
         node = _node_id(node) if node else None
         if self._audit is None:
             paging.check_limit(limit)
+            paging.decode_time_id(cursor)
             return [], None
         return self._audit.list(node, limit, cursor)
 
