@@ -88,7 +88,8 @@ def _check_schema(payload):
     doc = openapi.document()
     schema = dict(openapi.schemas()["AuditList"])
     schema["properties"] = {"entries": {"type": "array",
-                                        "items": doc["components"]["schemas"]["AuditEntry"]}}
+                                        "items": doc["components"]["schemas"]["AuditEntry"]},
+                            "next_cursor": schema["properties"]["next_cursor"]}
     openapi_schema_validator.OAS30Validator(schema).validate(payload)
 
 
@@ -98,7 +99,7 @@ def test_operate_ok_and_failed_are_both_recorded_newest_first(env):
     assert env.call("POST", "/api/v1/nodes/dead/agents/a1/operate", {"operation": "start"})[0] \
         == 503
     entries = env.entries()
-    _check_schema({"entries": entries})
+    _check_schema({"entries": entries, "next_cursor": None})
     failed, done = entries
     assert (done["actor"], done["node_id"], done["agent_id"], done["operation"],
             done["result"], done["message"]) == ("ops-team", "n1", "a1", "stop", "ok", "")
@@ -148,14 +149,14 @@ def test_node_filter(env):
 
 
 def test_limit_bounds(env):
-    """limit defaults to 100 and allows 1..1000; anything else is 400."""
-    for n in range(105):
+    """limit defaults to 500 and allows 1..5000; anything else is 400."""
+    for n in range(505):
         env.audit.record("default", "n1", "a1", "start", "ok", time_ms=1_000 + n)
-    assert len(env.entries()) == 100
-    assert [e["time"] for e in env.entries("?limit=2")] == [1_104, 1_103]
-    assert len(env.entries("?limit=1000")) == 105
+    assert len(env.entries()) == 500
+    assert [e["time"] for e in env.entries("?limit=2")] == [1_504, 1_503]
+    assert len(env.entries("?limit=5000")) == 505
     assert len(env.entries("?limit=1")) == 1
-    for bad in ("0", "-1", "1001", "abc", "", "1.5", "99999999999999999999"):
+    for bad in ("0", "-1", "5001", "abc", "", "1.5", "99999999999999999999"):
         status, payload = env.call("GET", "/api/v1/audit?limit=" + bad)
         assert (status, payload["error"]["code"]) == (400, "invalid_argument"), bad
 
@@ -194,7 +195,7 @@ def test_clock_and_duration_come_from_the_log(tmp_path):
     with pytest.raises(KeyError):
         with audit.timed("ops", "n1", "a1", "restart"):
             raise KeyError("bug")
-    (entry,) = audit.list()
+    (entry,), _ = audit.list()
     assert (entry["time"], entry["duration_ms"], entry["result"], entry["message"]) == \
         (1_700_000_000_500, 250, "internal", "internal error")
     close_database(db)

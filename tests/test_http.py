@@ -185,7 +185,7 @@ def test_list_agents(manager):
     _, _, payload = call(manager, "GET", NODE + "/agents")
     assert [(a["agent_id"], a["status"]) for a in payload["agents"]] == \
         [("a1", "running"), ("a2", "running")]
-    _check_schema(payload, "AgentList")
+    _check_schema(payload, "AgentPage")
     assert error_code(manager, "GET", "/api/v1/nodes/nope/agents") == (404, "not_found")
 
 
@@ -198,7 +198,7 @@ def test_list_agents_filters_by_health(manager):
     _, _, payload = call(manager, "GET", NODE + "/agents?health=unhealthy")
     assert [(a["agent_id"], a["health_message"]) for a in payload["agents"]] == \
         [("a1", "connect 127.0.0.1:9100: refused")]
-    _check_schema(payload, "AgentList")
+    _check_schema(payload, "AgentPage")
     healthy = call(manager, "GET", NODE + "/agents?health=healthy")[2]["agents"]
     assert [(a["agent_id"], a["health_message"]) for a in healthy] == [("a2", "")]
     assert call(manager, "GET", NODE + "/agents?health=unknown")[2]["agents"] == []

@@ -16,6 +16,7 @@ from fleet.manager.audit import AuditLog
 from fleet.manager.store.db import migrate, open_database
 from fleet.manager.events import EventService
 from fleet.manager.api.metrics import ManagerMetrics
+from fleet.manager.views import FleetViews
 from fleet.manager.api.routes import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.parts import ManagerParts, build_manager
@@ -92,7 +93,8 @@ class Manager:
         self.parts.servicer.on_report = self.metrics.report_received
         audit = AuditLog(db)
         audit.on_record = self.metrics.operation_done
-        service = FleetService(self.parts.nodes, self.pool, audit)
+        service = FleetService(self.parts.nodes, self.pool, audit,
+                               FleetViews(db, self.config.offline_after))
         self.routes = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
                                events=EventService(self.parts.events, self.parts.nodes),
                                metrics=self.metrics, metrics_public=self.config.metrics_public)

@@ -25,13 +25,13 @@ from typing import Callable, Iterator, Optional
 import peewee
 
 from fleet import errors
+from fleet.manager import paging
 from fleet.manager.store.db import now_ms, storage_faults
 from fleet.manager.store.models import AuditEntry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMIT = 100
-LIMIT_RANGE = (1, 1000)
+DEFAULT_LIMIT = paging.DEFAULT_LIMIT      # entries in a page
 MAX_MESSAGE = 1024          # characters of an error message kept
 MAX_ACTOR = 128
 FIELDS = ("id", "time", "actor", "node_id", "agent_id", "operation", "result", "message",
@@ -86,14 +86,18 @@ class AuditLog:
                       node_id, agent_id or "-", operation, row["actor"], result, exc)
 
     @storage_faults
-    def list(self, node: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
-        """Entries newest first, at most `limit`, only those of `node` if given."""
-        low, high = LIMIT_RANGE
-        if isinstance(limit, bool) or not isinstance(limit, int) or not low <= limit <= high:
-            raise errors.InvalidArgument(f"limit must be an integer from {low} to {high}")
+    def list(self, node: Optional[str] = None, limit: int = DEFAULT_LIMIT,
+             cursor: Optional[str] = None) -> tuple[list[dict], Optional[str]]:
+        """Entries newest first, at most `limit`, only those of `node` if given, after
+        `cursor`; and the cursor of the next page (None on the last)."""
+        limit = paging.check_limit(limit)
+        after = paging.decode_time_id(cursor)
         query = AuditEntry.select().order_by(AuditEntry.time.desc(), AuditEntry.id.desc())
         if node:
             query = query.where(AuditEntry.node_id == node)
+        if after is not None:
+            query = query.where(peewee.Tuple(AuditEntry.time, AuditEntry.id) < peewee.Tuple(*after))
         with self._db.connection_context():
-            rows = list(query.limit(limit).execute(self._db))
-        return [{name: getattr(row, name) for name in FIELDS} for row in rows]
+            rows, more = paging.split_page(list(query.limit(limit + 1).execute(self._db)), limit)
+        next_cursor = paging.encode_time_id(rows[-1].time, rows[-1].id) if more else None
+        return [{name: getattr(row, name) for name in FIELDS} for row in rows], next_cursor

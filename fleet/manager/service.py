@@ -15,9 +15,11 @@ from typing import Iterable, Optional
 
 from fleet import errors
 from fleet.values import valid_agent_id, valid_node_id
-from fleet.manager.audit import DEFAULT_LIMIT, LIMIT_RANGE, AuditLog
+from fleet.manager import paging
+from fleet.manager.audit import AuditLog
 from fleet.manager.nodes import NodeStore
 from fleet.manager.pool import DaemonClientPool
+from fleet.manager.views import FleetViews
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +41,25 @@ class FleetService:
     """Nodes and agents for the HTTP API: stored reads, and calls to the daemons."""
 
     def __init__(self, nodes: NodeStore, pool: DaemonClientPool,
-                 audit: Optional[AuditLog] = None):
+                 audit: Optional[AuditLog] = None, views: Optional[FleetViews] = None):
         self._nodes = nodes   # the database side (fleet.manager.nodes)
         self._pool = pool     # one channel per node, shared with every request
         self._audit = audit   # records operate, sync and delete; None: not recorded
+        self._views = views   # fleet-wide agents and the overview; None: not served
 
     # ---- nodes ----
 
     def list_nodes(self, status: Optional[str] = None,
-                   label: Optional[str | Iterable[str]] = None) -> list[dict]:
-        """Nodes, optionally only "online"/"offline" ones carrying every label "k=v"."""
-        return self._nodes.list_nodes(status or None, label or None)
+                   label: Optional[str | Iterable[str]] = None,
+                   limit: int = paging.DEFAULT_LIMIT, cursor: Optional[str] = None
+                   ) -> tuple[list[dict], Optional[str]]:
+        """A page of nodes by node_id, optionally only "online"/"offline" ones carrying
+        every label "k=v", and the next page's cursor (None on the last)."""
+        limit = paging.check_limit(limit)
+        after = paging.decode_node(cursor)
+        nodes, more = paging.split_page(
+            self._nodes.list_nodes(status or None, label or None, limit + 1, after), limit)
+        return nodes, nodes[-1]["node_id"] if more else None
 
     def get_node(self, node_id: str) -> dict:
         """One node; NotFound if it is unknown."""
@@ -64,11 +74,37 @@ class FleetService:
 
     # ---- audit ----
 
-    def audit(self, node: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
-        """Audit entries newest first; `node` filters (malformed: NotFound, like paths)."""
+    def audit(self, node: Optional[str] = None, limit: int = paging.DEFAULT_LIMIT,
+              cursor: Optional[str] = None) -> tuple[list[dict], Optional[str]]:
+        """A page of audit entries newest first and the next page's cursor; `node`
+        filters (malformed: NotFound, like paths)."""
         node = _node_id(node) if node else None
-        limit = _in_range("limit", limit, LIMIT_RANGE)
-        return self._audit.list(node, limit) if self._audit is not None else []
+        if self._audit is None:
+            paging.check_limit(limit)
+            paging.decode_time_id(cursor)
+            return [], None
+        return self._audit.list(node, limit, cursor)
+
+    # ---- fleet-wide views ----
+
+    def fleet_agents(self, status: Optional[str] = None, health: Optional[str] = None,
+                     type: Optional[str] = None, node: Optional[str] = None,
+                     label: Optional[str | Iterable[str]] = None,
+                     limit: int = paging.DEFAULT_LIMIT, cursor: Optional[str] = None
+                     ) -> tuple[list[dict], Optional[str]]:
+        """A page of the agents of every node by (node_id, agent_id), filtered
+        (fleet.manager.views.FleetViews.agents), and the next page's cursor."""
+        return self._fleet_views().agents(status or None, health or None, type or None,
+                                          node or None, label or None, limit, cursor)
+
+    def overview(self) -> dict:
+        """Nodes by status, agents by status and health, the agents restarting most."""
+        return self._fleet_views().overview()
+
+    def _fleet_views(self) -> FleetViews:
+        if self._views is None:
+            raise errors.NotFound("fleet-wide views are not served here")
+        return self._views
 
     def record_refused(self, actor: str, node_id: Optional[str], agent_id: Optional[str],
                        operation: str, message: str) -> None:
@@ -83,10 +119,17 @@ class FleetService:
 
     # ---- agents ----
 
-    def list_agents(self, node_id: str, health: Optional[str] = None) -> list[dict]:
-        """The node's agents as last stored, optionally only those of `health`;
-        NotFound for an unknown node, InvalidArgument for an unknown health."""
-        return self._nodes.list_agents(_node_id(node_id), health or None)
+    def list_agents(self, node_id: str, health: Optional[str] = None,
+                    limit: int = paging.DEFAULT_LIMIT, cursor: Optional[str] = None
+                    ) -> tuple[list[dict], Optional[str]]:
+        """A page of the node's agents as last stored, optionally only those of
+        `health`, and the next page's cursor; NotFound for an unknown node,
+        InvalidArgument for an unknown health, a bad limit or cursor."""
+        limit = paging.check_limit(limit)
+        after = paging.decode_agent(cursor)
+        agents, more = paging.split_page(
+            self._nodes.list_agents(_node_id(node_id), health or None, limit + 1, after), limit)
+        return agents, agents[-1]["agent_id"] if more else None
 
     def sync(self, node_id: str, actor: str = "") -> list[dict]:
         """Pull the daemon's ListAgents, store them as the node's agents, return them (audited)."""

@@ -11,13 +11,14 @@ import json
 
 import fleet
 from fleet.errors import HTTP_STATUS
-from fleet.manager import events
+from fleet.manager import events, paging
 from fleet.manager.api import ui
 from fleet.states import State
 
 NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # values.valid_node_id
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                          # values.valid_agent_id
 AGENT_STATUSES = [s.api_name for s in State if s is not State.UNSPECIFIED]
+HEALTHS = ["healthy", "unhealthy", "unknown"]
 AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete"]
 # "ok", or the code of any FleetError kind (what fleet.manager.audit records).
 AUDIT_RESULTS = ["ok"] + sorted({kind.code for kind in HTTP_STATUS})
@@ -32,6 +33,8 @@ _INT = {"type": "integer", "format": "int64"}
 _TIME = {"type": "integer", "format": "int64", "nullable": True,
          "description": "Unix milliseconds; null when unset"}
 _STR = {"type": "string"}
+_NEXT = {"type": "string", "nullable": True,
+         "description": "pass as cursor for the next page; null on the last"}
 
 ERRORS = {  # status: (error code, when)
     "400": ("invalid_argument", "Bad parameter or body"),
@@ -104,10 +107,14 @@ def schemas() -> dict:
         "message": _STR})})
     return {
         "Node": node, "Agent": agent, "MetricPoint": point, "Error": error,
-        "NodeList": _obj({"nodes": {"type": "array", "items": _ref("Node")}}),
+        "NodeList": _obj({"nodes": {"type": "array", "items": _ref("Node")},
+                          "next_cursor": _NEXT}),
         "NodeResponse": _obj({"node": _ref("Node")}),
         "Deleted": _obj({"node_id": _STR, "deleted": {"type": "boolean"}}),
         "AgentList": _obj({"agents": {"type": "array", "items": _ref("Agent")}}),
+        "AgentPage": _obj({"agents": {"type": "array", "items": _ref("Agent")},
+                           "next_cursor": _NEXT}),
+        "Overview": overview(),
         "AgentResponse": _obj({"agent": _ref("Agent")}),
         "OperateRequest": {"type": "object", "required": ["operation"], "properties": {
             "operation": {"type": "string", "enum": ["start", "stop", "restart"]}}},
@@ -132,7 +139,8 @@ def schemas() -> dict:
                        "description": "ok, or the error code"},
             "message": {**_STR, "description": "the error message; empty when ok"},
             "duration_ms": {**_INT, "minimum": 0}}, "One operation, as audited"),
-        "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")}}),
+        "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")},
+                           "next_cursor": _NEXT}),
         "Event": _obj({
             "node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
             "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
@@ -150,11 +158,33 @@ def schemas() -> dict:
     }
 
 
+def overview() -> dict:
+    """The Overview schema: every status and health key is present, 0 when none."""
+    counts = {"type": "integer", "format": "int64", "minimum": 0}
+    restart = _obj({"node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
+                    "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
+                    "restarts": {**counts, "minimum": 1}})
+    return _obj({
+        "nodes": _obj({"total": counts, "online": counts, "offline": counts}),
+        "agents": _obj({"total": counts,
+                        "status": _obj({name: counts for name in AGENT_STATUSES}),
+                        "health": _obj({name: counts for name in HEALTHS})}),
+        "top_restarts": {"type": "array", "items": restart, "maxItems": 10, "description": (
+            "The agents with the most restarts in the last hour, most first: `restart` "
+            "events, and `started` events that follow neither `stopped` nor `restart` "
+            "(an agent's first start is not a restart)")}},
+        "Nodes by status, agents by status and health, the agents restarting most")
+
+
 def parameters() -> dict:
     """The shared path and query parameters, with their rules and ranges."""
     def query(name, schema, description):
         return {"name": name, "in": "query", "required": False, "schema": schema,
                 "description": description}
+
+    def cursor(pattern):
+        return query("cursor", {"type": "string", "pattern": "^$|" + pattern},
+                     "The next_cursor of the previous page, unchanged (empty: the first page)")
     return {
         "NodeId": {"name": "node_id", "in": "path", "required": True,
                    "schema": {"type": "string", "pattern": NODE_ID_PATTERN}},
@@ -185,8 +215,8 @@ def parameters() -> dict:
         "AuditNode": query("node", {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN},
                            "Only the entries of this node, deleted nodes included "
                            "(empty: every node)"),
-        "Limit": query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
-                                 "default": 100}, "At most this many entries, newest first"),
+        "Limit": query("limit", {"type": "integer", "minimum": 1, "maximum": paging.MAX_LIMIT,
+                                 "default": paging.DEFAULT_LIMIT}, "At most this many, one page"),
         "EventLimit": query("limit", {"type": "integer", "minimum": 1, "maximum": events.MAX_LIMIT,
                                       "default": events.DEFAULT_LIMIT},
                             "At most this many events, newest first"),
@@ -198,6 +228,20 @@ def parameters() -> dict:
                            "Only this node's events (empty: every node)"),
         "EventAgent": query("agent", {"type": "string", "pattern": "^$|" + AGENT_ID_PATTERN},
                             "Only events of agents with this id (empty: every agent)"),
+        "NodeCursor": cursor(paging.NODE_CURSOR),
+        "AgentCursor": cursor(paging.AGENT_CURSOR),
+        "FleetAgentCursor": cursor(paging.FLEET_AGENT_CURSOR),
+        "AuditCursor": cursor(paging.TIME_ID_CURSOR),
+        "AgentStatus": query("status", {"type": "string", "enum": [""] + AGENT_STATUSES},
+                             "Only agents in this status (empty: every agent)"),
+        "Type": query("type", {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00]*$"},
+                      "Only agents of this type, exactly (empty: every type)"),
+        "AgentNode": query("node", {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN},
+                           "Only this node's agents (empty: every node)"),
+        "AgentLabel": {**query("label", {"type": "array", "items": {
+            "type": "string", "pattern": "^[^=]+=.*$"}},
+            "Only agents of nodes with this label, KEY=VALUE; repeat to require several"),
+            "style": "form", "explode": True},
         "Kind": query("kind", {"type": "string", "enum": [""] + list(events.KINDS)},
                       "Only events of this kind (empty: every kind)"),
     }
@@ -246,15 +290,15 @@ def paths() -> dict:
             "operationId": "openapi", "summary": "This document", "security": [],
             "responses": {"200": {"description": "OpenAPI 3.0 document",
                                   "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        "/api/v1/nodes": {"get": _op("listNodes", "List nodes", "NodeList", "400",
-                                     ("Status", "Label"))},
+        "/api/v1/nodes": {"get": _op("listNodes", "List nodes, a page at a time", "NodeList",
+                                     "400", ("Status", "Label", "Limit", "NodeCursor"))},
         "/api/v1/nodes/{node_id}": {
             "get": _op("getNode", "One node", "NodeResponse", "404", node),
             "delete": _op("deleteNode", "Remove an offline node and its agents", "Deleted",
                           "404 409", node)},
         "/api/v1/nodes/{node_id}/agents": {"get": _op(
-            "listAgents", "The node's agents as last stored", "AgentList", "400 404",
-            node + ("Health",))},
+            "listAgents", "The node's agents as last stored, a page at a time", "AgentPage",
+            "400 404", node + ("Health", "Limit", "AgentCursor"))},
         "/api/v1/nodes/{node_id}/agents/sync": {"post": _op(
             "syncAgents", "Pull the agents from the daemon and store them", "AgentList",
             daemon, node)},
@@ -270,7 +314,7 @@ def paths() -> dict:
             agent + ("Duration",))},
         "/api/v1/audit": {"get": _op(
             "listAudit", "Operations done, newest first", "AuditList", "400 404",
-            ("AuditNode", "Limit"))},
+            ("AuditNode", "Limit", "AuditCursor"))},
         "/api/v1/nodes/{node_id}/agents/{agent_id}/events": {"get": _op(
             "agentEvents", "The agent's events, newest first", "EventList", "400 404",
             agent + ("Since", "EventLimit", "Cursor"))},
@@ -279,6 +323,14 @@ def paths() -> dict:
             ("EventNode", "EventAgent", "Kind", "Since", "EventLimit", "Cursor"))},
         "/metrics": {"get": _metrics_op()},
         **dashboard_paths(),
+        "/api/v1/agents": {"get": _op(
+            "listFleetAgents", "Agents of every node by (node_id, agent_id), filtered, "
+            "a page at a time", "AgentPage", "400",
+            ("AgentStatus", "Health", "Type", "AgentNode", "AgentLabel", "Limit",
+             "FleetAgentCursor"))},
+        "/api/v1/overview": {"get": _op(
+            "overview", "Nodes by status, agents by status and health, top restarts",
+            "Overview")},
     }
 
 

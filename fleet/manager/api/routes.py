@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import bottle
 
 from fleet import errors
-from fleet.manager import tokens
+from fleet.manager import paging, tokens
 from fleet.manager.api import openapi, ui
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,8 @@ class _Routes:
             ("GET", agent + "/events", self.agent_events, "read"),
             ("GET", API + "/events", self.events, "read"),
             ("GET", "/metrics", self.prometheus, self.exposition_scope),
+            ("GET", API + "/agents", self.fleet_agents, "read"),
+            ("GET", API + "/overview", self.overview, "read"),
         ]
 
     def index(self):
@@ -109,9 +111,8 @@ class _Routes:
         return _Raw(self._openapi)
 
     def list_nodes(self):
-        status = _query("status") or None
-        labels = [_decode("label", value) for value in bottle.request.query.getall("label")]
-        return {"nodes": self._service.list_nodes(status, labels or None)}
+        nodes, cursor = self._service.list_nodes(_query("status") or None, _labels(), *_page())
+        return {"nodes": nodes, "next_cursor": cursor}
 
     def get_node(self, node_id):
         return {"node": self._service.get_node(node_id)}
@@ -121,7 +122,8 @@ class _Routes:
         return {"node_id": node_id, "deleted": True}
 
     def list_agents(self, node_id):
-        return {"agents": self._service.list_agents(node_id, _query("health") or None)}
+        agents, cursor = self._service.list_agents(node_id, _query("health") or None, *_page())
+        return {"agents": agents, "next_cursor": cursor}
 
     def sync(self, node_id):
         return {"agents": self._service.sync(node_id, actor=_actor())}
@@ -144,18 +146,18 @@ class _Routes:
         return {"points": self._service.metrics(node_id, agent_id, duration)}
 
     def audit(self):
-        node = _query("node") or None
-        return {"entries": self._service.audit(node, _int_query("limit", 100))}
+        entries, cursor = self._service.audit(_query("node") or None, *_page())
+        return {"entries": entries, "next_cursor": cursor}
 
     def agent_events(self, node_id, agent_id):
         events, cursor = self._event_service().agent_events(
-            node_id, agent_id, _since(), _int_query("limit", 500), _query("cursor") or None)
+            node_id, agent_id, _since(), *_page())
         return {"events": events, "next_cursor": cursor}
 
     def events(self):
         events, cursor = self._event_service().events(
             _query("node") or None, _query("agent") or None, _query("kind") or None,
-            _since(), _int_query("limit", 500), _query("cursor") or None)
+            _since(), *_page())
         return {"events": events, "next_cursor": cursor}
 
     def refused(self, callback: Callable, kwargs: dict, actor: str, message: str) -> None:
@@ -175,6 +177,14 @@ class _Routes:
         if self.exposition is None:
             raise errors.NotFound("metrics are not served here")
         return _Body(*self.exposition.exposition())
+    def fleet_agents(self):
+        agents, cursor = self._service.fleet_agents(
+            _query("status") or None, _query("health") or None, _query("type") or None,
+            _query("node") or None, _labels(), *_page())
+        return {"agents": agents, "next_cursor": cursor}
+
+    def overview(self):
+        return self._service.overview()
 
     def _event_service(self):
         if self._events is None:
@@ -276,6 +286,16 @@ def _int_query(name: str, default: int) -> int:
     if not _INTEGER.fullmatch(text.strip()):
         raise errors.InvalidArgument(f"{name} must be an integer, not {text[:32]!r}")
     return int(text)
+
+
+def _labels() -> Optional[list[str]]:
+    """The repeatable `label` query parameter (KEY=VALUE each), None when absent."""
+    return [_decode("label", value) for value in bottle.request.query.getall("label")] or None
+
+
+def _page() -> tuple[int, Optional[str]]:
+    """(limit, cursor) of a list request (fleet.manager.paging checks them)."""
+    return _int_query("limit", paging.DEFAULT_LIMIT), _query("cursor") or None
 
 
 def _since() -> Optional[int]:

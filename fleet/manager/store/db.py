@@ -306,6 +306,13 @@ def _migration_5(db: peewee.Database, backend: Backend) -> None:
     db.execute_sql("ALTER TABLE agent ADD COLUMN health_message TEXT NOT NULL DEFAULT ''")
 
 
+def _migration_6(db: peewee.Database, backend: Backend) -> None:
+    """Fleet-wide agent views (fleet.manager.views): each filter is an index range
+    read in page order (node_id, agent_id), never a scan of the agent table."""
+    for column in ("status", "health", "type"):
+        db.execute_sql(f"CREATE INDEX agent_{column}_key ON agent ({column}, node_id, agent_id)")
+
+
 # (version, function): append only; a released migration never changes.
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
@@ -313,6 +320,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] =
     (3, _migration_3),
     (4, _migration_4),
     (5, _migration_5),
+    (6, _migration_6),
 )
 
 
