@@ -121,6 +121,7 @@ class ManagerConfig:
     http_request_timeout: float = 10.0  # a request must arrive whole within this
     http_max_connections: int = 1000   # open HTTP connections at most; more wait
     events_retention: float = 604800.0  # seconds agent events are kept
+    node_metrics_retention: float = 604800.0  # seconds node metrics' one-minute rollups are kept
     api_tokens: tuple[tuple[str, str], ...] = ()   # (name, token)
     cluster_token: str = ""
     tls: TLSConfig | None = None
@@ -270,6 +271,9 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
                                    lambda v: to_int(v, 1, 100_000)),
         events_retention=r.get("events_retention", ManagerConfig.events_retention,
                                lambda v: to_seconds(v, 60)),
+        node_metrics_retention=r.get("node_metrics_retention",
+                                     ManagerConfig.node_metrics_retention,
+                                     lambda v: to_seconds(v, 3600)),
         api_tokens=tuple(tokens),
         cluster_token=read_token(r, "cluster_token"),
         tls=read_tls(r, ("cert", "key", "client_ca")),

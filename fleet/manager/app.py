@@ -70,13 +70,15 @@ class Manager:
         db = open_database(cfg.db)
         migrate(db)
         self.parts = build_manager(db, offline_after=cfg.offline_after,
-                                   events_retention=cfg.events_retention)
+                                   events_retention=cfg.events_retention,
+                                   node_metrics_retention=cfg.node_metrics_retention)
         self.parts.servicer.add_to(self._grpc)
         # With [manager.tls] set, daemons are dialled over TLS too (mutual with client_ca).
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
                                      timeout=cfg.daemon_timeout,
                                      operate_timeout=cfg.operate_timeout)
-        service = FleetService(self.parts.nodes, self.pool, AuditLog(db))
+        service = FleetService(self.parts.nodes, self.pool, AuditLog(db),
+                               node_metrics=self.parts.node_metrics)
         self._app.target = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
                                     events=EventService(self.parts.events, self.parts.nodes))
         self.parts.start()

@@ -82,6 +82,7 @@ class _Routes:
             ("GET", API + "/audit", self.audit, "read"),
             ("GET", agent + "/events", self.agent_events, "read"),
             ("GET", API + "/events", self.events, "read"),
+            ("GET", node + "/metrics", self.node_metrics, "read"),
         ]
 
     def index(self):
@@ -126,6 +127,10 @@ class _Routes:
     def metrics(self, node_id, agent_id):
         duration = _int_query("duration", 3600)
         return {"points": self._service.metrics(node_id, agent_id, duration)}
+
+    def node_metrics(self, node_id):
+        duration = _int_query("duration", 3600)
+        return {"points": self._service.node_metrics(node_id, duration)}
 
     def audit(self):
         node = _query("node") or None
