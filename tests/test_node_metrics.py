@@ -152,6 +152,7 @@ def test_node_sampler_buffer_is_bounded_and_acknowledged(tmp_path):
         sampler.sample(1000 * t)
     batch = sampler.unsent(10)
     assert [s.time for _, s in batch] == [3000, 4000, 5000]
+    assert batch[0][1].disks == () and batch[-1][1].disks == sampler.latest.disks != ()
     sampler.acknowledge(batch[1][0])
     assert [s.time for _, s in sampler.unsent(10)] == [5000]
 
@@ -205,7 +206,8 @@ def code_of(call):
 
 
 def test_report_stores_samples_and_latest(manager):
-    """Samples become raw points and the node's latest sample; a resent batch counts once."""
+    """Samples become raw points and the node's latest sample; a resent batch counts
+    once; a deleted node's are forgotten."""
     parts, stub = manager
     stub.RegisterNode(pb.RegisterNodeRequest(node_id="n1", boot_id=1), timeout=DEADLINE)
     now = int(dbmod.now_ms())
@@ -222,6 +224,8 @@ def test_report_stores_samples_and_latest(manager):
     with parts.db.connection_context():
         rows = parts.db.execute_sql("SELECT SUM(samples) FROM node_metric_minute").fetchone()
     assert rows[0] == 2
+    parts.node_metrics.forget("n1")                   # the node was deleted
+    assert parts.node_metrics.latest(["n1"]) == {} and parts.node_metrics.points("n1", 60) == []
 
 
 @pytest.mark.parametrize("bad", [
