@@ -51,6 +51,7 @@ tmpfs /run tmpfs rw 0 0
 cgroup2 /sys/fs/cgroup cgroup2 rw 0 0
 server:/export /mnt/nfs nfs4 rw 0 0
 /dev/loop3 /snap/core/1 squashfs ro 0 0
+overlay /var/lib/docker/overlay2/abc/merged overlay rw 0 0
 """
 DISKSTATS = """   8       0 sda 100 0 2000 0 50 0 4000 0 0 0 0
    8       1 sda1 90 0 1800 0 45 0 3900 0 0 0 0
@@ -86,8 +87,10 @@ def test_parse_meminfo_without_memavailable_uses_free_buffers_cached():
 
 
 def test_parse_mounts_keeps_real_filesystems_only():
-    """Pseudo, network and image filesystems are left out; escaped spaces are decoded."""
+    """Pseudo, network and image filesystems, and overlays but the root, are left out;
+    escaped spaces are decoded."""
     assert nodemod.parse_mounts(MOUNTS) == [("/dev/vda1", "/"), ("/dev/vdb1", "/srv/my data")]
+    assert nodemod.parse_mounts("overlay / overlay rw 0 0\n") == [("overlay", "/")]
 
 
 def test_parse_diskstats_counts_whole_disks_only():
@@ -447,3 +450,41 @@ def test_real_daemon_fills_resources_and_the_metrics_endpoint(cluster):
         status, body = api.get(f"/api/v1/nodes/n1/metrics?duration={bad}")
         assert status == 400 and "duration" in body["error"]["message"], body
     assert api.get("/api/v1/nodes/nope/metrics")[0] == 404
+
+
+class _RefusingClient:
+    """A ManagerClient double whose ReportNodeMetrics raises `error`."""
+
+    def __init__(self, error):
+        self.error = error
+        self.calls = 0
+
+    def report_node_metrics(self, request):
+        self.calls += 1
+        raise self.error
+
+
+def test_sender_keeps_samples_when_unreachable_and_drops_a_refused_batch(tmp_path):
+    """An unreachable manager keeps the batch for the next try; one refusing it as
+    invalid drops it (resending would fail forever); UNIMPLEMENTED pauses sending."""
+    from fleet.daemon.manager_client import Unimplemented
+    from fleet.daemon.syncer import NodeMetricsSender
+    proc, block = fake_proc(tmp_path)
+    sampler = NodeSampler(proc, block)
+    for t in range(4):
+        sampler.sample(t)
+    node = pb.RegisterNodeRequest(node_id="n1", boot_id=1)
+    clock = [0.0]
+    down = NodeMetricsSender(_RefusingClient(errors.Unavailable("down")), sampler, 1.0,
+                             clock=lambda: clock[0])
+    assert down.send(node) == 0 and sampler.unsent_count() == 3
+    old = _RefusingClient(Unimplemented("old manager"))
+    paused = NodeMetricsSender(old, sampler, 1.0, clock=lambda: clock[0])
+    paused.send(node)
+    paused.send(node)
+    assert old.calls == 1 and sampler.unsent_count() == 3
+    clock[0] = 601.0
+    paused.send(node)
+    assert old.calls == 2
+    NodeMetricsSender(_RefusingClient(errors.InvalidArgument("bad")), sampler, 1.0).send(node)
+    assert sampler.unsent_count() == 0

@@ -74,7 +74,7 @@ class Daemon:
         self._sampler = Sampler(cfg.metrics_interval, history_dir=self.statedir.metrics_dir)
         self._sampler.restore(agent.id for agent in self.config.agents)
         self.node_sampler = NodeSampler()
-        self._sampler.also = self.node_sampler.sample
+        self._sampler.after_sweep = self.node_sampler.sample
         self.events = EventLog(self.statedir.events_dir)
         self.events.load()
         self.supervisor = Supervisor(self.config.agents, self.statedir, self._logs, self._sampler,

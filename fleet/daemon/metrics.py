@@ -371,7 +371,7 @@ class Sampler:
         self.on_sample: Optional[Callable[[str, int, DataPoint], None]] = None
         # Called once after each sweep, in this thread: the node's own sample
         # (fleet.daemon.node), so sampling the machine costs no thread of its own.
-        self.also: Optional[Callable[[], object]] = None
+        self.after_sweep: Optional[Callable[[], object]] = None
         # The first sweep runs at once, then one every interval.
         self._periodic = Periodic("fleet-metrics", interval, self._tick, first_delay=0.0)
 
@@ -475,9 +475,9 @@ class Sampler:
         """One run of the sampling thread: a sweep, the node's sample, and a save
         when one is due."""
         self.sample_once()
-        if self.also is not None:
+        if self.after_sweep is not None:
             try:
-                self.also()
+                self.after_sweep()
             except Exception:  # noqa: BLE001 - the agents' sampling must go on
                 log.exception("node sample failed")
         if self._files is not None and time.monotonic() >= self._save_deadline:

@@ -36,6 +36,9 @@ PSEUDO_FS = frozenset((
 NETWORK_FS = frozenset(("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs",
                         "fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "afs"))
 SKIPPED_FS = PSEUDO_FS | NETWORK_FS
+LAYERED_FS = frozenset(("overlay", "aufs"))   # counted only as the root (a container's)
+MAX_DISKS = 64              # mounts in a sample (the manager refuses more)
+MAX_MOUNT = 1024            # characters of a mount point (the manager refuses longer)
 VIRTUAL_DISKS = ("loop", "ram", "zram", "dm-", "md", "nbd", "sr")
 
 
@@ -127,13 +130,19 @@ def _unescape(field: str) -> str:
 
 def parse_mounts(text: str) -> list[tuple[str, str]]:
     """(device, mount point) of each real filesystem in /proc/mounts, in its order:
-    pseudo filesystems (proc, tmpfs, cgroup, squashfs images...) and network ones
-    left out."""
+    pseudo filesystems (proc, tmpfs, cgroup, squashfs images...), network ones, and
+    overlays but a container's root, left out."""
     found = []
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 3 and fields[2] not in SKIPPED_FS:
-            found.append((_unescape(fields[0]), _unescape(fields[1])))
+        if len(fields) < 3 or fields[2] in SKIPPED_FS:
+            continue
+        mount = _unescape(fields[1])
+        # A container's root is an overlay; on a host, each container's overlay
+        # would count the disk beneath it again.
+        if fields[2] in LAYERED_FS and mount != "/":
+            continue
+        found.append((_unescape(fields[0]), mount))
     return found
 
 
@@ -174,9 +183,12 @@ def whole_disks(sys_block: str = "/sys/block") -> frozenset[str]:
 
 def disk_usage(mounts: list[tuple[str, str]]) -> tuple[Disk, ...]:
     """Used and total bytes of each mount, one per device (a bind mount or a second
-    mount of the same filesystem counts once, under its shortest mount point)."""
+    mount of the same filesystem counts once, under its shortest mount point); at
+    most MAX_DISKS, the shortest mount points first."""
     seen, disks = set(), []
     for device, mount in sorted(mounts, key=lambda m: (len(m[1]), m[1])):
+        if len(disks) == MAX_DISKS or len(mount) > MAX_MOUNT:
+            break
         try:
             st_dev = os.stat(mount).st_dev
             fs = os.statvfs(mount)

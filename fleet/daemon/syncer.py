@@ -37,7 +37,7 @@ from fleet.daemon.manager_client import ManagerClient, Unimplemented
 from fleet.daemon.node import NodeSample, NodeSampler
 from fleet.daemon.program import Snapshot
 from fleet.daemon.convert import agent_state
-from fleet.errors import FleetError, NotFound, Unauthenticated
+from fleet.errors import FleetError, InvalidArgument, NotFound, Unauthenticated
 from fleet.v1 import fleet_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,7 @@ class NodeMetricsSender:
 
     Every failure is its own: logged (at most once a minute, UNIMPLEMENTED once
     for good), never raised, so the state reports go on whatever the manager says.
+    A batch the manager refuses as invalid is dropped; any other failure keeps it.
     """
 
     def __init__(self, client: ManagerClient, sampler: NodeSampler, interval: float,
@@ -324,6 +325,11 @@ class NodeMetricsSender:
                 self._told_unimplemented = True
                 log.info("%s: not sending node metrics (asking again every %.0f s)",
                          exc, UNIMPLEMENTED_RETRY)
+            return 0
+        except InvalidArgument as exc:
+            # Sending the same batch again would fail again, and block every later one.
+            log.warning("manager refused %d node samples, dropped: %s", len(batch), exc)
+            self._sampler.acknowledge(batch[-1][0])
             return 0
         except FleetError as exc:
             now = self._clock()
