@@ -488,3 +488,15 @@ def test_sender_keeps_samples_when_unreachable_and_drops_a_refused_batch(tmp_pat
     assert old.calls == 2
     NodeMetricsSender(_RefusingClient(errors.InvalidArgument("bad")), sampler, 1.0).send(node)
     assert sampler.unsent_count() == 0
+
+
+def test_node_metrics_retention_is_read_and_checked():
+    """[manager] node_metrics_retention defaults to a week; under an hour (the raw
+    samples' span) is a config error naming the key."""
+    from fleet.config import read_manager
+    problems = []
+    assert read_manager({}, problems).node_metrics_retention == 604800 and problems == []
+    assert read_manager({"node_metrics_retention": 86400}, problems).node_metrics_retention \
+        == 86400
+    read_manager({"node_metrics_retention": 600}, problems)
+    assert len(problems) == 1 and "node_metrics_retention" in problems[0], problems
