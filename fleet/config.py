@@ -132,6 +132,7 @@ class ManagerConfig:
     http_max_connections: int = 1000   # open HTTP connections at most; more wait
     events_retention: float = 604800.0  # seconds agent events are kept
     metrics_public: bool = False       # /metrics without a token
+    node_metrics_retention: float = 604800.0  # seconds node metrics' one-minute rollups are kept
     api_tokens: tuple[ApiToken, ...] = ()   # (name, token, scope)
     cluster_token: str = ""
     tls: TLSConfig | None = None
@@ -288,6 +289,9 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
         events_retention=r.get("events_retention", ManagerConfig.events_retention,
                                lambda v: to_seconds(v, 60)),
         metrics_public=r.get("metrics_public", False, to_bool),
+        node_metrics_retention=r.get("node_metrics_retention",
+                                     ManagerConfig.node_metrics_retention,
+                                     lambda v: to_seconds(v, 3600)),
         api_tokens=tuple(tokens),
         cluster_token=cluster_token,
         tls=read_tls(r, ("cert", "key", "client_ca")),

@@ -14,10 +14,11 @@ from fleet.daemon.health import HealthChecker, LimitGuard
 from fleet.daemon.logs import LogKeeper
 from fleet.daemon.manager_client import ManagerClient, local_ip_towards
 from fleet.daemon.metrics import Sampler
+from fleet.daemon.node import NodeSampler
 from fleet.daemon.service import DaemonServicer
 from fleet.daemon.statedir import StateDir
 from fleet.daemon.supervisor import Supervisor
-from fleet.daemon.syncer import StateSyncer
+from fleet.daemon.syncer import NodeMetricsSender, StateSyncer
 from fleet.listen import listen
 from fleet.rpc import as_server, create_server
 from fleet.v1 import fleet_pb2 as pb
@@ -42,6 +43,7 @@ class Daemon:
         self._servicer: DaemonServicer | None = None
         self._logs: LogKeeper | None = None
         self._sampler: Sampler | None = None
+        self.node_sampler: NodeSampler | None = None   # the machine's samples, on the sampler's thread
         self._client: ManagerClient | None = None
         self.events: EventLog | None = None  # agents' history; probes and limits record into it
         self._health: HealthChecker | None = None
@@ -76,6 +78,8 @@ class Daemon:
         self._logs = LogKeeper(self.statedir.logs_dir)
         self._sampler = Sampler(cfg.metrics_interval, history_dir=self.statedir.metrics_dir)
         self._sampler.restore(agent.id for agent in self.config.agents)
+        self.node_sampler = NodeSampler()
+        self._sampler.after_sweep = self.node_sampler.sample
         self.events = EventLog(self.statedir.events_dir)
         self.events.load()
         self.supervisor = Supervisor(self.config.agents, self.statedir, self._logs, self._sampler,
@@ -107,8 +111,10 @@ class Daemon:
     def _start_syncer(self) -> None:
         cfg = self.config.daemon
         self._client = ManagerClient(cfg.managers, cfg.cluster_token, cfg.tls)
+        sender = NodeMetricsSender(self._client, self.node_sampler, cfg.metrics_interval)
         self.syncer = StateSyncer(self._client, self.registration, self.supervisor.snapshots,
-                                  cfg.sync_interval, cfg.heartbeat_interval, events=self.events)
+                                  cfg.sync_interval, cfg.heartbeat_interval, events=self.events,
+                                  node_metrics=sender)
         self.supervisor.listeners.append(self.syncer.notify)
         self.events.listeners.append(self.syncer.poke)
         self.syncer.start()

@@ -11,7 +11,7 @@ import grpc
 
 from fleet.config import TLSConfig
 from fleet.values import split_address
-from fleet.errors import DeadlineExceeded, Unauthenticated, Unavailable
+from fleet.errors import DeadlineExceeded, FleetError, Unauthenticated, Unavailable
 from fleet.rpc import from_rpc_error, open_channel
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -19,6 +19,10 @@ from fleet.v1 import fleet_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 DEADLINE_SECONDS = 5.0
+
+
+class Unimplemented(FleetError):
+    """The manager does not know the method (an older release)."""
 
 
 class ManagerClient:
@@ -62,9 +66,12 @@ class ManagerClient:
             return getattr(stub, name)(request, timeout=self.deadline)
         except grpc.RpcError as exc:
             address = self.address
-            if getattr(exc, "code", lambda: None)() == grpc.StatusCode.UNAUTHENTICATED:
+            code = getattr(exc, "code", lambda: None)()
+            if code == grpc.StatusCode.UNAUTHENTICATED:
                 raise Unauthenticated(
                     f"manager {address} refused the cluster token ({name})") from None
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                raise Unimplemented(f"manager {address} does not serve {name}") from None
             error = from_rpc_error(exc, f"manager {address} {name}")
             # A manager that hangs is as useless as one that is down: try the next.
             if isinstance(error, (Unavailable, DeadlineExceeded)):
@@ -79,6 +86,10 @@ class ManagerClient:
 
     def sync(self, request: pb.SyncAgentStatesRequest) -> pb.SyncAgentStatesResponse:
         return self._call("SyncAgentStates", request)
+
+    def report_node_metrics(self, request: pb.ReportNodeMetricsRequest
+                            ) -> pb.ReportNodeMetricsResponse:
+        return self._call("ReportNodeMetrics", request)
 
     def close(self) -> None:
         with self._lock:

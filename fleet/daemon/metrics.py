@@ -369,6 +369,9 @@ class Sampler:
         # Called with (agent id, pid, whole-tree sample) after each sweep, outside the
         # lock, in this thread: the resource limits' check (fleet.daemon.health).
         self.on_sample: Optional[Callable[[str, int, DataPoint], None]] = None
+        # Called once after each sweep, in this thread: the node's own sample
+        # (fleet.daemon.node), so sampling the machine costs no thread of its own.
+        self.after_sweep: Optional[Callable[[], object]] = None
         # The first sweep runs at once, then one every interval.
         self._periodic = Periodic("fleet-metrics", interval, self._tick, first_delay=0.0)
 
@@ -474,8 +477,14 @@ class Sampler:
         return found
 
     def _tick(self) -> None:
-        """One run of the sampling thread: a sweep, and a save when one is due."""
+        """One run of the sampling thread: a sweep, the node's sample, and a save
+        when one is due."""
         self.sample_once()
+        if self.after_sweep is not None:
+            try:
+                self.after_sweep()
+            except Exception:  # noqa: BLE001 - the agents' sampling must go on
+                log.exception("node sample failed")
         if self._files is not None and time.monotonic() >= self._save_deadline:
             self._save_deadline = time.monotonic() + self._save_interval
             self.save()

@@ -74,7 +74,8 @@ class Manager:
         db = open_database(cfg.db)
         migrate(db)
         self.parts = build_manager(db, offline_after=cfg.offline_after,
-                                   events_retention=cfg.events_retention)
+                                   events_retention=cfg.events_retention,
+                                   node_metrics_retention=cfg.node_metrics_retention)
         self.parts.servicer.add_to(self._grpc)
         # With [manager.tls] set, daemons are dialled over TLS too (mutual with client_ca).
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
@@ -94,7 +95,8 @@ class Manager:
         audit = AuditLog(db)
         audit.on_record = self.metrics.operation_done
         service = FleetService(self.parts.nodes, self.pool, audit,
-                               FleetViews(db, self.config.offline_after))
+                               FleetViews(db, self.config.offline_after),
+                               node_metrics=self.parts.node_metrics)
         self.routes = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
                                events=EventService(self.parts.events, self.parts.nodes),
                                metrics=self.metrics, metrics_public=self.config.metrics_public)

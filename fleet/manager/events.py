@@ -6,15 +6,15 @@ the ingest writer stores them in the report's transaction with an insert that
 skips an event already stored: an event is known by (node_id, agent_id, seq,
 time), so a retried report, or a daemon resending after a manager restart,
 stores each event once. Reads are newest first, paged by an opaque cursor (the
-last event's time and row id). `EventPurger` deletes events older than
+last event's time and row id). `EventStore.purge` deletes events older than
 `[manager] events_retention` seconds, by their time, in small batches so the
-ingest writer never waits long for the database.
+ingest writer never waits long for the database (run every minute by
+fleet.manager.retention.Purger).
 """
 from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from typing import Callable, Optional, Sequence
 
@@ -33,7 +33,6 @@ MAX_MESSAGE = 1024              # characters of a message kept
 DEFAULT_LIMIT, MAX_LIMIT = 500, 5000   # page size (DESIGN.md, "HTTP API")
 MAX_SINCE = 10 ** 18 - 1        # Unix ms; the HTTP layer reads at most 18 digits
 PURGE_BATCH = 5000              # rows per purge statement
-PURGE_INTERVAL = 60.0           # seconds between purges
 # Column order of the rows event_rows builds (and the insert binds).
 COLUMNS = ("node_id", "agent_id", "seq", "time", "kind", "message", "pid", "exit_code",
            "exit_signal", "received")
@@ -148,37 +147,6 @@ class EventStore:
         if total:
             log.info("events: purged %d older than %g s", total, self.retention)
         return total
-
-
-class EventPurger:
-    """Thread `fleet-events-purge`: EventStore.purge() every `interval` seconds
-    (and once at start); errors are logged and it goes on."""
-
-    def __init__(self, store: EventStore, interval: float = PURGE_INTERVAL):
-        self._store = store
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="fleet-events-purge",
-                                            daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self._store.purge()
-            except Exception:  # noqa: BLE001 - log and purge again next time
-                log.exception("events: purge failed")
-            if self._stop.wait(self._interval):
-                return
 
 
 def check_page(limit: int, since: Optional[int]) -> tuple[int, Optional[int]]:

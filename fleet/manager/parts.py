@@ -1,14 +1,17 @@
 """The manager's storage-side objects wired together: registry, ingest writer,
-node and event stores, and the ManagerService servicer over them."""
+node, event and node metrics stores, their retention purge, and the
+ManagerService servicer over them."""
 from __future__ import annotations
 
 import dataclasses
 
 import peewee
 
-from fleet.manager.events import EventPurger, EventStore
+from fleet.manager.events import EventStore
 from fleet.manager.ingest import IngestWriter, ReportService
+from fleet.manager.nodemetrics import NodeMetricsStore
 from fleet.manager.nodes import NodeStore
+from fleet.manager.retention import Purger
 from fleet.manager.servicer import ManagerServicer
 from fleet.manager.store.db import close_database
 from fleet.manager.store.registry import Registry
@@ -25,10 +28,11 @@ class ManagerParts:
     reports: ReportService
     servicer: ManagerServicer
     events: EventStore
-    purger: EventPurger
+    purger: Purger
+    node_metrics: NodeMetricsStore
 
     def start(self) -> None:
-        """Start the ingest writer and the events' purge (idempotent)."""
+        """Start the ingest writer and the retention purge (idempotent)."""
         self.writer.start()
         self.purger.start()
 
@@ -42,13 +46,16 @@ class ManagerParts:
 
 def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interval: float = 0.0,
                   heartbeat_interval: float = 0.0,
-                  events_retention: float = 604800.0) -> ManagerParts:
+                  events_retention: float = 604800.0,
+                  node_metrics_retention: float = 604800.0) -> ManagerParts:
     """Wire registry, writer, stores and servicer over a migrated database."""
     registry = Registry.load(db)
     writer = IngestWriter(db)
     nodes = NodeStore(db, registry, offline_after)
     reports = ReportService(registry, writer)
-    servicer = ManagerServicer(nodes, reports, sync_interval, heartbeat_interval)
+    node_metrics = NodeMetricsStore(db, registry, node_metrics_retention)
+    servicer = ManagerServicer(nodes, reports, sync_interval, heartbeat_interval,
+                               node_metrics=node_metrics)
     events = EventStore(db, events_retention)
     return ManagerParts(db, registry, writer, nodes, reports, servicer, events,
-                        EventPurger(events))
+                        Purger([events, node_metrics]), node_metrics)

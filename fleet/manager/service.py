@@ -17,6 +17,7 @@ from fleet import errors
 from fleet.values import valid_agent_id, valid_node_id
 from fleet.manager import paging
 from fleet.manager.audit import AuditLog
+from fleet.manager.nodemetrics import NodeMetricsStore
 from fleet.manager.nodes import NodeStore
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.views import FleetViews
@@ -41,11 +42,13 @@ class FleetService:
     """Nodes and agents for the HTTP API: stored reads, and calls to the daemons."""
 
     def __init__(self, nodes: NodeStore, pool: DaemonClientPool,
-                 audit: Optional[AuditLog] = None, views: Optional[FleetViews] = None):
+                 audit: Optional[AuditLog] = None, views: Optional[FleetViews] = None,
+                 node_metrics: Optional[NodeMetricsStore] = None):
         self._nodes = nodes   # the database side (fleet.manager.nodes)
         self._pool = pool     # one channel per node, shared with every request
         self._audit = audit   # records operate, sync and delete; None: not recorded
         self._views = views   # fleet-wide agents and the overview; None: not served
+        self._node_metrics = node_metrics   # machines' samples; None: resources stay null
 
     # ---- nodes ----
 
@@ -59,17 +62,37 @@ class FleetService:
         after = paging.decode_node(cursor)
         nodes, more = paging.split_page(
             self._nodes.list_nodes(status or None, label or None, limit + 1, after), limit)
-        return nodes, nodes[-1]["node_id"] if more else None
+        return self._with_resources(nodes), nodes[-1]["node_id"] if more else None
 
     def get_node(self, node_id: str) -> dict:
         """One node; NotFound if it is unknown."""
-        return self._nodes.get_node(_node_id(node_id))
+        return self._with_resources([self._nodes.get_node(_node_id(node_id))])[0]
+
+    def node_metrics(self, node_id: str, duration: int = DEFAULT_DURATION) -> list[dict]:
+        """The node's machine samples of the last `duration` seconds (1 to the
+        retention), oldest first, at most ~1,000 points; NotFound for an unknown node."""
+        node_id = _node_id(node_id)
+        retention = int(self._node_metrics.retention) if self._node_metrics else DEFAULT_DURATION
+        duration = _in_range("duration", duration, (1, retention))
+        self._nodes.get_node(node_id)
+        return self._node_metrics.points(node_id, duration) if self._node_metrics else []
+
+    def _with_resources(self, nodes: list[dict]) -> list[dict]:
+        """Each node with its latest sample as `resources` (None before the first),
+        read in one query for the whole list."""
+        latest = self._node_metrics.latest(n["node_id"] for n in nodes) \
+            if self._node_metrics is not None and nodes else {}
+        for node in nodes:
+            node["resources"] = latest.get(node["node_id"])
+        return nodes
 
     def delete_node(self, node_id: str, actor: str = "") -> None:
         """Remove an offline node and its agents; Conflict while it is online. Audited."""
         with self._audited(actor, _node_id(node_id), None, "delete"):
             self._nodes.delete_node(node_id)
         self._pool.close(node_id)
+        if self._node_metrics is not None:
+            self._node_metrics.forget(node_id)
         log.info("node deleted: node=%s by=%s", node_id, actor or "-")
 
     # ---- audit ----

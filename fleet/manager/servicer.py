@@ -12,6 +12,7 @@ from typing import Callable
 import grpc
 
 from fleet.manager.ingest import ReportService
+from fleet.manager.nodemetrics import NodeMetricsStore
 from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.rpc import translate
 from fleet.v1 import fleet_pb2, fleet_pb2_grpc
@@ -20,12 +21,14 @@ log = logging.getLogger(__name__)
 
 
 class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
-    """What daemons call: RegisterNode, Heartbeat, SyncAgentStates."""
+    """What daemons call: RegisterNode, Heartbeat, SyncAgentStates, ReportNodeMetrics."""
 
     def __init__(self, nodes: NodeStore, reports: ReportService,
-                 sync_interval: float = 0.0, heartbeat_interval: float = 0.0):
+                 sync_interval: float = 0.0, heartbeat_interval: float = 0.0,
+                 node_metrics: NodeMetricsStore | None = None):
         self._nodes = nodes
         self._reports = reports
+        self._node_metrics = node_metrics   # None: ReportNodeMetrics is UNIMPLEMENTED
         # Told to daemons at registration; 0 means "keep your own".
         self._sync_interval = sync_interval
         self._heartbeat_interval = heartbeat_interval
@@ -73,6 +76,15 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
             response.errors.extend(fleet_pb2.StateError(agent_id=agent_id, reason=reason)
                                    for agent_id, reason in result.errors)
         return response
+
+    @translate
+    def ReportNodeMetrics(self, request, context):
+        """Store a batch of the node's samples, all or none."""
+        if self._node_metrics is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "node metrics are not kept here")
+        accepted = self._node_metrics.report(request.node_id, request.boot_id, request.samples,
+                                             request.interval_seconds)
+        return fleet_pb2.ReportNodeMetricsResponse(accepted=accepted)
 
 
 def _ignore(seconds: float, states: int) -> None:

@@ -251,6 +251,70 @@ class SyncAgentStatesResponse(_message.Message):
     retry_after_ms: int
     def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[StateError, _Mapping]]] = ..., report_full_state: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
+class NodeDisk(_message.Message):
+    __slots__ = ("mount", "used", "total")
+    MOUNT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    mount: str
+    used: int
+    total: int
+    def __init__(self, mount: _Optional[str] = ..., used: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class NodeMetricsSample(_message.Message):
+    __slots__ = ("time", "cpu", "load1", "load5", "load15", "memory_used", "memory_total", "swap_used", "swap_total", "disk_used", "disk_total", "disks", "disk_read_rate", "disk_write_rate", "net_rx_rate", "net_tx_rate")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    LOAD1_FIELD_NUMBER: _ClassVar[int]
+    LOAD5_FIELD_NUMBER: _ClassVar[int]
+    LOAD15_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SWAP_USED_FIELD_NUMBER: _ClassVar[int]
+    SWAP_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DISK_USED_FIELD_NUMBER: _ClassVar[int]
+    DISK_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
+    DISK_READ_RATE_FIELD_NUMBER: _ClassVar[int]
+    DISK_WRITE_RATE_FIELD_NUMBER: _ClassVar[int]
+    NET_RX_RATE_FIELD_NUMBER: _ClassVar[int]
+    NET_TX_RATE_FIELD_NUMBER: _ClassVar[int]
+    time: int
+    cpu: float
+    load1: float
+    load5: float
+    load15: float
+    memory_used: int
+    memory_total: int
+    swap_used: int
+    swap_total: int
+    disk_used: int
+    disk_total: int
+    disks: _containers.RepeatedCompositeFieldContainer[NodeDisk]
+    disk_read_rate: float
+    disk_write_rate: float
+    net_rx_rate: float
+    net_tx_rate: float
+    def __init__(self, time: _Optional[int] = ..., cpu: _Optional[float] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., memory_used: _Optional[int] = ..., memory_total: _Optional[int] = ..., swap_used: _Optional[int] = ..., swap_total: _Optional[int] = ..., disk_used: _Optional[int] = ..., disk_total: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[NodeDisk, _Mapping]]] = ..., disk_read_rate: _Optional[float] = ..., disk_write_rate: _Optional[float] = ..., net_rx_rate: _Optional[float] = ..., net_tx_rate: _Optional[float] = ...) -> None: ...
+
+class ReportNodeMetricsRequest(_message.Message):
+    __slots__ = ("node_id", "boot_id", "samples", "interval_seconds")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    boot_id: int
+    samples: _containers.RepeatedCompositeFieldContainer[NodeMetricsSample]
+    interval_seconds: float
+    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[NodeMetricsSample, _Mapping]]] = ..., interval_seconds: _Optional[float] = ...) -> None: ...
+
+class ReportNodeMetricsResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+
 class ListAgentsRequest(_message.Message):
     __slots__ = ("node_id",)
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

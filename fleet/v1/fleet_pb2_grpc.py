@@ -51,6 +51,11 @@ class ManagerServiceStub:
                 request_serializer=fleet_dot_v1_dot_fleet__pb2.SyncAgentStatesRequest.SerializeToString,
                 response_deserializer=fleet_dot_v1_dot_fleet__pb2.SyncAgentStatesResponse.FromString,
                 _registered_method=True)
+        self.ReportNodeMetrics = channel.unary_unary(
+                '/fleet.v1.ManagerService/ReportNodeMetrics',
+                request_serializer=fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class ManagerServiceServicer:
@@ -76,6 +81,12 @@ class ManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportNodeMetrics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +104,11 @@ def add_ManagerServiceServicer_to_server(servicer, server):
                     servicer.SyncAgentStates,
                     request_deserializer=fleet_dot_v1_dot_fleet__pb2.SyncAgentStatesRequest.FromString,
                     response_serializer=fleet_dot_v1_dot_fleet__pb2.SyncAgentStatesResponse.SerializeToString,
+            ),
+            'ReportNodeMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportNodeMetrics,
+                    request_deserializer=fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +194,33 @@ class ManagerService:
             '/fleet.v1.ManagerService/SyncAgentStates',
             fleet_dot_v1_dot_fleet__pb2.SyncAgentStatesRequest.SerializeToString,
             fleet_dot_v1_dot_fleet__pb2.SyncAgentStatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportNodeMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.ManagerService/ReportNodeMetrics',
+            fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsRequest.SerializeToString,
+            fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,8 @@ import json
 
 import fleet
 from fleet.errors import HTTP_STATUS
-from fleet.manager import events, paging
+from fleet.config import ManagerConfig
+from fleet.manager import events, nodemetrics, paging
 from fleet.manager.api import ui
 from fleet.states import State
 
@@ -63,14 +64,47 @@ def _ref(name: str, kind: str = "schemas") -> dict:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
+def _node_metric_schemas() -> tuple[dict, dict]:
+    """The Node JSON's `resources` and a point of a node's metrics."""
+    num = {"type": "number"}
+    figures = {
+        "cpu": {**num, "minimum": 0, "maximum": 100,
+                "description": "percent of the whole machine (a bucket: its mean)"},
+        "load1": num, "load5": num, "load15": num,
+        "memory_used": {**_INT, "description": "bytes: MemTotal - MemAvailable"},
+        "memory_total": _INT, "swap_used": _INT, "swap_total": _INT,
+        "disk_used": {**_INT, "description": "bytes, summed over the real mounts"},
+        "disk_total": _INT,
+        "disk_read_rate": {**num, "description": "bytes/s, whole disks"},
+        "disk_write_rate": {**num, "description": "bytes/s, whole disks"},
+        "net_rx_rate": {**num, "description": "bytes/s, every interface but lo"},
+        "net_tx_rate": {**num, "description": "bytes/s, every interface but lo"}}
+    disk = _obj({"mount": _STR, "used": _INT, "total": _INT}, "One real mount (one per device)")
+    node_resources = _obj({
+        "time": {**_INT, "description": "Unix ms of the sample"}, **figures,
+        "disks": {"type": "array", "items": disk}}, "A sample of a node's machine")
+    node_point = _obj({
+        "time": {**_INT, "description": "Unix ms: the sample, or the start of its bucket"},
+        **figures,
+        "cpu_max": {**num, "description": "the bucket's peak cpu; a sample's own cpu"},
+        "resolution_seconds": {**num, "description": "the daemon's metrics_interval for a "
+                               "raw sample, else the bucket's width (60 or more)"}},
+        "A node sample, or the means over a bucket of whole minutes")
+    return node_resources, node_point
+
+
 def schemas() -> dict:
     """The component schemas: Node, Agent, MetricPoint, AuditEntry, Error and the bodies."""
+    node_resources, node_point = _node_metric_schemas()
     node = _obj({
         "node_id": {"type": "string", "pattern": NODE_ID_PATTERN}, "hostname": _STR, "ip": _STR,
         "advertise_address": _STR, "os": _STR, "arch": _STR,
         "labels": {"type": "object", "additionalProperties": _STR},
         "daemon_version": _STR, "status": {"type": "string", "enum": ["online", "offline"]},
-        "registered_at": _INT, "last_seen": _TIME}, "A node running a fleet daemon")
+        "registered_at": _INT, "last_seen": _TIME,
+        "resources": {**node_resources, "nullable": True,
+                      "description": "the latest sample of the machine; null before the first"}},
+        "A node running a fleet daemon")
     agent = _obj({
         "node_id": _STR, "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
         "type": _STR, "version": _STR, "status": {"type": "string", "enum": AGENT_STATUSES},
@@ -107,6 +141,12 @@ def schemas() -> dict:
         "message": _STR})})
     return {
         "Node": node, "Agent": agent, "MetricPoint": point, "Error": error,
+        "NodeResources": node_resources, "NodeMetricPoint": node_point,
+        "NodeMetrics": _obj({"points": {"type": "array", "items": _ref("NodeMetricPoint"),
+                                        "maxItems": nodemetrics.MAX_POINTS, "description": (
+            "Oldest first: raw samples for a range within the hour when they are at most "
+            "1,000, else buckets of whole minutes, as few minutes as keep the answer "
+            "within 1,000 points")}}),
         "NodeList": _obj({"nodes": {"type": "array", "items": _ref("Node")},
                           "next_cursor": _NEXT}),
         "NodeResponse": _obj({"node": _ref("Node")}),
@@ -212,6 +252,10 @@ def parameters() -> dict:
                                        "default": 3600},
                           "Seconds of history, up to now: the last hour in samples, "
                           "older in one-minute points"),
+        "NodeDuration": query("duration", {
+            "type": "integer", "minimum": 1, "maximum": int(ManagerConfig.node_metrics_retention),
+            "default": 3600}, "Seconds of history, up to now: at most [manager] "
+            "node_metrics_retention (default a week); the resolution follows"),
         "AuditNode": query("node", {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN},
                            "Only the entries of this node, deleted nodes included "
                            "(empty: every node)"),
@@ -318,6 +362,9 @@ def paths() -> dict:
         "/api/v1/nodes/{node_id}/agents/{agent_id}/events": {"get": _op(
             "agentEvents", "The agent's events, newest first", "EventList", "400 404",
             agent + ("Since", "EventLimit", "Cursor"))},
+        "/api/v1/nodes/{node_id}/metrics": {"get": _op(
+            "nodeMetrics", "The node's machine samples, at most ~1,000 points", "NodeMetrics",
+            "400 404", node + ("NodeDuration",))},
         "/api/v1/events": {"get": _op(
             "listEvents", "Events of the fleet, newest first", "EventList", "400",
             ("EventNode", "EventAgent", "Kind", "Since", "EventLimit", "Cursor"))},

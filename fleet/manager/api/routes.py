@@ -98,6 +98,7 @@ class _Routes:
             ("GET", "/metrics", self.prometheus, self.exposition_scope),
             ("GET", API + "/agents", self.fleet_agents, "read"),
             ("GET", API + "/overview", self.overview, "read"),
+            ("GET", node + "/metrics", self.node_metrics, "read"),
         ]
 
     def index(self):
@@ -144,6 +145,10 @@ class _Routes:
     def metrics(self, node_id, agent_id):
         duration = _int_query("duration", 3600)
         return {"points": self._service.metrics(node_id, agent_id, duration)}
+
+    def node_metrics(self, node_id):
+        duration = _int_query("duration", 3600)
+        return {"points": self._service.node_metrics(node_id, duration)}
 
     def audit(self):
         entries, cursor = self._service.audit(_query("node") or None, *_page())

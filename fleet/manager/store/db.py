@@ -311,6 +311,29 @@ def _migration_6(db: peewee.Database, backend: Backend) -> None:
     read in page order (node_id, agent_id), never a scan of the agent table."""
     for column in ("status", "health", "type"):
         db.execute_sql(f"CREATE INDEX agent_{column}_key ON agent ({column}, node_id, agent_id)")
+def _migration_7(db: peewee.Database, backend: Backend) -> None:
+    """Node metrics (fleet.manager.nodemetrics): raw samples for an hour, one-minute
+    rollups (means, peak cpu, sample count), and each node's latest sample."""
+    floats = ("cpu", "load1", "load5", "load15", "disk_read_rate", "disk_write_rate",
+              "net_rx_rate", "net_tx_rate")
+    ints = ("memory_used", "memory_total", "swap_used", "swap_total", "disk_used",
+            "disk_total")
+    raw = ", ".join([f"{c} DOUBLE PRECISION NOT NULL" for c in floats]
+                    + [f"{c} BIGINT NOT NULL" for c in ints])
+    means = ", ".join(f"{c} DOUBLE PRECISION NOT NULL" for c in floats + ints)
+    statements = [
+        f"""CREATE TABLE node_metric (node_id VARCHAR(128) NOT NULL, time BIGINT NOT NULL,
+            resolution DOUBLE PRECISION NOT NULL, {raw}, PRIMARY KEY (node_id, time))""",
+        "CREATE INDEX node_metric_time ON node_metric (time)",
+        f"""CREATE TABLE node_metric_minute (node_id VARCHAR(128) NOT NULL,
+            minute BIGINT NOT NULL, cpu_max DOUBLE PRECISION NOT NULL,
+            samples INTEGER NOT NULL, {means}, PRIMARY KEY (node_id, minute))""",
+        "CREATE INDEX node_metric_minute_minute ON node_metric_minute (minute)",
+        """CREATE TABLE node_resources (node_id VARCHAR(128) NOT NULL PRIMARY KEY,
+            time BIGINT NOT NULL, sample TEXT NOT NULL)""",
+    ]
+    for statement in statements:
+        db.execute_sql(statement)
 
 
 # (version, function): append only; a released migration never changes.
@@ -321,6 +344,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] =
     (4, _migration_4),
     (5, _migration_5),
     (6, _migration_6),
+    (7, _migration_7),
 )
 
 

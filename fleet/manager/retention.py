@@ -1,0 +1,57 @@
+"""The retention duty: one thread that purges every store whose rows expire.
+
+`Purger` calls `purge()` of each store it was given (agent events:
+fleet.manager.events; node metrics: fleet.manager.nodemetrics) once at start and
+then every `interval` seconds. Each store deletes in small transactions and logs
+what it removed; a failure is logged and the next store, and the next run, go on.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Optional, Protocol, Sequence
+
+log = logging.getLogger(__name__)
+
+PURGE_INTERVAL = 60.0           # seconds between purges
+
+
+class Purgeable(Protocol):
+    def purge(self) -> int:
+        """Delete what has expired; how many rows."""
+
+
+class Purger:
+    """Thread `fleet-purge`: every store's purge() every `interval` seconds."""
+
+    def __init__(self, stores: Sequence[Purgeable], interval: float = PURGE_INTERVAL):
+        self._stores = tuple(stores)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Start the thread; a second call does nothing."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fleet-purge", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (waits for a purge under way, at most 5 s)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def purge_once(self) -> None:
+        """One run over every store."""
+        for store in self._stores:
+            try:
+                store.purge()
+            except Exception:  # noqa: BLE001 - log and purge again next time
+                log.exception("purge of %s failed", type(store).__name__)
+
+    def _run(self) -> None:
+        while True:
+            self.purge_once()
+            if self._stop.wait(self._interval):
+                return
