@@ -21,6 +21,8 @@ from fleet.manager.parts import ManagerParts, build_manager
 from fleet.manager.tokens import ApiAuth, ManagerTokens, create_token_files, resolve_tokens
 from fleet.manager.api.server import HttpServer, serve_http
 from fleet.rpc import as_client, create_server
+from fleet.serving import ServingStatus
+from fleet.v1 import fleet_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Manager:
         self._grpc = None
         self._http: HttpServer | None = None
         self._tokens: ManagerTokens | None = None   # resolved by bind()
+        self._serving: ServingStatus | None = None   # gRPC health and reflection
         self._app = _LateApp()
 
     def bind(self) -> None:
@@ -72,6 +75,8 @@ class Manager:
         self.parts = build_manager(db, offline_after=cfg.offline_after,
                                    events_retention=cfg.events_retention)
         self.parts.servicer.add_to(self._grpc)
+        self._serving = ServingStatus(pb.DESCRIPTOR.services_by_name["ManagerService"].full_name)
+        self._serving.add_to(self._grpc)
         # With [manager.tls] set, daemons are dialled over TLS too (mutual with client_ca).
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
                                      timeout=cfg.daemon_timeout,
@@ -81,12 +86,16 @@ class Manager:
                                     events=EventService(self.parts.events, self.parts.nodes))
         self.parts.start()
         self._grpc.start()
+        self._serving.serving()
         log.info("listening grpc=%s", join_address(split_address(cfg.grpc)[0], self.grpc_port))
         self._http.start_background()
         log.info("listening http=%s", self._http.address)
 
     def stop_http(self) -> None:
-        """Stop taking HTTP requests (the first step of shutdown)."""
+        """The first step of shutdown: gRPC health turns NOT_SERVING (load balancers
+        drain while gRPC still answers), and HTTP stops taking requests."""
+        if self._serving is not None:
+            self._serving.draining()
         if self._http is not None:
             self._http.stop()
 
