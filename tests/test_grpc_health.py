@@ -118,6 +118,18 @@ def test_the_api_still_needs_the_token(daemon):
     assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_watchers_hold_no_worker_thread(daemon):
+    """40 open Watch streams (the daemon has 16 gRPC workers) are all answered and leave
+    calls answered: an unauthenticated watcher costs memory, not a worker."""
+    with grpc.insecure_channel(f"127.0.0.1:{daemon.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        watches = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(40)]
+        assert all(next(watch).status == SERVING for watch in watches)
+        assert check(daemon.port, DAEMON_SERVICE) == SERVING
+        for watch in watches:
+            watch.cancel()
+
+
 def test_the_daemon_says_not_serving_before_its_server_stops(tmp_path):
     """Daemon.stop(): when the gRPC server is told to stop, health already says NOT_SERVING."""
     seen = []
