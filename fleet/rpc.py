@@ -44,6 +44,9 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
+# Called without the cluster token: the standard health service tells only up or
+# down, and load balancers and grpc_health_probe carry no credentials (fleet/serving.py).
+OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 
 def _bearer(token: str) -> str:
@@ -51,13 +54,16 @@ def _bearer(token: str) -> str:
 
 
 class TokenCheck(grpc.ServerInterceptor):
-    """Refuses every call whose metadata lacks the cluster token, and logs who called."""
+    """Refuses every call whose metadata lacks the cluster token, and logs who called;
+    only OPEN_METHODS pass without it."""
 
     def __init__(self, token: str, refusals: "RefusalLog | None" = None):
         self._expected = _bearer(token).encode()
         self._refusals = refusals or RefusalLog()
 
     def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method in OPEN_METHODS:
+            return continuation(handler_call_details)
         why = "missing cluster token"
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":

@@ -21,6 +21,7 @@ from fleet.daemon.supervisor import Supervisor
 from fleet.daemon.syncer import NodeMetricsSender, StateSyncer
 from fleet.listen import listen
 from fleet.rpc import as_server, create_server
+from fleet.serving import ServingStatus
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
 
@@ -49,6 +50,7 @@ class Daemon:
         self._health: HealthChecker | None = None
         self._limits: LimitGuard | None = None
         self._exporter = None   # fleet.daemon.exporter.MetricsServer with metrics_listen set
+        self._serving: ServingStatus | None = None   # gRPC health and reflection
 
     def bind(self) -> None:
         """Bind the gRPC port (not serving yet); OSError `cannot listen ...` if it is taken.
@@ -86,12 +88,15 @@ class Daemon:
                                      events=self.events)
         self._servicer = DaemonServicer(self.node_id, self.supervisor, self._logs, self._sampler)
         pb_grpc.add_DaemonServiceServicer_to_server(self._servicer, self._server)
+        self._serving = ServingStatus(pb.DESCRIPTOR.services_by_name["DaemonService"].full_name)
+        self._serving.add_to(self._server)
         self._start_health()
         self.supervisor.start()
         self._logs.start()
         self._sampler.start()
         self._health.start()
         self._server.start()
+        self._serving.serving()
         host, _ = split_address(cfg.listen)
         log.info("listening %s=%s", self.listen_label, join_address(host, self.port))
         log.info("node %s boot %s: %d agent(s)", self.node_id, self.boot_id,
@@ -145,7 +150,10 @@ class Daemon:
 
     def stop(self) -> None:
         """Stop serving, stop every agent (in parallel) unless stop_agents_on_exit
-        is false, send the final report."""
+        is false, send the final report. Health says NOT_SERVING first, while the
+        server still answers, so load balancers drain."""
+        if self._serving is not None:
+            self._serving.draining()
         if self._servicer is not None:
             self._servicer.shutting_down = True
         self._stop_health()

@@ -23,6 +23,8 @@ from fleet.manager.parts import ManagerParts, build_manager
 from fleet.manager.tokens import ApiAuth, ManagerTokens, create_token_files, resolve_tokens
 from fleet.manager.api.server import HttpServer, serve_http
 from fleet.rpc import as_client, create_server
+from fleet.serving import ServingStatus
+from fleet.v1 import fleet_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class Manager:
         self._grpc = None
         self._http: HttpServer | None = None
         self._tokens: ManagerTokens | None = None   # resolved by bind()
+        self._serving: ServingStatus | None = None   # gRPC health and reflection
         self._app = _LateApp()
 
     def bind(self) -> None:
@@ -77,6 +80,8 @@ class Manager:
                                    events_retention=cfg.events_retention,
                                    node_metrics_retention=cfg.node_metrics_retention)
         self.parts.servicer.add_to(self._grpc)
+        self._serving = ServingStatus(pb.DESCRIPTOR.services_by_name["ManagerService"].full_name)
+        self._serving.add_to(self._grpc)
         # With [manager.tls] set, daemons are dialled over TLS too (mutual with client_ca).
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
                                      timeout=cfg.daemon_timeout,
@@ -84,6 +89,7 @@ class Manager:
         self._app.target = self._make_app(db)
         self.parts.start()
         self._grpc.start()
+        self._serving.serving()
         log.info("listening grpc=%s", join_address(split_address(cfg.grpc)[0], self.grpc_port))
         self._http.start_background()
         log.info("listening http=%s", self._http.address)
@@ -103,7 +109,10 @@ class Manager:
         return self.metrics.instrument(self.routes)
 
     def stop_http(self) -> None:
-        """Stop taking HTTP requests (the first step of shutdown)."""
+        """The first step of shutdown: gRPC health turns NOT_SERVING (load balancers
+        drain while gRPC still answers), and HTTP stops taking requests."""
+        if self._serving is not None:
+            self._serving.draining()
         if self._http is not None:
             self._http.stop()
 
