@@ -170,22 +170,28 @@ class RegisterNodeResponse(_message.Message):
     def __init__(self, sync_interval_seconds: _Optional[float] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "boot_id", "timestamp")
+    __slots__ = ("node_id", "boot_id", "timestamp", "policy_version", "accept_policies")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_POLICIES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boot_id: int
     timestamp: int
-    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., timestamp: _Optional[int] = ...) -> None: ...
+    policy_version: str
+    accept_policies: bool
+    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., timestamp: _Optional[int] = ..., policy_version: _Optional[str] = ..., accept_policies: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("reregister", "sync_interval_seconds")
+    __slots__ = ("reregister", "sync_interval_seconds", "policy_version")
     REREGISTER_FIELD_NUMBER: _ClassVar[int]
     SYNC_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     reregister: bool
     sync_interval_seconds: float
-    def __init__(self, reregister: _Optional[bool] = ..., sync_interval_seconds: _Optional[float] = ...) -> None: ...
+    policy_version: str
+    def __init__(self, reregister: _Optional[bool] = ..., sync_interval_seconds: _Optional[float] = ..., policy_version: _Optional[str] = ...) -> None: ...
 
 class SyncAgentStatesRequest(_message.Message):
     __slots__ = ("node_id", "boot_id", "seq", "full", "states", "stopping", "events")
@@ -315,6 +321,60 @@ class ReportNodeMetricsResponse(_message.Message):
     accepted: int
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
+class GetDesiredAgentsRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class PolicyAgents(_message.Message):
+    __slots__ = ("name", "version", "agents_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    agents_json: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., agents_json: _Optional[str] = ...) -> None: ...
+
+class GetDesiredAgentsResponse(_message.Message):
+    __slots__ = ("policy_version", "policies")
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    policy_version: str
+    policies: _containers.RepeatedCompositeFieldContainer[PolicyAgents]
+    def __init__(self, policy_version: _Optional[str] = ..., policies: _Optional[_Iterable[_Union[PolicyAgents, _Mapping]]] = ...) -> None: ...
+
+class PolicyResult(_message.Message):
+    __slots__ = ("name", "version", "applied", "reason", "conflicts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    applied: bool
+    reason: str
+    conflicts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., applied: _Optional[bool] = ..., reason: _Optional[str] = ..., conflicts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReportPolicyStatusRequest(_message.Message):
+    __slots__ = ("node_id", "boot_id", "policy_version", "results")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    boot_id: int
+    policy_version: str
+    results: _containers.RepeatedCompositeFieldContainer[PolicyResult]
+    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., policy_version: _Optional[str] = ..., results: _Optional[_Iterable[_Union[PolicyResult, _Mapping]]] = ...) -> None: ...
+
+class ReportPolicyStatusResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ListAgentsRequest(_message.Message):
     __slots__ = ("node_id",)
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -382,3 +442,25 @@ class GetAgentLogsResponse(_message.Message):
     truncated: bool
     next_offset: int
     def __init__(self, lines: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., next_offset: _Optional[int] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class AgentChange(_message.Message):
+    __slots__ = ("agent_id", "change")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    change: str
+    def __init__(self, agent_id: _Optional[str] = ..., change: _Optional[str] = ...) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("agents", "changes")
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
+    changes: _containers.RepeatedCompositeFieldContainer[AgentChange]
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., changes: _Optional[_Iterable[_Union[AgentChange, _Mapping]]] = ...) -> None: ...

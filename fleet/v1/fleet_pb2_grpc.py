@@ -56,6 +56,16 @@ class ManagerServiceStub:
                 request_serializer=fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsRequest.SerializeToString,
                 response_deserializer=fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsResponse.FromString,
                 _registered_method=True)
+        self.GetDesiredAgents = channel.unary_unary(
+                '/fleet.v1.ManagerService/GetDesiredAgents',
+                request_serializer=fleet_dot_v1_dot_fleet__pb2.GetDesiredAgentsRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_fleet__pb2.GetDesiredAgentsResponse.FromString,
+                _registered_method=True)
+        self.ReportPolicyStatus = channel.unary_unary(
+                '/fleet.v1.ManagerService/ReportPolicyStatus',
+                request_serializer=fleet_dot_v1_dot_fleet__pb2.ReportPolicyStatusRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_fleet__pb2.ReportPolicyStatusResponse.FromString,
+                _registered_method=True)
 
 
 class ManagerServiceServicer:
@@ -87,6 +97,18 @@ class ManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDesiredAgents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportPolicyStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +131,16 @@ def add_ManagerServiceServicer_to_server(servicer, server):
                     servicer.ReportNodeMetrics,
                     request_deserializer=fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsRequest.FromString,
                     response_serializer=fleet_dot_v1_dot_fleet__pb2.ReportNodeMetricsResponse.SerializeToString,
+            ),
+            'GetDesiredAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDesiredAgents,
+                    request_deserializer=fleet_dot_v1_dot_fleet__pb2.GetDesiredAgentsRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_fleet__pb2.GetDesiredAgentsResponse.SerializeToString,
+            ),
+            'ReportPolicyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPolicyStatus,
+                    request_deserializer=fleet_dot_v1_dot_fleet__pb2.ReportPolicyStatusRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_fleet__pb2.ReportPolicyStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,6 +263,60 @@ class ManagerService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetDesiredAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.ManagerService/GetDesiredAgents',
+            fleet_dot_v1_dot_fleet__pb2.GetDesiredAgentsRequest.SerializeToString,
+            fleet_dot_v1_dot_fleet__pb2.GetDesiredAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPolicyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.ManagerService/ReportPolicyStatus',
+            fleet_dot_v1_dot_fleet__pb2.ReportPolicyStatusRequest.SerializeToString,
+            fleet_dot_v1_dot_fleet__pb2.ReportPolicyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class DaemonServiceStub:
     """---- DaemonService: the manager calls it (deadline 10 s, operate 30 s) ----
@@ -264,6 +350,11 @@ class DaemonServiceStub:
                 request_serializer=fleet_dot_v1_dot_fleet__pb2.GetAgentLogsRequest.SerializeToString,
                 response_deserializer=fleet_dot_v1_dot_fleet__pb2.GetAgentLogsResponse.FromString,
                 _registered_method=True)
+        self.Reload = channel.unary_unary(
+                '/fleet.v1.DaemonService/Reload',
+                request_serializer=fleet_dot_v1_dot_fleet__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_fleet__pb2.ReloadResponse.FromString,
+                _registered_method=True)
 
 
 class DaemonServiceServicer:
@@ -296,6 +387,12 @@ class DaemonServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DaemonServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -318,6 +415,11 @@ def add_DaemonServiceServicer_to_server(servicer, server):
                     servicer.GetAgentLogs,
                     request_deserializer=fleet_dot_v1_dot_fleet__pb2.GetAgentLogsRequest.FromString,
                     response_serializer=fleet_dot_v1_dot_fleet__pb2.GetAgentLogsResponse.SerializeToString,
+            ),
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=fleet_dot_v1_dot_fleet__pb2.ReloadRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_fleet__pb2.ReloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -431,6 +533,33 @@ class DaemonService:
             '/fleet.v1.DaemonService/GetAgentLogs',
             fleet_dot_v1_dot_fleet__pb2.GetAgentLogsRequest.SerializeToString,
             fleet_dot_v1_dot_fleet__pb2.GetAgentLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.DaemonService/Reload',
+            fleet_dot_v1_dot_fleet__pb2.ReloadRequest.SerializeToString,
+            fleet_dot_v1_dot_fleet__pb2.ReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
