@@ -337,6 +337,12 @@ def _migration_7(db: peewee.Database, backend: Backend) -> None:
 
 
 # (version, function): append only; a released migration never changes.
+def _migration_8(db: peewee.Database, backend: Backend) -> None:
+    """lease table: duties done by one manager at a time (fleet.manager.store.lease)."""
+    db.execute_sql("""CREATE TABLE lease (name VARCHAR(64) NOT NULL PRIMARY KEY,
+        holder VARCHAR(160) NOT NULL, expires_at BIGINT NOT NULL)""")
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
@@ -345,6 +351,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] =
     (5, _migration_5),
     (6, _migration_6),
     (7, _migration_7),
+    (8, _migration_8),
 )
 
 
