@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import db_url, pg_server  # noqa: F401 - fixtures every test file may use
+
 # gRPC's fork support must be off before grpc is imported (DESIGN.md).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 

@@ -13,16 +13,17 @@ from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
 from helpers import wait_for
+from tests.pg import is_postgresql
 
 RUNNING = pb.AGENT_STATUS_RUNNING
 
 
 class Manager:
-    """The storage side of a manager over one SQLite file."""
+    """The storage side of a manager over one database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, path, lock_timeout_ms=200, start=True):
-        self.path = path
-        self.db = dbmod.open_database(f"sqlite:///{path}")
+    def __init__(self, url, lock_timeout_ms=200, start=True):
+        self.url = url
+        self.db = dbmod.open_database(url)
         dbmod.migrate(self.db)
         self.registry = Registry.load(self.db)
         self.writer = IngestWriter(self.db, lock_timeout_ms=lock_timeout_ms)
@@ -43,8 +44,8 @@ class Manager:
 
 
 @pytest.fixture
-def manager(tmp_path):
-    m = Manager(tmp_path / "fleet.db")
+def manager(db_url):
+    m = Manager(db_url)
     m.nodes.register(NodeFacts("n1", boot_id=1))
     yield m
     m.writer.stop()
@@ -55,25 +56,40 @@ def state(agent_id, status=RUNNING, pid=100, **kw):
 
 
 class ExclusiveLock:
-    """Another connection that takes and releases the database's write lock."""
+    """Another connection that takes and releases the write lock of the manager's tables
+    (SQLite: the database's; PostgreSQL: EXCLUSIVE locks, which still let readers read)."""
 
-    def __init__(self, path):
-        self.conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    def __init__(self, url):
+        if is_postgresql(url):
+            import psycopg2
+            self.conn = psycopg2.connect(url)
+            self.statement = "LOCK TABLE node, agent, event IN EXCLUSIVE MODE"
+        else:
+            self.conn = sqlite3.connect(url[len("sqlite:///"):], timeout=0,
+                                        isolation_level=None)
+            self.statement = "BEGIN EXCLUSIVE"
+        self.held = False
 
     def take(self):
-        self.conn.execute("BEGIN EXCLUSIVE")
+        self.conn.cursor().execute(self.statement)   # psycopg2 opens a transaction itself
+        self.held = True
 
     def release(self):
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+        if self.held:
+            self.conn.rollback() if hasattr(self.conn, "get_backend_pid") \
+                else self.conn.execute("ROLLBACK")
+            self.held = False
+
+    def close(self):
+        self.release()
+        self.conn.close()
 
 
 @pytest.fixture
 def exclusive_lock(manager):
-    lock = ExclusiveLock(manager.path)
+    lock = ExclusiveLock(manager.url)
     yield lock
-    lock.release()
-    lock.conn.close()
+    lock.close()
 
 
 def test_invalid_states_rejected_valid_stored(manager):
@@ -235,14 +251,14 @@ class CountingQueue(queue.SimpleQueue):
             self.puts += 1
 
 
-def test_concurrent_reports_share_transactions(tmp_path):
+def test_concurrent_reports_share_transactions(db_url):
     """Reports waiting behind a busy database are committed together in few transactions."""
-    m = Manager(tmp_path / "fleet.db", lock_timeout_ms=3000, start=False)
+    m = Manager(db_url, lock_timeout_ms=3000, start=False)
     m.writer._queue = queued = CountingQueue()
     m.writer.start()
     for i in range(20):
         m.nodes.register(NodeFacts(f"n{i}", boot_id=1))
-    lock = ExclusiveLock(m.path)
+    lock = ExclusiveLock(m.url)
     lock.take()
     results = []
     threads = [threading.Thread(target=lambda i=i: results.append(
@@ -250,7 +266,7 @@ def test_concurrent_reports_share_transactions(tmp_path):
     for t in threads:
         t.start()
     wait_for(lambda: queued.puts == 20)
-    lock.release()
+    lock.close()
     for t in threads:
         t.join(5)
     assert len(results) == 20 and all(r.success for r in results)
@@ -266,9 +282,9 @@ def test_report_of_deleted_node_leaves_no_rows(manager):
     assert manager.rows("gone") == {}
 
 
-def test_writer_start_stop_idempotent_and_drains(tmp_path):
+def test_writer_start_stop_idempotent_and_drains(db_url):
     """start/stop twice is harmless; stop writes what was submitted; later submits fail."""
-    m = Manager(tmp_path / "fleet.db")
+    m = Manager(db_url)
     m.writer.start()
     m.nodes.register(NodeFacts("n1", boot_id=1))
     assert m.sync(1, [state("a")]).success
@@ -383,3 +399,29 @@ def test_health_message_is_stored_and_served_with_the_health_filter(manager):
     assert manager.nodes.list_agents("n1", "unknown") == []
     with pytest.raises(errors.InvalidArgument, match="health must be one of"):
         manager.nodes.list_agents("n1", "poorly")
+
+
+def test_two_reports_of_one_agent_in_one_batch_apply_in_order(db_url):
+    """Reports naming the same agent that share one transaction are applied in order (on
+    PostgreSQL one bulk upsert may not touch a row twice): the newest wins, all succeed."""
+    m = Manager(db_url, lock_timeout_ms=3000)
+    m.nodes.register(NodeFacts("n1", boot_id=1))
+    lock = ExclusiveLock(m.url)
+    lock.take()
+    first = threading.Thread(target=m.reports.heartbeat, args=("n1", 1))
+    first.start()                   # the writer takes it, then waits for the lock
+    wait_for(lambda: m.writer._queue.qsize() == 0)
+    results = []
+    threads = [threading.Thread(target=lambda seq=seq: results.append(
+        m.sync(seq, [state("a", pid=seq), state(f"only{seq}")]))) for seq in (1, 2, 3)]
+    for queued, t in enumerate(threads, 1):
+        t.start()
+        wait_for(lambda: m.writer._queue.qsize() == queued)     # queued in seq order
+    lock.close()
+    for t in [first] + threads:
+        t.join(5)
+    assert len(results) == 3 and all(r.success for r in results)
+    assert (m.writer.batches, m.writer.reports) == (2, 4)
+    rows = m.rows()
+    assert rows["a"] == ("", RUNNING, 3, 1, 3) and set(rows) == {"a", "only1", "only2", "only3"}
+    m.writer.stop()

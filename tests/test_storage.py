@@ -1,5 +1,6 @@
 """Storage: opening databases, migrations, the registry, and NodeStore reads and writes."""
 import sqlite3
+import sys
 
 import pytest
 
@@ -11,6 +12,7 @@ from fleet.manager.store.models import Agent, Node
 from fleet.manager.nodes import AGENT_FIELDS, NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
+from tests.pg import sqlite_only
 
 NODE_FIELDS = {"node_id", "hostname", "ip", "advertise_address", "os", "arch", "labels",
                "daemon_version", "status", "registered_at", "last_seen"}
@@ -27,8 +29,8 @@ class Clock:
 
 
 @pytest.fixture
-def database(tmp_path):
-    db = open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
+def database(db_url):
+    db = open_database(db_url)
     migrate(db)
     yield db
     dbmod.close_database(db)
@@ -55,9 +57,9 @@ def test_migrations_create_schema_version_1(database):
         assert {"node", "agent", "schema_version"} <= set(database.get_tables())
 
 
-def test_migrations_idempotent_on_restart(tmp_path):
+def test_migrations_idempotent_on_restart(db_url):
     """Running the migrations again (a restart) changes nothing and keeps the data."""
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    url = db_url
     db = open_database(url)
     migrate(db)
     NodeStore(db, Registry()).register(NodeFacts("n1", boot_id=3))
@@ -77,6 +79,7 @@ def test_models_match_migrated_tables(database, model):
     assert columns == set(model._meta.columns)
 
 
+@sqlite_only
 def test_sqlite_pragmas(database):
     """SQLite connections run in WAL with synchronous=NORMAL and a busy timeout."""
     with database.connection_context():
@@ -85,6 +88,7 @@ def test_sqlite_pragmas(database):
         assert database.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 5000
 
 
+@sqlite_only
 def test_sqlite_transactions_are_immediate(database, tmp_path):
     """A transaction takes the write lock at BEGIN, never a deferred read lock."""
     with database.connection_context(), database.atomic():
@@ -101,13 +105,9 @@ def test_bad_urls_are_config_errors():
             open_database(url)
 
 
-def test_postgresql_without_driver_is_a_clear_error():
+def test_postgresql_without_driver_is_a_clear_error(monkeypatch):
     """Without psycopg2 a PostgreSQL URL fails naming the missing driver."""
-    try:
-        import psycopg2  # noqa: F401
-        pytest.skip("psycopg2 is installed")
-    except ImportError:
-        pass
+    monkeypatch.setitem(sys.modules, "psycopg2", None)     # import psycopg2 raises ImportError
     with pytest.raises(errors.ConfigError, match="psycopg2"):
         open_database("postgresql://u:p@localhost:5432/fleet")
 
@@ -245,10 +245,10 @@ def test_registry_tracks_newest_boot_and_seq():
     assert "n1" not in registry and len(registry) == 0
 
 
-def test_migration_3_adds_the_reported_fields_to_a_version_2_database(tmp_path, monkeypatch):
+def test_migration_3_adds_the_reported_fields_to_a_version_2_database(db_url, monkeypatch):
     """A version 2 database gains agent changed_at/config_changed and node stopped_at,
     keeping its rows (unset, false, unset)."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = db_url
     monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS[:2])
     db = open_database(url)
     assert migrate(db) == 2
@@ -264,9 +264,9 @@ def test_migration_3_adds_the_reported_fields_to_a_version_2_database(tmp_path, 
     dbmod.close_database(db)
 
 
-def test_migration_5_adds_health_message_keeping_the_rows(tmp_path, monkeypatch):
+def test_migration_5_adds_health_message_keeping_the_rows(db_url, monkeypatch):
     """A version 3 database gains agent.health_message, empty on the rows it keeps."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = db_url
     monkeypatch.setattr(dbmod, "MIGRATIONS", tuple(m for m in dbmod.MIGRATIONS if m[0] <= 3))
     db = open_database(url)
     assert migrate(db) == 3

@@ -87,8 +87,14 @@ class Backend:
     def _bulk_values(self, count: int) -> str:
         return self._values(count)
 
-    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple]) -> None:
-        """Run an `upsert` statement for every row, on an open transaction's cursor."""
+    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple],
+                    key: int = 0) -> None:
+        """Run an `upsert` statement for every row, on an open transaction's cursor.
+
+        `key`: how many leading values of a row are its conflict key, when rows
+        may repeat one; they are then applied in order, as one statement per row
+        would be (SQLite's executemany is just that).
+        """
         cursor.executemany(statement, rows)
 
     def execute_many(self, cursor: Any, sql: str, rows: Sequence[tuple]) -> None:
@@ -126,9 +132,12 @@ class PostgresBackend(Backend):
     def _bulk_values(self, count: int) -> str:
         return "%s"  # execute_values expands it into many row tuples
 
-    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple]) -> None:
+    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple],
+                    key: int = 0) -> None:
         from psycopg2.extras import execute_values  # only present with PostgreSQL
-        execute_values(cursor, statement, rows, page_size=1000)
+        # One INSERT ... ON CONFLICT DO UPDATE may not touch a row twice.
+        for part in distinct_rounds(rows, key) if key else (rows,):
+            execute_values(cursor, statement, part, page_size=1000)
 
     def execute_many(self, cursor: Any, sql: str, rows: Sequence[tuple]) -> None:
         from psycopg2.extras import execute_batch  # executemany is a per-row round trip
@@ -143,6 +152,21 @@ class PostgresBackend(Backend):
 
     def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
         db.execute_sql(f"SET lock_timeout = {int(millis)}")
+
+
+def distinct_rounds(rows: Sequence[tuple], key: int) -> list[list[tuple]]:
+    """`rows` in lists in which no key (a row's first `key` values) repeats: the
+    n-th row of a key goes to the n-th list, so applying the lists one after
+    another applies each key's rows in their order."""
+    rounds: list[list[tuple]] = []
+    seen: dict[tuple, int] = {}
+    for row in rows:
+        index = seen.get(row[:key], 0)
+        seen[row[:key]] = index + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(row)
+    return rounds
 
 
 def backend_of(db: peewee.Database) -> Backend:
@@ -220,7 +244,7 @@ def _open_postgres(url: str) -> peewee.PostgresqlDatabase:
         params["host"] = parts.hostname
     if parts.port:
         params["port"] = parts.port
-    return peewee.PostgresqlDatabase(name, autorollback=True, **params)
+    return peewee.PostgresqlDatabase(name, **params)
 
 
 def close_database(db: peewee.Database) -> None:

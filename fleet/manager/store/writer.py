@@ -215,7 +215,7 @@ class IngestWriter:
             if r.seq is not None:
                 advances.append((r.boot_id, r.seq, r.node_id, r.boot_id, r.boot_id, r.seq))
         if rows:
-            backend.upsert_many(cursor, sql["upsert"], rows)
+            backend.upsert_many(cursor, sql["upsert"], rows, key=2)   # (node_id, agent_id)
         if event_rows:
             backend.upsert_many(cursor, sql["events"], event_rows)
         backend.execute_many(cursor, sql["touch"], touches)
