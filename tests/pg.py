@@ -61,6 +61,12 @@ def find_bindir():
     return None
 
 
+def scratch_dir():
+    """Where the server's files go: memory (/dev/shm) when there is one, else TMPDIR."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 def free_port():
     """A port free on 127.0.0.1 right now."""
     with socket.socket() as probe:
@@ -115,7 +121,7 @@ class LocalServer(Server):
 
     def __init__(self, bindir):
         self.bindir = bindir
-        self.dir = tempfile.mkdtemp(prefix="fleet-pg-")
+        self.dir = tempfile.mkdtemp(prefix="fleet-pg-", dir=scratch_dir())
         self.password = secrets.token_hex(16)
         self.proc = None
         self._user = self._unprivileged_user()

@@ -1,6 +1,7 @@
 """Storage: opening databases, migrations, the registry, and NodeStore reads and writes."""
 import sqlite3
 import sys
+import threading
 
 import pytest
 
@@ -12,7 +13,8 @@ from fleet.manager.store.models import Agent, Node
 from fleet.manager.nodes import AGENT_FIELDS, NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
-from tests.pg import sqlite_only
+from helpers import wait_for
+from tests.pg import postgresql_only, sqlite_only
 
 NODE_FIELDS = {"node_id", "hostname", "ip", "advertise_address", "os", "arch", "labels",
                "daemon_version", "status", "registered_at", "last_seen"}
@@ -277,3 +279,61 @@ def test_migration_5_adds_health_message_keeping_the_rows(db_url, monkeypatch):
     with db.connection_context():
         assert Agent.get(Agent.agent_id == "a").health_message == ""
     dbmod.close_database(db)
+
+
+def test_concurrent_migrations_of_a_fresh_database_all_succeed(db_url):
+    """Managers starting at once on one empty database each migrate it or find it migrated."""
+    results, failures = [], []
+
+    def start():
+        try:
+            db = open_database(db_url)
+            results.append(migrate(db))
+            dbmod.close_database(db)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert failures == [] and results == [dbmod.MIGRATIONS[-1][0]] * 6
+    again = open_database(db_url)
+    with again.connection_context():
+        versions = again.execute_sql("SELECT COUNT(*) FROM schema_version").fetchone()[0]
+    assert versions == len(dbmod.MIGRATIONS)
+
+
+@postgresql_only
+def test_deleting_a_node_waits_for_a_report_writing_it(store, database, db_url, clock):
+    """A node deleted while a report's transaction writes it takes the rows that report
+    added too (PostgreSQL: the delete locks the node row before reading its agents)."""
+    import psycopg2
+    store.register(NodeFacts("n1"))
+    clock.now += 100                                    # offline: deletable
+    writer = psycopg2.connect(db_url)                   # a report's transaction, mid-way
+    cursor = writer.cursor()
+    cursor.execute("INSERT INTO agent (node_id, agent_id, status) VALUES ('n1', 'late', 3)")
+    cursor.execute("UPDATE node SET last_seen = last_seen WHERE node_id = 'n1'")
+    deleting = threading.Thread(target=store.delete_node, args=("n1",))
+    deleting.start()
+    wait_for(lambda: _waiting_for_a_lock(db_url), timeout=10)
+    writer.commit()                                     # its orphan check saw the node
+    deleting.join(10)
+    writer.close()
+    with database.connection_context():
+        assert Agent.select().where(Agent.node_id == "n1").count(database) == 0
+
+
+def _waiting_for_a_lock(url):
+    """True while a session of the database waits for a lock."""
+    import psycopg2
+    conn = psycopg2.connect(url)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND datname = current_database()")
+        return cursor.fetchone()[0] > 0
+    finally:
+        conn.close()

@@ -131,7 +131,8 @@ class NodeStore:
     def delete_node(self, node_id: str, force: bool = False) -> None:
         """Remove a node and its agents; Conflict while it is online unless `force`."""
         with self._db.connection_context(), self._db.atomic():
-            row = self._node_row(node_id)
+            # Locked: a report writing this node commits first, so its rows go too.
+            row = self._node_row(node_id, lock=True)
             if not force and self._is_online(row, now_ms(self._clock)):
                 raise errors.Conflict(f"node {node_id!r} is online; stop its daemon first")
             Agent.delete().where(Agent.node_id == node_id).execute(self._db)
@@ -139,9 +140,12 @@ class NodeStore:
         self._registry.forget(node_id)
         log.info("node %s deleted", node_id)
 
-    def _node_row(self, node_id: str) -> Node:
+    def _node_row(self, node_id: str, lock: bool = False) -> Node:
+        query = Node.select().where(Node.node_id == node_id)
+        if lock:
+            query = self._backend.for_update(query)
         with self._db.connection_context():
-            rows = list(Node.select().where(Node.node_id == node_id).execute(self._db))
+            rows = list(query.execute(self._db))
         if not rows:
             raise errors.NotFound(f"node {node_id!r} not found")
         return rows[0]

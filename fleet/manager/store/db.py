@@ -28,6 +28,7 @@ from fleet.manager.store import models
 log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+SCHEMA_LOCK_KEY = 0x666C656574   # PostgreSQL advisory lock of migrations ("fleet")
 
 
 def now_ms(clock: Callable[[], float] = time.time) -> int:
@@ -106,7 +107,11 @@ class Backend:
         raise NotImplementedError
 
     def lock_schema(self, db: peewee.Database) -> None:
-        """Serialise concurrent migrations (called inside their transaction)."""
+        """Serialise concurrent migrations (called first inside their transaction)."""
+
+    def for_update(self, query: peewee.Select) -> peewee.Select:
+        """`query` locking the rows it reads until the end of the transaction."""
+        return query
 
     def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
         """How long this thread's connection waits for a lock before failing."""
@@ -120,6 +125,9 @@ class SQLiteBackend(Backend):
 
     def lock_schema(self, db: peewee.Database) -> None:
         pass  # BEGIN IMMEDIATE already holds the database's write lock
+
+    def for_update(self, query: peewee.Select) -> peewee.Select:
+        return query  # likewise: no other transaction writes until this one ends
 
     def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
         db.execute_sql(f"PRAGMA busy_timeout = {int(millis)}")
@@ -147,8 +155,13 @@ class PostgresBackend(Backend):
         return "id BIGSERIAL PRIMARY KEY"
 
     def lock_schema(self, db: peewee.Database) -> None:
-        # Several manager processes may start at once on one database.
-        db.execute_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+        # Several manager processes may start at once on one database, even an empty
+        # one: a transaction-scoped advisory lock needs no table to exist.
+        db.execute_sql("SELECT pg_advisory_xact_lock(?)".replace("?", self.param),
+                       (SCHEMA_LOCK_KEY,))
+
+    def for_update(self, query: peewee.Select) -> peewee.Select:
+        return query.for_update()
 
     def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
         db.execute_sql(f"SET lock_timeout = {int(millis)}")
@@ -348,12 +361,11 @@ def migrate(db: peewee.Database) -> int:
     """
     backend = backend_of(db)
     try:
-        with db.connection_context():
+        with db.connection_context(), db.atomic():
+            backend.lock_schema(db)
             db.execute_sql("CREATE TABLE IF NOT EXISTS schema_version "
                            "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
-            with db.atomic():
-                backend.lock_schema(db)
-                return _apply_missing(db, backend)
+            return _apply_missing(db, backend)
     except peewee.DatabaseError as exc:
         raise errors.Unavailable(f"database {db.database!r}: {exc}") from exc
 
