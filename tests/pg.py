@@ -22,6 +22,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import urllib.parse
@@ -72,6 +73,35 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+class WriteLock:
+    """Another connection that takes and releases the write lock of the manager's tables
+    (SQLite: the database's; PostgreSQL: EXCLUSIVE locks, which still let readers read)."""
+
+    def __init__(self, url):
+        if is_postgresql(url):
+            import psycopg2
+            self.conn = psycopg2.connect(url)     # a transaction opens at the first statement
+            self.statement = "LOCK TABLE node, agent, event IN EXCLUSIVE MODE"
+        else:
+            self.conn = sqlite3.connect(url[len("sqlite:///"):], timeout=0,
+                                        isolation_level=None)
+            self.statement = "BEGIN EXCLUSIVE"
+        self.held = False
+
+    def take(self):
+        self.conn.cursor().execute(self.statement)
+        self.held = True
+
+    def release(self):
+        if self.held:
+            self.conn.rollback()
+            self.held = False
+
+    def close(self):
+        self.release()
+        self.conn.close()
 
 
 class Server:

@@ -13,7 +13,7 @@ from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
 from helpers import wait_for
-from tests.pg import is_postgresql
+from tests.pg import WriteLock
 
 RUNNING = pb.AGENT_STATUS_RUNNING
 
@@ -55,39 +55,9 @@ def state(agent_id, status=RUNNING, pid=100, **kw):
     return pb.AgentState(agent_id=agent_id, status=status, pid=pid, **kw)
 
 
-class ExclusiveLock:
-    """Another connection that takes and releases the write lock of the manager's tables
-    (SQLite: the database's; PostgreSQL: EXCLUSIVE locks, which still let readers read)."""
-
-    def __init__(self, url):
-        if is_postgresql(url):
-            import psycopg2
-            self.conn = psycopg2.connect(url)
-            self.statement = "LOCK TABLE node, agent, event IN EXCLUSIVE MODE"
-        else:
-            self.conn = sqlite3.connect(url[len("sqlite:///"):], timeout=0,
-                                        isolation_level=None)
-            self.statement = "BEGIN EXCLUSIVE"
-        self.held = False
-
-    def take(self):
-        self.conn.cursor().execute(self.statement)   # psycopg2 opens a transaction itself
-        self.held = True
-
-    def release(self):
-        if self.held:
-            self.conn.rollback() if hasattr(self.conn, "get_backend_pid") \
-                else self.conn.execute("ROLLBACK")
-            self.held = False
-
-    def close(self):
-        self.release()
-        self.conn.close()
-
-
 @pytest.fixture
 def exclusive_lock(manager):
-    lock = ExclusiveLock(manager.url)
+    lock = WriteLock(manager.url)
     yield lock
     lock.close()
 
@@ -258,7 +228,7 @@ def test_concurrent_reports_share_transactions(db_url):
     m.writer.start()
     for i in range(20):
         m.nodes.register(NodeFacts(f"n{i}", boot_id=1))
-    lock = ExclusiveLock(m.url)
+    lock = WriteLock(m.url)
     lock.take()
     results = []
     threads = [threading.Thread(target=lambda i=i: results.append(
@@ -406,7 +376,7 @@ def test_two_reports_of_one_agent_in_one_batch_apply_in_order(db_url):
     PostgreSQL one bulk upsert may not touch a row twice): the newest wins, all succeed."""
     m = Manager(db_url, lock_timeout_ms=3000)
     m.nodes.register(NodeFacts("n1", boot_id=1))
-    lock = ExclusiveLock(m.url)
+    lock = WriteLock(m.url)
     lock.take()
     first = threading.Thread(target=m.reports.heartbeat, args=("n1", 1))
     first.start()                   # the writer takes it, then waits for the lock

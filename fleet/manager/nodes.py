@@ -84,6 +84,7 @@ class NodeStore:
         """
         if not valid_node_id(facts.node_id):
             raise errors.InvalidArgument(f"invalid node_id {facts.node_id[:200]!r}")
+        facts = _storable(facts)
         now = now_ms(self._clock)
         labels = Node.labels.db_value(dict(facts.labels))
         params = (facts.node_id, facts.hostname, facts.ip, facts.advertise_address, facts.os,
@@ -227,6 +228,13 @@ class NodeStore:
         if agent_ids:
             query = query.where(Agent.agent_id.not_in(agent_ids))
         query.execute(self._db)
+
+
+def _storable(facts: NodeFacts) -> NodeFacts:
+    """`facts` with each NUL of its texts replaced (PostgreSQL's text cannot hold one;
+    labels are stored as JSON, which escapes it)."""
+    return dataclasses.replace(facts, **{name: getattr(facts, name).replace("\x00", "\ufffd")
+                                         for name in NODE_FACTS if name != "labels"})
 
 
 def _pull_rows(node_id: str, known: tuple[int, int], now: int, infos: Sequence) -> list[tuple]:
