@@ -3,7 +3,9 @@
 `db_url` is parametrized "sqlite" / "postgresql": a test (or a fixture) that asks
 for it runs once per engine, on a fresh database each time (an SQLite file in
 tmp_path, or a new database on the session's PostgreSQL server, dropped after
-the test). `@sqlite_only` / `@postgresql_only` narrow one test to one engine.
+the test). `@sqlite_only` / `@postgresql_only` narrow one test to one engine; a
+module whose own `db_url` defaults to one engine (see test_http.py) widens a
+test with `@both_engines`.
 
 The server: `initdb` into a temporary directory, `postgres` listening only on
 127.0.0.1 on a free port (unix sockets in that directory), fsync off; run as the
@@ -43,6 +45,7 @@ SERVER_SETTINGS = {            # a throwaway server: speed over durability
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 postgresql_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+both_engines = pytest.mark.parametrize("db_url", ENGINES, indirect=True)
 
 
 def is_postgresql(url):
@@ -268,13 +271,17 @@ def pg_server():
     stop()
 
 
+def database_url(request, tmp_path, engine):
+    """A fresh, empty database of `engine`; a PostgreSQL one is dropped after the test."""
+    if engine == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    server = request.getfixturevalue("pg_server")
+    name = server.create_database()
+    request.addfinalizer(lambda: server.drop_database(name))
+    return server.url(name)
+
+
 @pytest.fixture(params=ENGINES)
 def db_url(request, tmp_path):
     """A fresh, empty database URL, once per engine: sqlite:///... or postgresql://..."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fleet.db'}"
-        return
-    server = request.getfixturevalue("pg_server")
-    name = server.create_database()
-    yield server.url(name)
-    server.drop_database(name)
+    return database_url(request, tmp_path, request.param)
