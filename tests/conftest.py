@@ -27,6 +27,12 @@ def pyz(tmp_path_factory):
     return build(tmp_path_factory.mktemp("pyz") / "fleet.pyz")
 
 
+@pytest.fixture(scope="session")
+def pg_pyz(tmp_path_factory):
+    """fleet.pyz built with --with-postgres (the PostgreSQL driver bundled), once per session."""
+    return build(tmp_path_factory.mktemp("pg_pyz") / "fleet.pyz", "--with-postgres")
+
+
 @pytest.fixture
 def cluster(tmp_path):
     """Real fleet processes under tmp_path, all stopped (and their agents gone) at the end."""
