@@ -395,3 +395,36 @@ def test_two_reports_of_one_agent_in_one_batch_apply_in_order(db_url):
     rows = m.rows()
     assert rows["a"] == ("", RUNNING, 3, 1, 3) and set(rows) == {"a", "only1", "only2", "only3"}
     m.writer.stop()
+
+
+def test_two_managers_writing_the_same_nodes_lose_nothing(db_url):
+    """Two managers' writers on one database, each batching reports of the same nodes in
+    its own order, never fail a report (PostgreSQL: rows are locked in one order, so two
+    transactions never wait for each other in a cycle)."""
+    first = Manager(db_url, lock_timeout_ms=5000)
+    nodes = [f"n{i}" for i in range(8)]
+    for node in nodes:
+        first.nodes.register(NodeFacts(node, boot_id=1))
+    second = Manager(db_url, lock_timeout_ms=5000)
+    failures = []
+
+    def report(manager, order, seqs):
+        for seq in seqs:
+            for node in order:
+                try:
+                    manager.sync(seq, [state(f"a{i}", pid=seq) for i in range(5)],
+                                 node_id=node)
+                except errors.FleetError as exc:
+                    failures.append(exc)
+
+    orders = [nodes[i:] + nodes[:i] for i in range(0, 8, 2)]    # each starts elsewhere
+    threads = [threading.Thread(target=report, args=(m, order, range(start, 60, 2)))
+               for order in orders for m, start in ((first, 1), (second, 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == []
+    assert all(row[2] >= 58 for node in nodes for row in first.rows(node).values())
+    first.writer.stop()
+    second.writer.stop()

@@ -208,8 +208,10 @@ class NodeStore:
         now = now_ms(self._clock)
         rows = _pull_rows(node_id, known, now, infos)
         with self._db.connection_context(), self._db.atomic():
+            # The node row first, as reports lock it; gone by now: NotFound, no rows.
+            self._node_row(node_id, lock=True)
             if rows:
-                self._backend.upsert_many(self._db.cursor(), self._pull_sql, rows)
+                self._backend.upsert_many(self._db.cursor(), self._pull_sql, rows, key=2)
             if full:
                 self._delete_others(node_id, [row[1] for row in rows])
         return self.list_agents(node_id)

@@ -92,9 +92,10 @@ class Backend:
                     key: int = 0) -> None:
         """Run an `upsert` statement for every row, on an open transaction's cursor.
 
-        `key`: how many leading values of a row are its conflict key, when rows
-        may repeat one; they are then applied in order, as one statement per row
-        would be (SQLite's executemany is just that).
+        `key`: how many leading values of a row are its conflict key. Rows
+        repeating a key are applied in their order, as one statement per row
+        would be (SQLite's executemany is just that); PostgreSQL also locks the
+        rows in key order, so that two transactions never deadlock on them.
         """
         cursor.executemany(statement, rows)
 
@@ -168,9 +169,9 @@ class PostgresBackend(Backend):
 
 
 def distinct_rounds(rows: Sequence[tuple], key: int) -> list[list[tuple]]:
-    """`rows` in lists in which no key (a row's first `key` values) repeats: the
-    n-th row of a key goes to the n-th list, so applying the lists one after
-    another applies each key's rows in their order."""
+    """`rows` in lists sorted by key (a row's first `key` values) in which no key
+    repeats: the n-th row of a key goes to the n-th list, so applying the lists
+    one after another applies each key's rows in their order."""
     rounds: list[list[tuple]] = []
     seen: dict[tuple, int] = {}
     for row in rows:
@@ -179,6 +180,8 @@ def distinct_rounds(rows: Sequence[tuple], key: int) -> list[list[tuple]]:
         if index == len(rounds):
             rounds.append([])
         rounds[index].append(row)
+    for part in rounds:
+        part.sort(key=lambda row: row[:key])
     return rounds
 
 
