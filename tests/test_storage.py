@@ -125,6 +125,13 @@ def test_backend_sql_per_engine():
     assert PostgresBackend().sql("a = ? AND b = ?") == "a = %s AND b = %s"
 
 
+def test_postgresql_bulk_rows_go_in_rounds_of_distinct_keys_in_key_order():
+    """Rows repeating a key go to successive rounds (their order kept), each sorted by key."""
+    rows = [("b", 1), ("a", 1), ("b", 2), ("a", 2), ("b", 3)]
+    assert dbmod.distinct_rounds(rows, 1) == [[("a", 1), ("b", 1)], [("a", 2), ("b", 2)],
+                                              [("b", 3)]]
+
+
 def test_register_creates_and_updates_node(store, clock):
     """RegisterNode upserts the facts; registered_at stays, last_seen is the receive time."""
     store.register(NodeFacts("n1", hostname="h1", labels={"role": "edge"}, boot_id=1))
