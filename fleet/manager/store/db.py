@@ -11,6 +11,10 @@ SQLite: WAL, synchronous=NORMAL, a busy timeout, peewee's per-thread
 connections, and every transaction `BEGIN IMMEDIATE` (the database's default
 lock_type), so no transaction ever reads under a shared lock and then fails to
 upgrade it to write.
+
+PostgreSQL: READ COMMITTED, its default. What BEGIN IMMEDIATE serialises on
+SQLite, row locks taken in one order do there (a node's row, then its agents
+and events by key: IngestWriter._apply); migrations take an advisory lock.
 """
 from __future__ import annotations
 
@@ -158,8 +162,7 @@ class PostgresBackend(Backend):
     def lock_schema(self, db: peewee.Database) -> None:
         # Several manager processes may start at once on one database, even an empty
         # one: a transaction-scoped advisory lock needs no table to exist.
-        db.execute_sql("SELECT pg_advisory_xact_lock(?)".replace("?", self.param),
-                       (SCHEMA_LOCK_KEY,))
+        db.execute_sql(self.sql("SELECT pg_advisory_xact_lock(?)"), (SCHEMA_LOCK_KEY,))
 
     def for_update(self, query: peewee.Select) -> peewee.Select:
         return query.for_update()
