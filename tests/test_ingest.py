@@ -2,6 +2,7 @@
 import queue
 import sqlite3
 import threading
+import urllib.parse
 
 import pytest
 
@@ -13,7 +14,7 @@ from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
 from helpers import wait_for
-from tests.pg import WriteLock
+from tests.pg import WriteLock, postgresql_only
 
 RUNNING = pb.AGENT_STATUS_RUNNING
 
@@ -428,3 +429,19 @@ def test_two_managers_writing_the_same_nodes_lose_nothing(db_url):
     assert all(row[2] >= 58 for node in nodes for row in first.rows(node).values())
     first.writer.stop()
     second.writer.stop()
+
+
+@postgresql_only
+def test_a_lost_connection_fails_one_batch_unavailable_then_reconnects(manager, db_url,
+                                                                       pg_server):
+    """The server ending the writer's connection (restart, failover) fails the batch in
+    flight UNAVAILABLE, writing nothing; the next report reconnects and is stored."""
+    manager.sync(1, [state("a", pid=1)])
+    name = urllib.parse.urlsplit(db_url).path.lstrip("/")
+    pg_server.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+    with pytest.raises(errors.Unavailable):
+        manager.sync(2, [state("a", pid=2)])
+    assert manager.rows()["a"][2] == 1
+    assert manager.sync(2, [state("a", pid=2)]).success
+    assert manager.rows()["a"][2] == 2
