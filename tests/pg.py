@@ -37,9 +37,11 @@ ENGINES = ("sqlite", "postgresql")
 ENV_URL = "FLEET_TEST_PG_URL"
 SERVER_USER = "fleet"          # the superuser initdb creates
 START_TIMEOUT = 60.0
+SCRATCH_NEEDS = 1 << 30        # bytes free in /dev/shm to put the server there
 SERVER_SETTINGS = {            # a throwaway server: speed over durability
     "listen_addresses": "127.0.0.1", "fsync": "off", "synchronous_commit": "off",
     "full_page_writes": "off", "max_connections": "200", "shared_buffers": "32MB",
+    "wal_level": "minimal", "max_wal_senders": "0", "max_wal_size": "256MB",
     "log_min_messages": "warning", "log_min_error_statement": "panic",
 }
 
@@ -66,9 +68,12 @@ def find_bindir():
 
 
 def scratch_dir():
-    """Where the server's files go: memory (/dev/shm) when there is one, else TMPDIR."""
+    """Where the server's files go: memory (/dev/shm) when it has room, else TMPDIR."""
     shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+    if not (os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK)):
+        return None
+    stat = os.statvfs(shm)
+    return shm if stat.f_bavail * stat.f_frsize >= SCRATCH_NEEDS else None
 
 
 def free_port():
