@@ -1,6 +1,7 @@
 """Build fleet.pyz: one executable file with fleet's sources and bundled wheels.
 
     python build_zipapp.py [-o PATH] [--python X.Y ...] [--platform TAG ...] [--no-host]
+                           [--with-postgres]
 
 By default the pyz carries wheels for the building interpreter and platform.
 ``--python``/``--platform`` add targets (every combination of the two; a missing
@@ -10,6 +11,10 @@ normal cache makes rebuilds fast. Each target's wheels live in
 apart); pure-Python wheels are stored once in ``wheels/any/``. The bootstrap
 (fleet_bootstrap.py, stored as ``__main__.py``) gets the build manifest
 embedded, and a copy is kept in ``fleet_build.json``.
+
+``--with-postgres`` adds the PostgreSQL driver (requirements-postgres.txt) to
+every target; without it the pyz runs SQLite only, and a postgresql:// database
+is a config error naming the missing driver.
 """
 
 import argparse
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 import fleet_bootstrap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+POSTGRES_REQUIREMENTS = os.path.join(HERE, "requirements-postgres.txt")
 SHEBANG = b"#!/usr/bin/env python3\n"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so equal inputs give an equal file
 LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
@@ -276,10 +282,13 @@ def write_pyz(path, files):
     os.replace(tmp, path)
 
 
-def build(output, targets, src_root, requirements_path):
-    """Build the pyz at ``output``; return its manifest."""
-    with open(requirements_path) as src:
-        requirements = src.read().splitlines()
+def build(output, targets, src_root, requirements_path, extra_paths=()):
+    """Build the pyz at ``output`` with the wheels of ``requirements_path`` and of each of
+    ``extra_paths``; return its manifest."""
+    requirements = []
+    for path in (requirements_path, *extra_paths):
+        with open(path) as src:
+            requirements += src.read().splitlines()
     with open(os.path.join(HERE, "fleet_bootstrap.py")) as src:
         bootstrap = src.read()
     with tempfile.TemporaryDirectory(prefix="fleet-build-") as workdir:
@@ -308,6 +317,8 @@ def parse_args(argv):
     parser.add_argument("--source-root", default=HERE,
                         help="directory holding fleet.py and fleet/ (default: next to this script)")
     parser.add_argument("--requirements", default=os.path.join(HERE, "requirements.txt"))
+    parser.add_argument("--with-postgres", action="store_true",
+                        help="bundle the PostgreSQL driver (%s)" % os.path.basename(POSTGRES_REQUIREMENTS))
     return parser.parse_args(argv)
 
 
@@ -315,7 +326,8 @@ def main(argv=None):
     """Entry point: build and report what was built."""
     args = parse_args(argv)
     targets = plan_targets(args.python, args.platform, not args.no_host)
-    manifest = build(args.output, targets, args.source_root, args.requirements)
+    extras = [POSTGRES_REQUIREMENTS] if args.with_postgres else []
+    manifest = build(args.output, targets, args.source_root, args.requirements, extras)
     size = os.path.getsize(args.output) / 1e6
     print("wrote %s: fleet %s, %.1f MB, hash %s, targets %s" % (
         args.output, manifest["version"], size, manifest["hash"], ", ".join(manifest["targets"])))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import db_url, pg_server  # noqa: F401 - fixtures every test file may use
+
 # gRPC's fork support must be off before grpc is imported (DESIGN.md).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
@@ -23,6 +25,12 @@ def build(output, *args):
 def pyz(tmp_path_factory):
     """fleet.pyz for the running interpreter, built once per session."""
     return build(tmp_path_factory.mktemp("pyz") / "fleet.pyz")
+
+
+@pytest.fixture(scope="session")
+def pg_pyz(tmp_path_factory):
+    """fleet.pyz built with --with-postgres (the PostgreSQL driver bundled), once per session."""
+    return build(tmp_path_factory.mktemp("pg_pyz") / "fleet.pyz", "--with-postgres")
 
 
 @pytest.fixture

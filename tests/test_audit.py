@@ -20,6 +20,7 @@ from fleet.manager.store.registry import Registry
 from fleet.manager.tokens import ApiAuth
 from fleet.manager.api.server import serve_http
 from tests.fake_daemon import agent_info, serve_fake
+from tests.pg import sqlite_only
 
 API_TOKEN = "audit-api-token-0123456789abcdef"
 OPS_TOKEN = "audit-ops-token-fedcba9876543210"
@@ -28,12 +29,12 @@ OP = {"operation": "stop"}
 
 
 class Env:
-    """An HTTP API over a file database with an AuditLog, a fake daemon 'n1', a dead node."""
+    """An HTTP API over a database with an AuditLog, a fake daemon 'n1', a dead node."""
 
-    def __init__(self, tmp_path):
-        self.db_path = tmp_path / "fleet.db"
+    def __init__(self, url):
+        self.url = url
         self.now = time.time()
-        self.db = open_database(f"sqlite:///{self.db_path}")
+        self.db = open_database(url)
         migrate(self.db)
         self.store = NodeStore(self.db, Registry.load(self.db), offline_after=90,
                                clock=lambda: self.now)
@@ -78,8 +79,8 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path):
-    made = Env(tmp_path)
+def env(db_url):
+    made = Env(db_url)
     yield made
     made.close()
 
@@ -161,19 +162,22 @@ def test_limit_bounds(env):
         assert (status, payload["error"]["code"]) == (400, "invalid_argument"), bad
 
 
+@sqlite_only
 def test_audit_needs_the_api_token(env):
     """GET /api/v1/audit is 401 without a token or with the cluster token."""
     for token in (None, "wrong", CLUSTER_TOKEN):
         assert env.call("GET", "/api/v1/audit", token=token)[0] == 401
 
 
+@sqlite_only
 def test_the_token_never_reaches_the_database_file(env):
     """The database files hold the token's name but never the token itself."""
     env.call("POST", "/api/v1/nodes/n1/agents/a1/operate", OP, token=OPS_TOKEN)
     env.call("POST", "/api/v1/nodes/dead/agents/sync", token=OPS_TOKEN)
     env.call("POST", "/api/v1/nodes/n1/agents/sync", token=API_TOKEN)
     assert len(env.entries()) == 3
-    stored = b"".join(open(path, "rb").read() for path in glob.glob(f"{env.db_path}*"))
+    path = env.url[len("sqlite:///"):]
+    stored = b"".join(open(name, "rb").read() for name in glob.glob(f"{path}*"))
     assert b"ops-team" in stored
     assert OPS_TOKEN.encode() not in stored and API_TOKEN.encode() not in stored
 
@@ -186,9 +190,9 @@ def test_a_failed_audit_write_does_not_fail_the_operation(env, caplog):
     assert "audit write failed" in caplog.text
 
 
-def test_clock_and_duration_come_from_the_log(tmp_path):
+def test_clock_and_duration_come_from_the_log(db_url):
     """An entry's time is the wall clock at the start; its duration the monotonic time spent."""
-    db = open_database(f"sqlite:///{tmp_path / 'a.db'}")
+    db = open_database(db_url)
     migrate(db)
     ticks = iter([10.0, 10.25])
     audit = AuditLog(db, clock=lambda: 1_700_000_000.5, monotonic=lambda: next(ticks))
@@ -201,10 +205,10 @@ def test_clock_and_duration_come_from_the_log(tmp_path):
     close_database(db)
 
 
-def test_migration_2_adds_the_audit_table_to_a_version_1_database(tmp_path, monkeypatch):
+def test_migration_2_adds_the_audit_table_to_a_version_1_database(db_url, monkeypatch):
     """A database at version 1 is migrated to the newest at start (2 adds audit), keeping
     its rows."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = db_url
     monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS[:1])
     db = open_database(url)
     assert migrate(db) == 1

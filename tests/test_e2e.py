@@ -1,4 +1,5 @@
-"""End to end with the built fleet.pyz: one manager and two daemons as real processes."""
+"""End to end with the built fleet.pyz: one manager and two daemons as real processes,
+once on SQLite and once on PostgreSQL."""
 import os
 import signal
 import sys
@@ -8,6 +9,7 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.httpapi import Api
+from tests.pg import ENGINES
 from tests.procs import FleetProcess, alive, kill_recorded_agents
 
 API_TOKEN = "api-token-for-tests-0123456789"
@@ -17,7 +19,7 @@ MANAGER = """
 [manager]
 http = "127.0.0.1:0"
 grpc = "127.0.0.1:0"
-db = "sqlite:///{tmp}/fleet.db"
+db = "{db}"
 offline_after = 3
 api_token = "{api}"
 cluster_token = "{cluster}"
@@ -50,13 +52,26 @@ stop_timeout = 2
 """
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request, tmp_path_factory):
+    """(database URL, command running fleet.pyz) of one engine. PostgreSQL runs the pyz
+    built --with-postgres under `python -S` (no site-packages): only its own driver serves."""
+    if request.param == "sqlite":
+        db = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/fleet.db"
+        return db, [sys.executable, str(request.getfixturevalue("pyz"))]
+    server = request.getfixturevalue("pg_server")
+    name = server.create_database()
+    request.addfinalizer(lambda: server.drop_database(name))
+    return server.url(name), [sys.executable, "-S", str(request.getfixturevalue("pg_pyz"))]
+
+
 @pytest.fixture(scope="module")
-def cluster(pyz, tmp_path_factory):
+def cluster(engine, tmp_path_factory):
     """A manager and daemons n1, n2 from the pyz; yields (api, processes by name)."""
     tmp = tmp_path_factory.mktemp("cluster")
-    entry = [sys.executable, str(pyz)]
+    db, entry = engine
     env = {"FLEET_CACHE_DIR": str(tmp / "cache")}
-    (tmp / "manager.toml").write_text(MANAGER.format(tmp=tmp, api=API_TOKEN, cluster=CLUSTER_TOKEN))
+    (tmp / "manager.toml").write_text(MANAGER.format(db=db, api=API_TOKEN, cluster=CLUSTER_TOKEN))
     manager = FleetProcess("--role", "manager", "--config", str(tmp / "manager.toml"),
                            entry=entry, log_dir=tmp, env=env)
     procs = {"manager": manager}

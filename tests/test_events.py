@@ -107,10 +107,10 @@ def test_unacknowledged_events_survive_a_restart_and_acknowledged_ones_are_not_r
 # ---- the manager ----
 
 class Manager:
-    """build_manager over a file database, with the HTTP API on port 0."""
+    """build_manager over a database, with the HTTP API on port 0."""
 
-    def __init__(self, tmp_path):
-        self.db = open_database(f"sqlite:///{tmp_path}/fleet.db")
+    def __init__(self, url):
+        self.db = open_database(url)
         migrate(self.db)
         self.parts = build_manager(self.db)
         self.parts.writer.start()
@@ -145,8 +145,8 @@ class Manager:
 
 
 @pytest.fixture
-def manager(tmp_path):
-    made = Manager(tmp_path)
+def manager(db_url):
+    made = Manager(db_url)
     yield made
     made.close()
 

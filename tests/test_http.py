@@ -1,4 +1,4 @@
-"""The HTTP API end to end: real HTTP server (fleet.manager.api.server), file SQLite, fake daemon over real gRPC."""
+"""The HTTP API end to end: real HTTP server (fleet.manager.api.server), a real database, fake daemon over real gRPC."""
 import http.client
 import json
 import socket
@@ -21,6 +21,7 @@ from fleet.manager.tokens import ApiAuth
 from fleet.manager.api.server import serve_http
 from fleet.v1 import fleet_pb2
 from tests.fake_daemon import agent_info, serve_fake
+from tests.pg import both_engines, database_url
 
 API_TOKEN, OPS_TOKEN, CLUSTER_TOKEN = "api-token-1", "ops-token-2", "cluster-token-3"
 NODE = "/api/v1/nodes/n1"
@@ -30,9 +31,9 @@ A1 = NODE + "/agents/a1"
 class Manager:
     """The pieces a test pokes: HTTP port, store, fake daemon, clock."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, url):
         self.now = time.time()
-        self.db = open_database(f"sqlite:///{tmp_path}/fleet.db")
+        self.db = open_database(url)
         migrate(self.db)
         self.store = NodeStore(self.db, Registry.load(self.db), offline_after=90,
                                clock=lambda: self.now)
@@ -62,8 +63,14 @@ class Manager:
 
 
 @pytest.fixture
-def manager(tmp_path):
-    made = Manager(tmp_path)
+def db_url(request, tmp_path):
+    """SQLite: HTTP behaves alike on both engines; tests of what is stored are @both_engines."""
+    return database_url(request, tmp_path, getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def manager(db_url):
+    made = Manager(db_url)
     yield made
     made.close()
 
@@ -138,6 +145,7 @@ def _check_schema(payload, name):
 
 # ---- nodes ----
 
+@both_engines
 def test_list_nodes_with_filters(manager):
     """Nodes list in id order, filtered by status and by label."""
     manager.add_node("old", "127.0.0.1:2", {"role": "edge"}, [], age=1000)
@@ -154,6 +162,7 @@ def test_list_nodes_with_filters(manager):
     assert error_code(manager, "GET", "/api/v1/nodes?label=novalue") == (400, "invalid_argument")
 
 
+@both_engines
 def test_get_node_and_unknown_node(manager):
     """A node is returned with every field; unknown or malformed ids are 404."""
     status, _, payload = call(manager, "GET", NODE)
@@ -167,6 +176,7 @@ def test_get_node_and_unknown_node(manager):
         "node 'nope' not found"
 
 
+@both_engines
 def test_delete_node(manager):
     """An online node cannot be deleted (409); an offline one can, then is gone."""
     assert error_code(manager, "DELETE", NODE) == (409, "conflict")
@@ -180,6 +190,7 @@ def test_delete_node(manager):
 
 # ---- agents ----
 
+@both_engines
 def test_list_agents(manager):
     """A node's stored agents, status in lower case; unknown node 404."""
     _, _, payload = call(manager, "GET", NODE + "/agents")
@@ -189,6 +200,7 @@ def test_list_agents(manager):
     assert error_code(manager, "GET", "/api/v1/nodes/nope/agents") == (404, "not_found")
 
 
+@both_engines
 def test_list_agents_filters_by_health(manager):
     """?health= keeps the agents of that health, each with its health_message; any
     other value is 400."""
@@ -206,6 +218,7 @@ def test_list_agents_filters_by_health(manager):
     assert error_code(manager, "GET", NODE + "/agents?health=sick") == (400, "invalid_argument")
 
 
+@both_engines
 def test_sync_pulls_from_the_daemon_and_stores(manager):
     """sync replaces the node's stored agents with the daemon's list."""
     manager.fake.agents.pop("a2")
@@ -219,6 +232,7 @@ def test_sync_pulls_from_the_daemon_and_stores(manager):
     assert manager.fake.calls[-1][1].node_id == "n1"
 
 
+@both_engines
 def test_operate_stores_the_result(manager):
     """operate calls the daemon with the node id and stores the agent it returns."""
     status, _, payload = call(manager, "POST", A1 + "/operate", {"operation": "stop"})
@@ -252,6 +266,7 @@ def test_operate_bad_bodies_are_400(manager, body):
     assert len(manager.fake.calls) == before
 
 
+@both_engines
 def test_operate_unknown_node_or_agent_is_404_without_daemon_call(manager):
     """Existence is checked in the database before any daemon is dialled."""
     op = {"operation": "start"}
@@ -371,6 +386,7 @@ def test_unknown_route_is_404_and_wrong_method_405(manager):
 
 # ---- daemon failures ----
 
+@both_engines
 def test_unreachable_daemon_is_503(manager):
     """A node whose daemon does not answer: 503 unavailable."""
     path = "/api/v1/nodes/dead/agents/a1/operate"

@@ -2,6 +2,7 @@
 import queue
 import sqlite3
 import threading
+import urllib.parse
 
 import pytest
 
@@ -13,16 +14,17 @@ from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
 from helpers import wait_for
+from tests.pg import WriteLock, postgresql_only
 
 RUNNING = pb.AGENT_STATUS_RUNNING
 
 
 class Manager:
-    """The storage side of a manager over one SQLite file."""
+    """The storage side of a manager over one database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, path, lock_timeout_ms=200, start=True):
-        self.path = path
-        self.db = dbmod.open_database(f"sqlite:///{path}")
+    def __init__(self, url, lock_timeout_ms=200, start=True):
+        self.url = url
+        self.db = dbmod.open_database(url)
         dbmod.migrate(self.db)
         self.registry = Registry.load(self.db)
         self.writer = IngestWriter(self.db, lock_timeout_ms=lock_timeout_ms)
@@ -43,8 +45,8 @@ class Manager:
 
 
 @pytest.fixture
-def manager(tmp_path):
-    m = Manager(tmp_path / "fleet.db")
+def manager(db_url):
+    m = Manager(db_url)
     m.nodes.register(NodeFacts("n1", boot_id=1))
     yield m
     m.writer.stop()
@@ -54,26 +56,11 @@ def state(agent_id, status=RUNNING, pid=100, **kw):
     return pb.AgentState(agent_id=agent_id, status=status, pid=pid, **kw)
 
 
-class ExclusiveLock:
-    """Another connection that takes and releases the database's write lock."""
-
-    def __init__(self, path):
-        self.conn = sqlite3.connect(path, timeout=0, isolation_level=None)
-
-    def take(self):
-        self.conn.execute("BEGIN EXCLUSIVE")
-
-    def release(self):
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
-
-
 @pytest.fixture
 def exclusive_lock(manager):
-    lock = ExclusiveLock(manager.path)
+    lock = WriteLock(manager.url)
     yield lock
-    lock.release()
-    lock.conn.close()
+    lock.close()
 
 
 def test_invalid_states_rejected_valid_stored(manager):
@@ -235,14 +222,14 @@ class CountingQueue(queue.SimpleQueue):
             self.puts += 1
 
 
-def test_concurrent_reports_share_transactions(tmp_path):
+def test_concurrent_reports_share_transactions(db_url):
     """Reports waiting behind a busy database are committed together in few transactions."""
-    m = Manager(tmp_path / "fleet.db", lock_timeout_ms=3000, start=False)
+    m = Manager(db_url, lock_timeout_ms=3000, start=False)
     m.writer._queue = queued = CountingQueue()
     m.writer.start()
     for i in range(20):
         m.nodes.register(NodeFacts(f"n{i}", boot_id=1))
-    lock = ExclusiveLock(m.path)
+    lock = WriteLock(m.url)
     lock.take()
     results = []
     threads = [threading.Thread(target=lambda i=i: results.append(
@@ -250,7 +237,7 @@ def test_concurrent_reports_share_transactions(tmp_path):
     for t in threads:
         t.start()
     wait_for(lambda: queued.puts == 20)
-    lock.release()
+    lock.close()
     for t in threads:
         t.join(5)
     assert len(results) == 20 and all(r.success for r in results)
@@ -266,9 +253,9 @@ def test_report_of_deleted_node_leaves_no_rows(manager):
     assert manager.rows("gone") == {}
 
 
-def test_writer_start_stop_idempotent_and_drains(tmp_path):
+def test_writer_start_stop_idempotent_and_drains(db_url):
     """start/stop twice is harmless; stop writes what was submitted; later submits fail."""
-    m = Manager(tmp_path / "fleet.db")
+    m = Manager(db_url)
     m.writer.start()
     m.nodes.register(NodeFacts("n1", boot_id=1))
     assert m.sync(1, [state("a")]).success
@@ -383,3 +370,78 @@ def test_health_message_is_stored_and_served_with_the_health_filter(manager):
     assert manager.nodes.list_agents("n1", "unknown") == []
     with pytest.raises(errors.InvalidArgument, match="health must be one of"):
         manager.nodes.list_agents("n1", "poorly")
+
+
+def test_two_reports_of_one_agent_in_one_batch_apply_in_order(db_url):
+    """Reports naming the same agent that share one transaction are applied in order (on
+    PostgreSQL one bulk upsert may not touch a row twice): the newest wins, all succeed."""
+    m = Manager(db_url, lock_timeout_ms=3000)
+    m.nodes.register(NodeFacts("n1", boot_id=1))
+    lock = WriteLock(m.url)
+    lock.take()
+    first = threading.Thread(target=m.reports.heartbeat, args=("n1", 1))
+    first.start()                   # the writer takes it, then waits for the lock
+    wait_for(lambda: m.writer._queue.qsize() == 0)
+    results = []
+    threads = [threading.Thread(target=lambda seq=seq: results.append(
+        m.sync(seq, [state("a", pid=seq), state(f"only{seq}")]))) for seq in (1, 2, 3)]
+    for queued, t in enumerate(threads, 1):
+        t.start()
+        wait_for(lambda: m.writer._queue.qsize() == queued)     # queued in seq order
+    lock.close()
+    for t in [first] + threads:
+        t.join(5)
+    assert len(results) == 3 and all(r.success for r in results)
+    assert (m.writer.batches, m.writer.reports) == (2, 4)
+    rows = m.rows()
+    assert rows["a"] == ("", RUNNING, 3, 1, 3) and set(rows) == {"a", "only1", "only2", "only3"}
+    m.writer.stop()
+
+
+def test_two_managers_writing_the_same_nodes_lose_nothing(db_url):
+    """Two managers' writers on one database, each batching reports of the same nodes in
+    its own order, never fail a report (PostgreSQL: rows are locked in one order, so two
+    transactions never wait for each other in a cycle)."""
+    first = Manager(db_url, lock_timeout_ms=5000)
+    nodes = [f"n{i}" for i in range(8)]
+    for node in nodes:
+        first.nodes.register(NodeFacts(node, boot_id=1))
+    second = Manager(db_url, lock_timeout_ms=5000)
+    failures = []
+
+    def report(manager, order, seqs):
+        for seq in seqs:
+            for node in order:
+                try:
+                    manager.sync(seq, [state(f"a{i}", pid=seq) for i in range(5)],
+                                 node_id=node)
+                except errors.FleetError as exc:
+                    failures.append(exc)
+
+    orders = [nodes[i:] + nodes[:i] for i in range(0, 8, 2)]    # each starts elsewhere
+    threads = [threading.Thread(target=report, args=(m, order, range(start, 60, 2)))
+               for order in orders for m, start in ((first, 1), (second, 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == []
+    assert all(row[2] >= 58 for node in nodes for row in first.rows(node).values())
+    first.writer.stop()
+    second.writer.stop()
+
+
+@postgresql_only
+def test_a_lost_connection_fails_one_batch_unavailable_then_reconnects(manager, db_url,
+                                                                       pg_server):
+    """The server ending the writer's connection (restart, failover) fails the batch in
+    flight UNAVAILABLE, writing nothing; the next report reconnects and is stored."""
+    manager.sync(1, [state("a", pid=1)])
+    name = urllib.parse.urlsplit(db_url).path.lstrip("/")
+    pg_server.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+    with pytest.raises(errors.Unavailable):
+        manager.sync(2, [state("a", pid=2)])
+    assert manager.rows()["a"][2] == 1
+    assert manager.sync(2, [state("a", pid=2)]).success
+    assert manager.rows()["a"][2] == 2

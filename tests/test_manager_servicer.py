@@ -1,5 +1,4 @@
 """ManagerService over real gRPC on 127.0.0.1, backed by a SQLite file."""
-import sqlite3
 import threading
 from concurrent import futures
 
@@ -12,15 +11,16 @@ from fleet.manager.parts import build_manager
 from fleet.rpc import create_server, open_channel
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc
+from tests.pg import WriteLock
 
 RUNNING, BACKOFF = pb.AGENT_STATUS_RUNNING, pb.AGENT_STATUS_BACKOFF
 DEADLINE = 5.0
 
 
 @pytest.fixture
-def manager(tmp_path):
+def manager(db_url):
     """(parts, address) of a serving manager; stopped in the daemons' shutdown order."""
-    db = dbmod.open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db = dbmod.open_database(db_url)
     dbmod.migrate(db)
     parts = build_manager(db, sync_interval=7.0, heartbeat_interval=11.0)
     parts.start()
@@ -75,6 +75,15 @@ def test_register_node_stores_facts_and_answers_intervals(manager, stub):
     node = manager[0].nodes.get_node("n1")
     assert (node["hostname"], node["advertise_address"], node["labels"], node["status"]) == \
         ("h1", "10.0.0.1:9091", {"role": "edge"}, "online")
+
+
+def test_register_facts_with_nul_are_stored_cleaned(manager, stub):
+    """A NUL in a node's facts (PostgreSQL text cannot hold one) is stored as U+FFFD, not
+    refused or failed; labels, stored as JSON, keep theirs."""
+    register(stub, hostname="h\x001", os="li\x00nux", labels={"k\x00": "v\x00"})
+    node = manager[0].nodes.get_node("n1")
+    assert (node["hostname"], node["os"], node["labels"]) == \
+        ("h\ufffd1", "li\ufffdnux", {"k\x00": "v\x00"})
 
 
 def test_register_bad_node_id_invalid_argument(manager, stub):
@@ -185,16 +194,15 @@ def test_concurrent_reporters_lose_nothing(manager):
             for a in range(agents)}
 
 
-def test_locked_database_unavailable_then_succeeds(manager, stub, tmp_path):
+def test_locked_database_unavailable_then_succeeds(manager, stub, db_url):
     """With the database locked a report fails UNAVAILABLE, writes nothing, and succeeds later."""
     register(stub)
     sync(stub, 1, [state("a", pid=1)])
-    other = sqlite3.connect(tmp_path / "fleet.db", timeout=0, isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")
+    other = WriteLock(db_url)
+    other.take()
     try:
         code = code_of(lambda: sync(stub, 2, [state("a", pid=2), state("b", pid=2)], full=True))
     finally:
-        other.execute("ROLLBACK")
         other.close()
     assert code == grpc.StatusCode.UNAVAILABLE
     assert stored(manager[0]) == {"a": ("", RUNNING, 1, 0)}

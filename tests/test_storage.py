@@ -1,5 +1,7 @@
 """Storage: opening databases, migrations, the registry, and NodeStore reads and writes."""
 import sqlite3
+import sys
+import threading
 
 import pytest
 
@@ -11,6 +13,8 @@ from fleet.manager.store.models import Agent, Node
 from fleet.manager.nodes import AGENT_FIELDS, NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
+from helpers import wait_for
+from tests.pg import postgresql_only, sqlite_only
 
 NODE_FIELDS = {"node_id", "hostname", "ip", "advertise_address", "os", "arch", "labels",
                "daemon_version", "status", "registered_at", "last_seen"}
@@ -27,8 +31,8 @@ class Clock:
 
 
 @pytest.fixture
-def database(tmp_path):
-    db = open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
+def database(db_url):
+    db = open_database(db_url)
     migrate(db)
     yield db
     dbmod.close_database(db)
@@ -55,9 +59,9 @@ def test_migrations_create_schema_version_1(database):
         assert {"node", "agent", "schema_version"} <= set(database.get_tables())
 
 
-def test_migrations_idempotent_on_restart(tmp_path):
+def test_migrations_idempotent_on_restart(db_url):
     """Running the migrations again (a restart) changes nothing and keeps the data."""
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    url = db_url
     db = open_database(url)
     migrate(db)
     NodeStore(db, Registry()).register(NodeFacts("n1", boot_id=3))
@@ -77,6 +81,7 @@ def test_models_match_migrated_tables(database, model):
     assert columns == set(model._meta.columns)
 
 
+@sqlite_only
 def test_sqlite_pragmas(database):
     """SQLite connections run in WAL with synchronous=NORMAL and a busy timeout."""
     with database.connection_context():
@@ -85,6 +90,7 @@ def test_sqlite_pragmas(database):
         assert database.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 5000
 
 
+@sqlite_only
 def test_sqlite_transactions_are_immediate(database, tmp_path):
     """A transaction takes the write lock at BEGIN, never a deferred read lock."""
     with database.connection_context(), database.atomic():
@@ -101,13 +107,9 @@ def test_bad_urls_are_config_errors():
             open_database(url)
 
 
-def test_postgresql_without_driver_is_a_clear_error():
+def test_postgresql_without_driver_is_a_clear_error(monkeypatch):
     """Without psycopg2 a PostgreSQL URL fails naming the missing driver."""
-    try:
-        import psycopg2  # noqa: F401
-        pytest.skip("psycopg2 is installed")
-    except ImportError:
-        pass
+    monkeypatch.setitem(sys.modules, "psycopg2", None)     # import psycopg2 raises ImportError
     with pytest.raises(errors.ConfigError, match="psycopg2"):
         open_database("postgresql://u:p@localhost:5432/fleet")
 
@@ -121,6 +123,13 @@ def test_backend_sql_per_engine():
     for sql in (sqlite_sql, pg_sql):
         assert "agent.seq <= excluded.seq" in sql and "type = CASE" in sql
     assert PostgresBackend().sql("a = ? AND b = ?") == "a = %s AND b = %s"
+
+
+def test_postgresql_bulk_rows_go_in_rounds_of_distinct_keys_in_key_order():
+    """Rows repeating a key go to successive rounds (their order kept), each sorted by key."""
+    rows = [("b", 1), ("a", 1), ("b", 2), ("a", 2), ("b", 3)]
+    assert dbmod.distinct_rounds(rows, 1) == [[("a", 1), ("b", 1)], [("a", 2), ("b", 2)],
+                                              [("b", 3)]]
 
 
 def test_register_creates_and_updates_node(store, clock):
@@ -245,10 +254,10 @@ def test_registry_tracks_newest_boot_and_seq():
     assert "n1" not in registry and len(registry) == 0
 
 
-def test_migration_3_adds_the_reported_fields_to_a_version_2_database(tmp_path, monkeypatch):
+def test_migration_3_adds_the_reported_fields_to_a_version_2_database(db_url, monkeypatch):
     """A version 2 database gains agent changed_at/config_changed and node stopped_at,
     keeping its rows (unset, false, unset)."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = db_url
     monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS[:2])
     db = open_database(url)
     assert migrate(db) == 2
@@ -264,9 +273,9 @@ def test_migration_3_adds_the_reported_fields_to_a_version_2_database(tmp_path, 
     dbmod.close_database(db)
 
 
-def test_migration_5_adds_health_message_keeping_the_rows(tmp_path, monkeypatch):
+def test_migration_5_adds_health_message_keeping_the_rows(db_url, monkeypatch):
     """A version 3 database gains agent.health_message, empty on the rows it keeps."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = db_url
     monkeypatch.setattr(dbmod, "MIGRATIONS", tuple(m for m in dbmod.MIGRATIONS if m[0] <= 3))
     db = open_database(url)
     assert migrate(db) == 3
@@ -277,3 +286,61 @@ def test_migration_5_adds_health_message_keeping_the_rows(tmp_path, monkeypatch)
     with db.connection_context():
         assert Agent.get(Agent.agent_id == "a").health_message == ""
     dbmod.close_database(db)
+
+
+def test_concurrent_migrations_of_a_fresh_database_all_succeed(db_url):
+    """Managers starting at once on one empty database each migrate it or find it migrated."""
+    results, failures = [], []
+
+    def start():
+        try:
+            db = open_database(db_url)
+            results.append(migrate(db))
+            dbmod.close_database(db)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert failures == [] and results == [dbmod.MIGRATIONS[-1][0]] * 6
+    again = open_database(db_url)
+    with again.connection_context():
+        versions = again.execute_sql("SELECT COUNT(*) FROM schema_version").fetchone()[0]
+    assert versions == len(dbmod.MIGRATIONS)
+
+
+@postgresql_only
+def test_deleting_a_node_waits_for_a_report_writing_it(store, database, db_url, clock):
+    """A node deleted while a report's transaction writes it takes the rows that report
+    added too (PostgreSQL: the delete locks the node row before reading its agents)."""
+    import psycopg2
+    store.register(NodeFacts("n1"))
+    clock.now += 100                                    # offline: deletable
+    writer = psycopg2.connect(db_url)                   # a report's transaction, mid-way
+    cursor = writer.cursor()
+    cursor.execute("INSERT INTO agent (node_id, agent_id, status) VALUES ('n1', 'late', 3)")
+    cursor.execute("UPDATE node SET last_seen = last_seen WHERE node_id = 'n1'")
+    deleting = threading.Thread(target=store.delete_node, args=("n1",))
+    deleting.start()
+    wait_for(lambda: _waiting_for_a_lock(db_url), timeout=10)
+    writer.commit()                                     # its orphan check saw the node
+    deleting.join(10)
+    writer.close()
+    with database.connection_context():
+        assert Agent.select().where(Agent.node_id == "n1").count(database) == 0
+
+
+def _waiting_for_a_lock(url):
+    """True while a session of the database waits for a lock."""
+    import psycopg2
+    conn = psycopg2.connect(url)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND datname = current_database()")
+        return cursor.fetchone()[0] > 0
+    finally:
+        conn.close()

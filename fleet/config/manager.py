@@ -145,7 +145,8 @@ def check_manager_database(config: Config, problems: list[str]) -> None:
         importlib.import_module("psycopg2")
     except ImportError:
         problems.append("[manager] db: PostgreSQL needs the psycopg2 driver, which is not "
-                        "installed (pip install psycopg2-binary)")
+                        "installed (pip install psycopg2-binary; a fleet.pyz carries it "
+                        "when built with --with-postgres)")
     if not manager.api_tokens:
         problems.append("[manager] api_token: required with a PostgreSQL database")
     if not manager.cluster_token:

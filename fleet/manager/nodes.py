@@ -85,6 +85,7 @@ class NodeStore:
         """
         if not valid_node_id(facts.node_id):
             raise errors.InvalidArgument(f"invalid node_id {facts.node_id[:200]!r}")
+        facts = _storable(facts)
         now = now_ms(self._clock)
         labels = Node.labels.db_value(dict(facts.labels))
         params = (facts.node_id, facts.hostname, facts.ip, facts.advertise_address, facts.os,
@@ -143,7 +144,8 @@ class NodeStore:
     def delete_node(self, node_id: str, force: bool = False) -> None:
         """Remove a node and its agents; Conflict while it is online unless `force`."""
         with self._db.connection_context(), self._db.atomic():
-            row = self._node_row(node_id)
+            # Locked: a report writing this node commits first, so its rows go too.
+            row = self._node_row(node_id, lock=True)
             if not force and self._is_online(row, now_ms(self._clock)):
                 raise errors.Conflict(f"node {node_id!r} is online; stop its daemon first")
             Agent.delete().where(Agent.node_id == node_id).execute(self._db)
@@ -151,9 +153,12 @@ class NodeStore:
         self._registry.forget(node_id)
         log.info("node %s deleted", node_id)
 
-    def _node_row(self, node_id: str) -> Node:
+    def _node_row(self, node_id: str, lock: bool = False) -> Node:
+        query = Node.select().where(Node.node_id == node_id)
+        if lock:
+            query = self._backend.for_update(query)
         with self._db.connection_context():
-            rows = list(Node.select().where(Node.node_id == node_id).execute(self._db))
+            rows = list(query.execute(self._db))
         if not rows:
             raise errors.NotFound(f"node {node_id!r} not found")
         return rows[0]
@@ -221,8 +226,10 @@ class NodeStore:
         now = now_ms(self._clock)
         rows = _pull_rows(node_id, known, now, infos)
         with self._db.connection_context(), self._db.atomic():
+            # The node row first, as reports lock it; gone by now: NotFound, no rows.
+            self._node_row(node_id, lock=True)
             if rows:
-                self._backend.upsert_many(self._db.cursor(), self._pull_sql, rows)
+                self._backend.upsert_many(self._db.cursor(), self._pull_sql, rows, key=2)
             if full:
                 self._delete_others(node_id, [row[1] for row in rows])
         return self.list_agents(node_id)
@@ -241,6 +248,13 @@ class NodeStore:
         if agent_ids:
             query = query.where(Agent.agent_id.not_in(agent_ids))
         query.execute(self._db)
+
+
+def _storable(facts: NodeFacts) -> NodeFacts:
+    """`facts` with each NUL of its texts replaced (PostgreSQL's text cannot hold one;
+    labels are stored as JSON, which escapes it)."""
+    return dataclasses.replace(facts, **{name: getattr(facts, name).replace("\x00", "\ufffd")
+                                         for name in NODE_FACTS if name != "labels"})
 
 
 def _pull_rows(node_id: str, known: tuple[int, int], now: int, infos: Sequence) -> list[tuple]:

@@ -11,6 +11,10 @@ SQLite: WAL, synchronous=NORMAL, a busy timeout, peewee's per-thread
 connections, and every transaction `BEGIN IMMEDIATE` (the database's default
 lock_type), so no transaction ever reads under a shared lock and then fails to
 upgrade it to write.
+
+PostgreSQL: READ COMMITTED, its default. What BEGIN IMMEDIATE serialises on
+SQLite, row locks taken in one order do there (a node's row, then its agents
+and events by key: IngestWriter._apply); migrations take an advisory lock.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from fleet.manager.store import models
 log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+SCHEMA_LOCK_KEY = 0x666C656574   # PostgreSQL advisory lock of migrations ("fleet")
 
 
 def now_ms(clock: Callable[[], float] = time.time) -> int:
@@ -87,8 +92,15 @@ class Backend:
     def _bulk_values(self, count: int) -> str:
         return self._values(count)
 
-    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple]) -> None:
-        """Run an `upsert` statement for every row, on an open transaction's cursor."""
+    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple],
+                    key: int = 0) -> None:
+        """Run an `upsert` statement for every row, on an open transaction's cursor.
+
+        `key`: how many leading values of a row are its conflict key. Rows
+        repeating a key are applied in their order, as one statement per row
+        would be (SQLite's executemany is just that); PostgreSQL also locks the
+        rows in key order, so that two transactions never deadlock on them.
+        """
         cursor.executemany(statement, rows)
 
     def execute_many(self, cursor: Any, sql: str, rows: Sequence[tuple]) -> None:
@@ -100,7 +112,11 @@ class Backend:
         raise NotImplementedError
 
     def lock_schema(self, db: peewee.Database) -> None:
-        """Serialise concurrent migrations (called inside their transaction)."""
+        """Serialise concurrent migrations (called first inside their transaction)."""
+
+    def for_update(self, query: peewee.Select) -> peewee.Select:
+        """`query` locking the rows it reads until the end of the transaction."""
+        return query
 
     def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
         """How long this thread's connection waits for a lock before failing."""
@@ -115,6 +131,9 @@ class SQLiteBackend(Backend):
     def lock_schema(self, db: peewee.Database) -> None:
         pass  # BEGIN IMMEDIATE already holds the database's write lock
 
+    def for_update(self, query: peewee.Select) -> peewee.Select:
+        return query  # likewise: no other transaction writes until this one ends
+
     def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
         db.execute_sql(f"PRAGMA busy_timeout = {int(millis)}")
 
@@ -126,9 +145,12 @@ class PostgresBackend(Backend):
     def _bulk_values(self, count: int) -> str:
         return "%s"  # execute_values expands it into many row tuples
 
-    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple]) -> None:
+    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple],
+                    key: int = 0) -> None:
         from psycopg2.extras import execute_values  # only present with PostgreSQL
-        execute_values(cursor, statement, rows, page_size=1000)
+        # One INSERT ... ON CONFLICT DO UPDATE may not touch a row twice.
+        for part in distinct_rounds(rows, key) if key else (rows,):
+            execute_values(cursor, statement, part, page_size=1000)
 
     def execute_many(self, cursor: Any, sql: str, rows: Sequence[tuple]) -> None:
         from psycopg2.extras import execute_batch  # executemany is a per-row round trip
@@ -138,11 +160,32 @@ class PostgresBackend(Backend):
         return "id BIGSERIAL PRIMARY KEY"
 
     def lock_schema(self, db: peewee.Database) -> None:
-        # Several manager processes may start at once on one database.
-        db.execute_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+        # Several manager processes may start at once on one database, even an empty
+        # one: a transaction-scoped advisory lock needs no table to exist.
+        db.execute_sql(self.sql("SELECT pg_advisory_xact_lock(?)"), (SCHEMA_LOCK_KEY,))
+
+    def for_update(self, query: peewee.Select) -> peewee.Select:
+        return query.for_update()
 
     def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
         db.execute_sql(f"SET lock_timeout = {int(millis)}")
+
+
+def distinct_rounds(rows: Sequence[tuple], key: int) -> list[list[tuple]]:
+    """`rows` in lists sorted by key (a row's first `key` values) in which no key
+    repeats: the n-th row of a key goes to the n-th list, so applying the lists
+    one after another applies each key's rows in their order."""
+    rounds: list[list[tuple]] = []
+    seen: dict[tuple, int] = {}
+    for row in rows:
+        index = seen.get(row[:key], 0)
+        seen[row[:key]] = index + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(row)
+    for part in rounds:
+        part.sort(key=lambda row: row[:key])
+    return rounds
 
 
 def backend_of(db: peewee.Database) -> Backend:
@@ -220,7 +263,7 @@ def _open_postgres(url: str) -> peewee.PostgresqlDatabase:
         params["host"] = parts.hostname
     if parts.port:
         params["port"] = parts.port
-    return peewee.PostgresqlDatabase(name, autorollback=True, **params)
+    return peewee.PostgresqlDatabase(name, **params)
 
 
 def close_database(db: peewee.Database) -> None:
@@ -363,12 +406,11 @@ def migrate(db: peewee.Database) -> int:
     """
     backend = backend_of(db)
     try:
-        with db.connection_context():
+        with db.connection_context(), db.atomic():
+            backend.lock_schema(db)
             db.execute_sql("CREATE TABLE IF NOT EXISTS schema_version "
                            "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
-            with db.atomic():
-                backend.lock_schema(db)
-                return _apply_missing(db, backend)
+            return _apply_missing(db, backend)
     except peewee.DatabaseError as exc:
         raise errors.Unavailable(f"database {db.database!r}: {exc}") from exc
 

@@ -199,8 +199,15 @@ class IngestWriter:
         self._finish(batch, None)
 
     def _apply(self, cursor, reports: list[Report]) -> None:
-        """Every statement of a batch, inside its one transaction."""
+        """Every statement of a batch, inside its one transaction.
+
+        Rows are locked in one order, as registration, pulls and deletion do
+        too: the batch's node rows first (by node_id), then their agents and
+        events (by key). Transactions of several managers on one PostgreSQL
+        database then never wait for each other in a cycle (a deadlock).
+        """
         backend, sql = self._backend, self._sql
+        reports = sorted(reports, key=lambda r: r.node_id)   # stable: a node's stay in order
         rows: list[tuple] = []
         event_rows: list[tuple] = []
         touches, advances, nodes, event_nodes = [], [], {}, {}
@@ -214,13 +221,13 @@ class IngestWriter:
             nodes[r.node_id] = (r.node_id,)
             if r.seq is not None:
                 advances.append((r.boot_id, r.seq, r.node_id, r.boot_id, r.boot_id, r.seq))
-        if rows:
-            backend.upsert_many(cursor, sql["upsert"], rows)
-        if event_rows:
-            backend.upsert_many(cursor, sql["events"], event_rows)
         backend.execute_many(cursor, sql["touch"], touches)
         if advances:
             backend.execute_many(cursor, sql["advance"], advances)
+        if rows:
+            backend.upsert_many(cursor, sql["upsert"], rows, key=2)   # (node_id, agent_id)
+        if event_rows:
+            backend.upsert_many(cursor, sql["events"], event_rows, key=len(events.IDENTITY))
         for r in reports:
             if r.full and r.seq is not None:
                 self._delete_unmentioned(cursor, r)
