@@ -90,26 +90,36 @@ class _Sender:
             return
 
 
-def run_burst(address, token, nodes, agents=20, rounds=1, threads=32, prefix="burst"):
+def run_burst(address, token, nodes, agents=20, rounds=1, threads=32, first=0):
     """Register `nodes` nodes, then send every report at once from `threads` threads (one
     channel each); returns when every report was acknowledged."""
+    return prepare_burst(address, token, nodes, agents, rounds, threads, first)()
+
+
+def prepare_burst(address, token, nodes, agents=20, rounds=1, threads=32, first=0):
+    """Register the nodes burst-FIRST.. and start the threads; returns `go`, which sends
+    every report at once and returns the Burst when every one was acknowledged."""
     burst = Burst({}, [], [], 0, 0.0)
-    names = [f"{prefix}-{i:05d}" for i in range(nodes)]
+    names = [f"burst-{i:05d}" for i in range(first, first + nodes)]
     senders = [_Sender(address, token, names[t::threads], agents, rounds, burst)
                for t in range(threads)]
     for sender in senders:
         sender.register()
-    go = threading.Event()
-    workers = [threading.Thread(target=s.run, args=(go,), name=f"burst-{i}")
+    start = threading.Event()
+    workers = [threading.Thread(target=s.run, args=(start,), name=f"burst-{i}")
                for i, s in enumerate(senders)]
     for w in workers:
         w.start()
-    began = time.monotonic()
-    go.set()
-    for w in workers:
-        w.join()
-    burst.seconds = time.monotonic() - began
-    return burst
+
+    def go():
+        began = time.monotonic()
+        start.set()
+        for w in workers:
+            w.join()
+        burst.seconds = time.monotonic() - began
+        return burst
+
+    return go
 
 
 class PeakRss:

@@ -294,6 +294,7 @@ class StateSyncer:
         hint = min(RETRY_AFTER_MAX, exc.retry_after_ms / 1000)
         wait = hint * (1 + random.uniform(0, RETRY_AFTER_JITTER))
         with self._cond:
+            self._failures, self._retry_at = 0, 0.0     # it answered: it is up
             self._reports_at = self.clock() + wait
             self.refusals += 1
             pending = len(self._pending)
