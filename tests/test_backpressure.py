@@ -220,3 +220,29 @@ def test_heartbeats_are_never_refused_by_a_full_queue(tmp_path):
     finally:
         writer.stop()
         db.close()
+
+
+class _Client:
+    address = "127.0.0.1:1"
+    deadline = 5.0
+
+
+def syncer_at_zero():
+    from fleet.daemon.syncer import StateSyncer
+    return StateSyncer(_Client(), None, lambda: [], sync_interval=30, heartbeat_interval=10,
+                       clock=lambda: 0.0)
+
+
+def test_retries_after_an_outage_spread_over_half_the_delay_and_refusals_over_half_the_hint():
+    """Daemons failing together retry over [0.5, 1] x delay; refused ones over [1, 1.5] x hint."""
+    syncer = syncer_at_zero()
+    retries, turns = [], []
+    for _ in range(300):
+        syncer._failures = 10                       # the delay is at its 30 s cap
+        syncer._failed(errors.Unavailable("down"))
+        retries.append(syncer._retry_at)
+        syncer._refused(errors.Overloaded("busy", 2000))
+        turns.append(syncer._reports_at)
+    assert 15 <= min(retries) < 17 and 28 < max(retries) <= 30, (min(retries), max(retries))
+    assert 2 <= min(turns) < 2.1 and 2.9 < max(turns) <= 3, (min(turns), max(turns))
+    assert syncer._failures == 0 and syncer._retry_at == 0.0    # a busy manager is up
