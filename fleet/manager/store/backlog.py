@@ -31,7 +31,8 @@ RATE_WINDOW = 0.5               # seconds of saturated time per rate sample
 
 
 class Backlog:
-    """Admission to the writer's queue: admit(rows) before, release(rows) after a report."""
+    """Admission to the writer's queue: admit() before a report is built, release() once
+    its batch ended (or it never reached the writer)."""
 
     def __init__(self, max_rows: int = DEFAULT_MAX_ROWS,
                  clock: Callable[[], float] = time.monotonic):
