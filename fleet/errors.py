@@ -55,6 +55,17 @@ class ResourceExhausted(FleetError):
     code = "resource_exhausted"
 
 
+class Overloaded(ResourceExhausted):
+    """The peer is too busy to take this now: retry, whole, after `retry_after_ms`.
+
+    On the wire: RESOURCE_EXHAUSTED with trailing metadata RETRY_AFTER_KEY (fleet.rpc).
+    """
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 class PayloadTooLarge(FleetError):
     code = "payload_too_large"
 

@@ -47,6 +47,10 @@ SERVER_OPTIONS = [
 # Called without the cluster token: the standard health service tells only up or
 # down, and load balancers and grpc_health_probe carry no credentials (fleet/serving.py).
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+# Trailing metadata of a RESOURCE_EXHAUSTED that is backpressure (errors.Overloaded): the
+# milliseconds to wait before retrying. A non-OK status carries no response body, so
+# SyncAgentStatesResponse.retry_after_ms cannot travel with it; the key mirrors its name.
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 def _bearer(token: str) -> str:
@@ -236,6 +240,8 @@ def translate(method: Callable) -> Callable:
             return method(self, request, context)
         except errors.FleetError as exc:
             code = getattr(grpc.StatusCode, errors.lookup(errors.GRPC_CODE_NAMES, exc))
+            if isinstance(exc, errors.Overloaded):
+                context.set_trailing_metadata(((RETRY_AFTER_KEY, str(exc.retry_after_ms)),))
             context.abort(code, short_details(exc.message))
         except Exception:  # noqa: BLE001 - the edge: log the bug, tell nothing
             if _is_abort(context):
@@ -272,4 +278,20 @@ def from_rpc_error(exc: grpc.RpcError, what: str) -> errors.FleetError:
         return errors.DeadlineExceeded(f"{what}: no answer within the deadline")
     if kind is errors.DaemonError:
         return errors.DaemonError(f"{what}: {code.name}: {details}")
+    if kind is errors.ResourceExhausted:
+        retry_after = _retry_after_ms(exc)
+        if retry_after is not None:
+            return errors.Overloaded(f"{what}: busy ({details})", retry_after)
     return kind(details)
+
+
+def _retry_after_ms(exc: grpc.RpcError) -> int | None:
+    """The RETRY_AFTER_KEY hint of a failed call, or None (no hint: a message too large)."""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                return max(0, int(value))
+            except (TypeError, ValueError):
+                return None
+    return None

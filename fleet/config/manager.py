@@ -37,6 +37,7 @@ class ManagerConfig:
     events_retention: float = 604800.0  # seconds agent events are kept
     metrics_public: bool = False       # /metrics without a token
     node_metrics_retention: float = 604800.0  # seconds node metrics' one-minute rollups are kept
+    ingest_queue: int = 20_000         # states waiting for the writer; past it, RESOURCE_EXHAUSTED
     api_tokens: tuple[ApiToken, ...] = ()   # (name, token, scope)
     cluster_token: str = ""
     tls: TLSConfig | None = None
@@ -66,6 +67,8 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
         node_metrics_retention=r.get("node_metrics_retention",
                                      ManagerConfig.node_metrics_retention,
                                      lambda v: to_seconds(v, 3600)),
+        ingest_queue=r.get("ingest_queue", ManagerConfig.ingest_queue,
+                           lambda v: to_int(v, 1, 10_000_000)),
         api_tokens=tuple(tokens),
         cluster_token=cluster_token,
         tls=read_tls(r, ("cert", "key", "client_ca")),

@@ -1,6 +1,7 @@
 """The daemon's client of ManagerService: one channel, a deadline on every call,
 and failover along the configured manager addresses when one is unreachable or
-does not answer in time."""
+does not answer in time. A busy manager (RESOURCE_EXHAUSTED with a retry hint:
+errors.Overloaded) is up, and is asked again: no failover."""
 from __future__ import annotations
 
 import logging

@@ -12,6 +12,14 @@ failover, the IP towards that one). An unreachable manager changes nothing
 else on the node. A clean stop ends with a full report flagged `stopping`, so
 the manager shows the node offline at once.
 
+A busy manager refuses a report with RESOURCE_EXHAUSTED and a hint
+(errors.Overloaded): no report is sent before the hint plus a jitter of up to
+half of it (so refused daemons do not come back together), heartbeats go on
+meanwhile (the node stays online), the same manager is asked again (busy is
+not down: no failover), and it is one warning a minute. Failures back off with
+"equal jitter" (half the delay fixed, half random), so daemons that lost a
+manager together do not return to it together.
+
 Every report also carries the agents' events the manager has not yet
 acknowledged (fleet/daemon/events.py), at most MAX_EVENTS; they are marked
 acknowledged only with the report, so a failed or retried report resends them
@@ -37,7 +45,7 @@ from fleet.daemon.manager_client import ManagerClient, Unimplemented
 from fleet.daemon.node import NodeSample, NodeSampler
 from fleet.daemon.program import Snapshot
 from fleet.daemon.convert import agent_state
-from fleet.errors import FleetError, InvalidArgument, NotFound, Unauthenticated
+from fleet.errors import FleetError, InvalidArgument, NotFound, Overloaded, Unauthenticated
 from fleet.v1 import fleet_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,8 @@ WARN_EVERY_SECONDS = 60.0
 MAX_EVENTS = 1000               # events per report; more follow in the next ones
 MAX_NODE_SAMPLES = 360          # node samples per ReportNodeMetrics (the manager takes 1000)
 UNIMPLEMENTED_RETRY = 600.0     # seconds before asking a manager without the method again
+RETRY_AFTER_MAX = 60.0          # seconds: a busy manager's hint is obeyed up to this
+RETRY_AFTER_JITTER = 0.5        # a refused report waits hint * (1 + U(0, this))
 
 
 class StateSyncer:
@@ -72,12 +82,14 @@ class StateSyncer:
         self._full_at = 0.0                   # when the next full report is due
         self._beat_at = 0.0                   # when the next heartbeat is due
         self._retry_at = 0.0                  # nothing is sent before this after a failure
+        self._reports_at = 0.0                # no report before this: the manager was busy
         self._failures = 0
         self._registered = False
         self._seq = 0                         # acknowledged reports of this boot
         self._closing = False
         self._last_warning = -WARN_EVERY_SECONDS
         self.reports_sent = 0                 # acknowledged reports (for tests and logs)
+        self.refusals = 0                     # reports a busy manager refused (for tests)
         self.last_report_time = 0.0           # Unix seconds of the last acknowledged report
         self._thread = threading.Thread(target=self._run, name="fleet-syncer", daemon=True)
 
@@ -130,6 +142,8 @@ class StateSyncer:
             try:
                 self._do(due)
                 self._succeeded()
+            except Overloaded as exc:
+                self._refused(exc)
             except FleetError as exc:
                 self._failed(exc)
             except Exception:  # noqa: BLE001 - log and keep reporting
@@ -155,8 +169,11 @@ class StateSyncer:
             due = self._due(now)
             if due:
                 return due
-            wake = [self._retry_at] if now < self._retry_at else \
-                [t for t in (self._full_at, self._beat_at, self._prompt_at) if t is not None]
+            if now < self._retry_at:
+                wake = [self._retry_at]
+            else:
+                wake = [max(t, self._reports_at) for t in (self._full_at, self._prompt_at)
+                        if t is not None] + [self._beat_at]
             self._cond.wait(max(0.0, min(wake) - now))
         return None
 
@@ -165,10 +182,11 @@ class StateSyncer:
             return ""
         if not self._registered:
             return "register"
-        if now >= self._full_at:
-            return "full"
-        if self._prompt_at is not None and now >= self._prompt_at:
-            return "changes"
+        if now >= self._reports_at:
+            if now >= self._full_at:
+                return "full"
+            if self._prompt_at is not None and now >= self._prompt_at:
+                return "changes"
         if now >= self._beat_at:
             return "heartbeat"
         return ""
@@ -231,6 +249,7 @@ class StateSyncer:
             self.events.acknowledge(events)
         with self._cond:
             self._seq += 1
+            self._reports_at = 0.0
             self.reports_sent += 1
             self.last_report_time = time.time()
             for agent_id, snapshot in taken.items():
@@ -259,7 +278,8 @@ class StateSyncer:
             # every node's truth within two sync intervals.
             cap = min(RETRY_MAX, max(self.sync_interval, 0.05))
             delay = min(cap, RETRY_INITIAL * 2 ** min(self._failures - 1, 10))
-            self._retry_at = self.clock() + delay * random.uniform(0.8, 1.0)
+            delay *= random.uniform(0.5, 1.0)
+            self._retry_at = self.clock() + delay
             pending = len(self._pending)
         if isinstance(exc, Unauthenticated):
             # Nothing gets through until an operator fixes the token: say so every time.
@@ -268,6 +288,18 @@ class StateSyncer:
             return
         self._warn("report to manager %s failed (%s); %d pending; retrying in %.1fs",
                    self.client.address, exc, pending, delay)
+
+    def _refused(self, exc: Overloaded) -> None:
+        """The manager is busy: the report waits its hint plus jitter; heartbeats go on."""
+        hint = min(RETRY_AFTER_MAX, exc.retry_after_ms / 1000)
+        wait = hint * (1 + random.uniform(0, RETRY_AFTER_JITTER))
+        with self._cond:
+            self._failures, self._retry_at = 0, 0.0     # it answered: it is up
+            self._reports_at = self.clock() + wait
+            self.refusals += 1
+            pending = len(self._pending)
+        self._warn("manager %s is busy (%s); %d pending; reporting again in %.1fs",
+                   self.client.address, exc, pending, wait)
 
     def _warn(self, message: str, *args) -> None:
         """A warning at most once a minute: a manager down for hours is one story."""

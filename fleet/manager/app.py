@@ -78,7 +78,8 @@ class Manager:
         migrate(db)
         self.parts = build_manager(db, offline_after=cfg.offline_after,
                                    events_retention=cfg.events_retention,
-                                   node_metrics_retention=cfg.node_metrics_retention)
+                                   node_metrics_retention=cfg.node_metrics_retention,
+                                   ingest_queue=cfg.ingest_queue)
         self.parts.servicer.add_to(self._grpc)
         self._serving = ServingStatus(pb.DESCRIPTOR.services_by_name["ManagerService"].full_name)
         self._serving.add_to(self._grpc)
@@ -98,6 +99,7 @@ class Manager:
         """The HTTP API over the parts, counted by this manager's metrics."""
         self.metrics = ManagerMetrics(db, self.config.offline_after)
         self.parts.servicer.on_report = self.metrics.report_received
+        self.metrics.watch_ingest(self.parts.writer.backlog.stats)
         audit = AuditLog(db)
         audit.on_record = self.metrics.operation_done
         service = FleetService(self.parts.nodes, self.pool, audit,

@@ -106,8 +106,9 @@ class ReportService:
         reads offline until its next message.
 
         Raises InvalidArgument (bad node_id, too many states), NotFound (node
-        not registered), Conflict (boot older than the stored one) with
-        nothing written, or Unavailable when the write failed.
+        not registered), Conflict (boot older than the stored one),
+        Overloaded (the writer's queue is past its bound: retry after the hint)
+        with nothing written, or Unavailable when the write failed.
         """
         if not valid_node_id(node_id):
             raise errors.InvalidArgument(f"invalid node_id {node_id[:200]!r}")
@@ -122,12 +123,19 @@ class ReportService:
             raise errors.NotFound(f"node {node_id!r} is not registered")
         if boot_id < known[0]:
             raise errors.Conflict(f"boot {boot_id} is older than the node's boot {known[0]}")
-        received = now_ms(self._clock)
-        rows, rejected = build_rows(node_id, boot_id, seq, received, states)
-        keep = [agent_id for agent_id, _ in rejected if valid_agent_id(agent_id)]
-        event_rows, bad_events = agent_events.event_rows(node_id, events, received)
-        report = Report(node_id, boot_id, seq, full, rows, keep, received, stopping, event_rows)
-        self._writer.submit(report, self._submit_timeout)
+        # Refused before any work: a refusal must cost far less than a report.
+        cost = self._writer.admit(len(states) + len(events))
+        try:
+            received = now_ms(self._clock)
+            rows, rejected = build_rows(node_id, boot_id, seq, received, states)
+            keep = [agent_id for agent_id, _ in rejected if valid_agent_id(agent_id)]
+            event_rows, bad_events = agent_events.event_rows(node_id, events, received)
+            report = Report(node_id, boot_id, seq, full, rows, keep, received, stopping,
+                            event_rows)
+        except BaseException:
+            self._writer.backlog.release(cost, committed=False)
+            raise
+        self._writer.submit(report, self._submit_timeout, cost)
         if stopping:
             log.info("node %s stopped cleanly (boot %d): offline", node_id, boot_id)
         self._registry.advance(node_id, boot_id, seq)

@@ -13,6 +13,7 @@ from fleet.manager.nodemetrics import NodeMetricsStore
 from fleet.manager.nodes import NodeStore
 from fleet.manager.retention import Purger
 from fleet.manager.servicer import ManagerServicer
+from fleet.manager.store.backlog import DEFAULT_MAX_ROWS, Backlog
 from fleet.manager.store.db import close_database
 from fleet.manager.store.registry import Registry
 
@@ -47,10 +48,15 @@ class ManagerParts:
 def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interval: float = 0.0,
                   heartbeat_interval: float = 0.0,
                   events_retention: float = 604800.0,
-                  node_metrics_retention: float = 604800.0) -> ManagerParts:
-    """Wire registry, writer, stores and servicer over a migrated database."""
+                  node_metrics_retention: float = 604800.0,
+                  ingest_queue: int = DEFAULT_MAX_ROWS) -> ManagerParts:
+    """Wire registry, writer, stores and servicer over a migrated database.
+
+    `ingest_queue`: the bound of the writer's queue in states (and events); past
+    it a report is refused (errors.Overloaded).
+    """
     registry = Registry.load(db)
-    writer = IngestWriter(db)
+    writer = IngestWriter(db, backlog=Backlog(ingest_queue))
     nodes = NodeStore(db, registry, offline_after)
     reports = ReportService(registry, writer)
     node_metrics = NodeMetricsStore(db, registry, node_metrics_retention)

@@ -70,6 +70,10 @@ class ManagerMetrics:
             "fleet_operations", "Audited operations (start, stop, restart, sync, delete) "
             "by result: ok or the error code", ("operation", "result"), registry=self.registry)
 
+    def watch_ingest(self, stats: Callable[[], dict]) -> None:
+        """Expose the writer's queue: `stats` is Backlog.stats (fleet.manager.store.backlog)."""
+        self.registry.register(_IngestCollector(stats))
+
     def report_received(self, seconds: float, states: int) -> None:
         """A SyncAgentStates ended after `seconds`, carrying `states` states."""
         self.reports.inc()
@@ -105,6 +109,27 @@ class ManagerMetrics:
                     counter.labels(UNMATCHED, "", seen[-1] if seen else "500").inc()
 
         return counted
+
+
+class _IngestCollector:
+    """The ingest writer's queue and its refusals (backpressure), read at every scrape."""
+
+    GAUGES = (("rows", "fleet_ingest_queued_states", "States admitted, not yet committed"),
+              ("high_water_rows", "fleet_ingest_queued_states_high_water",
+               "The most states ever queued at once"),
+              ("max_rows", "fleet_ingest_queue_bound_states", "The queue's bound in states"),
+              ("reports", "fleet_ingest_queued_reports", "Reports admitted, not yet committed"),
+              ("rate", "fleet_ingest_write_rate", "States/s written while the queue was busy"),
+              ("refused", "fleet_reports_refused",
+               "Reports refused with RESOURCE_EXHAUSTED (queue full) since start"))
+
+    def __init__(self, stats: Callable[[], dict]):
+        self._stats = stats
+
+    def collect(self) -> list:
+        """One gauge per figure of the queue."""
+        stats = self._stats()
+        return [GaugeMetricFamily(name, text, value=stats[key]) for key, name, text in self.GAUGES]
 
 
 class FleetCollector:

@@ -9,6 +9,11 @@ half-applied: with Unavailable when the database failed to operate (the daemon
 retries), with an internal error (INTERNAL, the traceback logged here)
 otherwise. SQLite has one writer at a time, so one thread that batches is
 faster than many that queue for the lock.
+
+The queue is bounded (fleet.manager.store.backlog): a report is admitted before
+its rows are built and leaves the count when its batch ends; past the bound it
+is refused at once (errors.Overloaded) and nothing of it is written. A
+heartbeat (no rows) is never refused: it only touches its node.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import peewee
 
 from fleet import errors
 from fleet.manager import events
+from fleet.manager.store.backlog import DEFAULT_MAX_ROWS, Backlog
 from fleet.manager.store.db import Backend, backend_of
 
 log = logging.getLogger(__name__)
@@ -59,10 +65,11 @@ class Report:
 class _Pending:
     """A submitted report and its outcome, set once by the writer."""
 
-    __slots__ = ("report", "done", "error", "cancelled")
+    __slots__ = ("report", "cost", "done", "error", "cancelled")
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, cost: int):
         self.report = report
+        self.cost = cost          # what Backlog.admit reserved for it; 0 for a heartbeat
         self.done = threading.Event()
         self.error: Optional[errors.FleetError] = None
         self.cancelled = False    # the caller gave up: skip it if not yet written
@@ -72,7 +79,8 @@ class IngestWriter:
     """The group-commit writer thread; `submit` blocks until the report is committed."""
 
     def __init__(self, db: peewee.Database, max_batch_rows: int = MAX_BATCH_ROWS,
-                 lock_timeout_ms: int = WRITER_LOCK_TIMEOUT_MS):
+                 lock_timeout_ms: int = WRITER_LOCK_TIMEOUT_MS,
+                 backlog: Optional[Backlog] = None):
         self._db = db
         self._backend = backend_of(db)
         self._max_rows = max_batch_rows
@@ -82,6 +90,7 @@ class IngestWriter:
         self._state = "new"                 # new | running | stopped
         self._thread: Optional[threading.Thread] = None
         self._sql = self._statements(self._backend)
+        self.backlog = backlog or Backlog(DEFAULT_MAX_ROWS)
         # Committed transactions and the reports in them (written by the thread only).
         self.batches = 0
         self.reports = 0
@@ -128,13 +137,25 @@ class IngestWriter:
         self._thread.join(timeout)
         self._fail_leftovers()
 
-    def submit(self, report: Report, timeout: float = SUBMIT_TIMEOUT) -> None:
-        """Block until `report` is committed; Unavailable if it failed or took too long."""
-        pending = _Pending(report)
+    def admit(self, rows: int) -> int:
+        """Room in the queue for a report of `rows` states and events: the cost to pass
+        to submit(). Raises errors.Overloaded (nothing to undo) past the bound."""
+        return self.backlog.admit(rows)
+
+    def submit(self, report: Report, timeout: float = SUBMIT_TIMEOUT, cost: int = 0) -> None:
+        """Block until `report` is committed; Unavailable if it failed or took too long.
+
+        `cost`: what admit() answered for it (released here, whatever happens); 0 for
+        a report not admitted (a heartbeat).
+        """
+        pending = _Pending(report, cost)
         with self._lock:
-            if self._state != "running":
-                raise errors.Unavailable("the manager is not accepting reports (shutting down)")
-            self._queue.put(pending)
+            running = self._state == "running"
+            if running:
+                self._queue.put(pending)
+        if not running:
+            self.backlog.release(cost, committed=False)
+            raise errors.Unavailable("the manager is not accepting reports (shutting down)")
         if not pending.done.wait(timeout):
             pending.cancelled = True        # a late write is harmless: reports are idempotent
             raise errors.Unavailable("database write timed out; retry")
@@ -169,7 +190,9 @@ class IngestWriter:
         while True:
             if pending is None:
                 return batch, False
-            if not pending.cancelled:
+            if pending.cancelled:
+                self.backlog.release(pending.cost, committed=False)
+            else:
                 batch.append(pending)
                 rows += len(pending.report.rows) + len(pending.report.events)
             if rows >= self._max_rows:
@@ -246,9 +269,9 @@ class IngestWriter:
             params += list(r.keep)
         cursor.execute(sql, params)
 
-    @staticmethod
-    def _finish(batch: Iterable[_Pending], error: Optional[errors.FleetError]) -> None:
+    def _finish(self, batch: Iterable[_Pending], error: Optional[errors.FleetError]) -> None:
         for pending in batch:
+            self.backlog.release(pending.cost, committed=error is None)
             pending.error = error
             pending.done.set()
 
