@@ -139,10 +139,9 @@ def run_workers(config: ManagerConfig, command: Sequence[str],
                                              "--worker-of", str(os.getpid())],
                             config.workers)
         log.info("manager: %d workers on http=%s grpc=%s", config.workers, http, grpc)
-        while True:
+        while not stop.is_set():
             workers.check(time.monotonic())
-            if stop.wait(CHECK_SECONDS):
-                break
+            stop.wait(CHECK_SECONDS)
         log.info("stopping %d workers", config.workers)
         workers.stop()
         log.info("stopped")
