@@ -198,3 +198,19 @@ def test_bad_workers_is_a_config_error(tmp_path, args, message):
     assert done.returncode == 2
     assert message in done.stderr, done.stderr
     assert not os.path.exists(tmp_path / "f.db")
+
+
+def test_port_in_use_fails_before_anything_is_written(tmp_path):
+    """A port another program holds: `cannot listen`, exit 1, no database or token file."""
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(FLEET_PY + ["--role", "manager", "--workers", "2",
+                                          "--grpc", f"127.0.0.1:{port}", "--http", "127.0.0.1:0",
+                                          "--db", f"sqlite:///{tmp_path}/f.db"],
+                              capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen grpc=127.0.0.1:{port}: address already in use" in done.stderr
+    assert os.listdir(tmp_path) == []
