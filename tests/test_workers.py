@@ -12,6 +12,10 @@ import grpc
 import psutil
 import pytest
 
+from fleet import errors
+from fleet.manager.nodes import NodeFacts
+from fleet.manager.parts import build_manager
+from fleet.manager.store.db import migrate, open_database
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
 from tests.helpers import wait_for
@@ -94,6 +98,37 @@ def channel_to(grpc_port, workers, worker, other=False):
         channel.close()
         return None
     return wait_for(attempt, timeout=30, interval=0)
+
+
+@pytest.fixture
+def two_workers(tmp_path):
+    """The storage side of two workers (each its own registry and writer) on one file."""
+    parts = []
+    for _ in range(2):
+        db = open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
+        migrate(db)
+        parts.append(build_manager(db))
+        parts[-1].writer.start()
+    yield parts
+    for p in parts:
+        p.writer.stop()
+
+
+def test_registry_miss_refills_and_deletion_elsewhere_is_noticed(two_workers):
+    """A node registered through worker A is known to B (refilled on its miss, boot and seq
+    included); deleted through A, B's next report gets NOT_FOUND and asks to re-register."""
+    a, b = two_workers
+    a.nodes.register(NodeFacts("n1", boot_id=3))
+    a.reports.sync("n1", 3, 1, True, [running_state("x", 1)])
+    assert b.registry.get("n1") == (3, 1)
+    with pytest.raises(errors.Conflict):
+        b.reports.sync("n1", 2, 9, True, [running_state("x", 1)])
+    assert b.reports.sync("n1", 3, 2, False, [running_state("x", 2)]).report_full_state is False
+    a.nodes.delete_node("n1", force=True)
+    with pytest.raises(errors.NotFound):
+        b.reports.sync("n1", 3, 3, False, [running_state("x", 3)])
+    assert b.registry.get("n1") is None
+    assert b.reports.heartbeat("n1", 3) is True
 
 
 def test_both_workers_accept_http_connections(cluster):

@@ -127,7 +127,7 @@ class ReportService:
         keep = [agent_id for agent_id, _ in rejected if valid_agent_id(agent_id)]
         event_rows, bad_events = agent_events.event_rows(node_id, events, received)
         report = Report(node_id, boot_id, seq, full, rows, keep, received, stopping, event_rows)
-        self._writer.submit(report, self._submit_timeout)
+        self._submit(report)
         if stopping:
             log.info("node %s stopped cleanly (boot %d): offline", node_id, boot_id)
         self._registry.advance(node_id, boot_id, seq)
@@ -142,9 +142,20 @@ class ReportService:
         known = self._registry.get(node_id)
         if known is None:
             return True
-        self._writer.submit(Report(node_id, boot_id, None, False, [], (), now_ms(self._clock)),
-                            self._submit_timeout)
+        try:
+            self._submit(Report(node_id, boot_id, None, False, [], (), now_ms(self._clock)))
+        except errors.NotFound:
+            return True
         return boot_id > known[0]
+
+    def _submit(self, report: Report) -> None:
+        """writer.submit(); a node deleted meanwhile (through another manager or
+        worker, whose registry forgot it, not this one's) is forgotten here too."""
+        try:
+            self._writer.submit(report, self._submit_timeout)
+        except errors.NotFound:
+            self._registry.forget(report.node_id)
+            raise
 
 
 def build_rows(node_id: str, boot_id: int, seq: int, received: int,
