@@ -2,6 +2,7 @@
 
     python bench/bench_ingest.py [--nodes 1000] [--agents 20] [--procs 4] [--threads 8]
                                  [--duration 10] [--full-every 10] [--operations 50]
+    python bench/bench_ingest.py --workers 1,2 [--repeat 3] [--nodes 4000] ...
 
 A real manager (`fleet.py --role manager`, SQLite in a temporary directory, both
 ports picked free, random API and cluster tokens) takes reports from `--procs`
@@ -13,6 +14,11 @@ on one keep-alive connection. Last, the raw rate of the SQLite executemany upser
 alone is measured. Prints agent states stored per second, report latency p50/p99,
 HTTP operate restart median/p95 and the raw upsert rate.
 Targets: >= 20,000 states/s, p99 <= 250 ms, operate restart over HTTP <= 25 ms median.
+
+`--workers 1,2` compares `[manager] workers` counts instead: for each of
+`--repeat` rounds, one ingest run per count (fresh database each), then a table
+of the median states/s, p50 and p99 and CPU per count. Each simulator thread has
+its own connection, so reports spread over the workers as real daemons' do.
 """
 from __future__ import annotations
 
@@ -99,7 +105,7 @@ def wait_for_listening(proc: subprocess.Popen, log_path: pathlib.Path, key: str)
                        f"(exit status {proc.poll()}):\n{tail}")
 
 
-def launch_manager(workdir: pathlib.Path, procs: list) -> Manager:
+def launch_manager(workdir: pathlib.Path, procs: list, workers: int = 1) -> Manager:
     """Start the real manager on a fresh SQLite file, both ports free, random tokens."""
     api_token, cluster_token = secrets.token_hex(16), secrets.token_hex(16)
     config = workdir / "manager.toml"
@@ -109,12 +115,18 @@ def launch_manager(workdir: pathlib.Path, procs: list) -> Manager:
                           'grpc = "127.0.0.1:0"\n'
                           f"db = {q('sqlite:///' + str(workdir / 'fleet.db'))}\n"
                           f"api_token = {q(api_token)}\n"
-                          f"cluster_token = {q(cluster_token)}\n")
+                          f"cluster_token = {q(cluster_token)}\n"
+                          f"workers = {workers}\n")
     log = workdir / "manager.log"
     proc = spawn("manager", config, log)
     procs.append(proc)
     grpc_address = wait_for_listening(proc, log, "grpc")
     http_address = wait_for_listening(proc, log, "http")
+    deadline = time.monotonic() + START_TIMEOUT
+    while log.read_text(errors="replace").count("listening http=") < workers:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{workers} workers did not all listen; see {log}")
+        time.sleep(0.05)
     return Manager(proc, grpc_address, http_address, api_token, cluster_token)
 
 
@@ -209,21 +221,25 @@ def client(address: str, first: int, count: int, agents: int, threads: int,
 
     Every call carries the cluster token (from $BENCH_CLUSTER_TOKEN) as metadata.
     """
-    from fleet.rpc import open_channel
+    import grpc
+
+    from fleet.rpc import KEEPALIVE_OPTIONS
     from fleet.v1 import fleet_pb2_grpc
 
     metadata = (("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),)
-    channel = open_channel(address)
-    stub = fleet_pb2_grpc.ManagerServiceStub(channel)
+    # One connection per thread (a pool of its own each), as each real daemon has its own.
+    options = list(KEEPALIVE_OPTIONS) + [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(address, options=options) for _ in range(threads)]
+    stubs = [fleet_pb2_grpc.ManagerServiceStub(channel) for channel in channels]
     nodes = [f"bench-{i:05d}" for i in range(first, first + count)]
-    for n in nodes:
-        stub.RegisterNode(pb.RegisterNodeRequest(node_id=n, boot_id=1), timeout=DEADLINE,
-                          metadata=metadata)
-    sync = functools.partial(stub.SyncAgentStates, timeout=DEADLINE, metadata=metadata)
+    for i, n in enumerate(nodes):
+        stubs[i % threads].RegisterNode(pb.RegisterNodeRequest(node_id=n, boot_id=1),
+                                        timeout=DEADLINE, metadata=metadata)
     go, until, latencies, errors = threading.Event(), [0.0], [], []
-    workers = [threading.Thread(target=reporter, args=(sync, nodes[t::threads], agents,
-                                                       full_every, go, until, latencies, errors))
-               for t in range(threads)]
+    workers = [threading.Thread(target=reporter, args=(
+        functools.partial(stubs[t].SyncAgentStates, timeout=DEADLINE, metadata=metadata),
+        nodes[t::threads], agents, full_every, go, until, latencies, errors))
+        for t in range(threads)]
     for w in workers:
         w.start()
     print("ready", flush=True)
@@ -231,7 +247,8 @@ def client(address: str, first: int, count: int, agents: int, threads: int,
     go.set()
     for w in workers:
         w.join()
-    channel.close()
+    for channel in channels:
+        channel.close()
     print(json.dumps({"latencies": latencies, "errors": errors}), flush=True)
 
 
@@ -259,15 +276,16 @@ def measure_ingest(manager: Manager, args, procs: list) -> Ingest:
     for c in clients:
         if c.stdout.readline().strip() != "ready":
             raise RuntimeError("a simulated daemon failed to start")
-    server = psutil.Process(manager.proc.pid)
-    cpu_before = sum(server.cpu_times()[:2])
+    parent = psutil.Process(manager.proc.pid)
+    servers = [parent] + parent.children()      # with workers: the parent and each worker
+    cpu_before = sum(sum(p.cpu_times()[:2]) for p in servers)
     began = time.perf_counter()
     for c in clients:
         c.stdin.write(f"{args.duration}\n")
         c.stdin.flush()
     results = [json.loads(c.stdout.readline()) for c in clients]
     elapsed = time.perf_counter() - began
-    cpu_seconds = sum(server.cpu_times()[:2]) - cpu_before
+    cpu_seconds = sum(sum(p.cpu_times()[:2]) for p in servers) - cpu_before
     for c in clients:
         c.wait(30)
     return Ingest(results, elapsed, cpu_seconds)
@@ -371,6 +389,46 @@ def run(args) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def ingest_figures(args, ingest: Ingest) -> dict:
+    """states/s, p50 and p99 ms, failed reports and CPU % of one ingest run."""
+    latencies = sorted(x for r in ingest.results for x in r["latencies"])
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return {"states/s": len(latencies) * args.agents / ingest.elapsed,
+            "p50 ms": quantiles[49] * 1000, "p99 ms": quantiles[98] * 1000,
+            "failed": sum(len(r["errors"]) for r in ingest.results),
+            "CPU %": ingest.cpu_seconds / ingest.elapsed * 100}
+
+
+def compare_workers(args) -> None:
+    """Ingest runs for each `--workers` count, `--repeat` rounds; a table of medians."""
+    counts = [int(c) for c in args.workers.split(",")]
+    runs: dict[int, list[dict]] = {c: [] for c in counts}
+    for round_ in range(args.repeat):
+        for count in counts:
+            workdir = pathlib.Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+            procs: list[subprocess.Popen] = []
+            try:
+                ingest = measure_ingest(launch_manager(workdir, procs, count), args, procs)
+            except BaseException:
+                print(f"benchmark failed; logs kept in {workdir}", file=sys.stderr)
+                raise
+            finally:
+                stop_all(procs, workdir / "state")
+            runs[count].append(ingest_figures(args, ingest))
+            print(f"round {round_ + 1} workers={count}: " + "  ".join(
+                f"{k} {v:,.0f}" for k, v in runs[count][-1].items()), flush=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nnodes={args.nodes} agents/node={args.agents} procs={args.procs} "
+          f"in-flight={args.procs * args.threads} duration={args.duration:.0f}s "
+          f"rounds={args.repeat} (medians)")
+    keys = list(runs[counts[0]][0])
+    print("| workers | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for count in counts:
+        print(f"| {count} | " + " | ".join(
+            f"{statistics.median(r[k] for r in runs[count]):,.0f}" for k in keys) + " |")
+
+
 def report_ingest(args, ingest: Ingest, rows: int) -> None:
     """Print the figures of the ingest run."""
     latencies = sorted(x for r in ingest.results for x in r["latencies"])
@@ -414,12 +472,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--full-every", type=int, default=10)
     parser.add_argument("--operations", type=int, default=50)
+    parser.add_argument("--workers", help="compare these [manager] workers counts, e.g. 1,2")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of --workers runs")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         client(args.client, args.first, args.count, args.agents, args.threads, args.full_every)
+    elif args.workers:
+        compare_workers(args)
     else:
         run(args)
 

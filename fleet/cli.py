@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     manager.add_argument("--http", help="HTTP API address, HOST:PORT")
     manager.add_argument("--grpc", help="manager gRPC address, HOST:PORT")
     manager.add_argument("--db", help="sqlite:///PATH or postgresql://...")
+    manager.add_argument("--workers", help="manager processes sharing both ports")
+    manager.add_argument("--worker-of", dest="worker_of", type=int, default=0,
+                         help=argparse.SUPPRESS)   # set by the parent of workers
     daemon = parser.add_argument_group("daemon")
     daemon.add_argument("--manager", action="append", help="manager address (repeatable)")
     daemon.add_argument("--listen", help="daemon gRPC address, HOST:PORT")
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     shutdown.install()
     from fleet import roles  # imports only what the role needs
     try:
+        if config.role == "manager" and (args.worker_of or config.manager.workers > 1):
+            return roles.run_workers(config, shutdown.requested, argv, args.worker_of)
         return roles.run(config, shutdown.wait)
     except ConfigError as exc:   # a token file beside the database, read before anything starts
         return config_errors(exc)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable
+import threading
+from typing import Callable, Sequence
 
 from fleet.config import Config, TLSConfig
 from fleet.values import join_address
@@ -41,9 +42,24 @@ def run_daemon(config: Config, wait: Callable[[], None], label: str = "grpc") ->
     return 0
 
 
-def run_manager(config: Config, wait: Callable[[], None]) -> int:
+def run_workers(config: Config, stop: threading.Event, argv: Sequence[str],
+                worker_of: int) -> int:
+    """`[manager] workers` > 1: the parent of the workers, or (worker_of: the
+    parent's pid) one of them, which stops when `stop` is set or its parent is gone."""
+    from fleet.manager import workers
+    if not worker_of:
+        return workers.run_workers(config.manager, workers.worker_command(argv), stop)
+    workers.watch_parent(worker_of, stop)
+
+    def wait() -> None:
+        while not stop.wait(1.0):
+            pass
+    return run_manager(config, wait, worker=True)
+
+
+def run_manager(config: Config, wait: Callable[[], None], worker: bool = False) -> int:
     from fleet.manager.app import Manager
-    manager = Manager(config.manager)
+    manager = Manager(config.manager, worker=worker)
     try:
         manager.start()
     except BaseException:

@@ -187,14 +187,17 @@ def _read(path: str) -> bytes:
 
 def create_server(address: str, register: Iterable[Callable[[grpc.Server], None]],
                   token: str = "", tls: TLSConfig | None = None,
-                  max_workers: int = 16) -> tuple[grpc.Server, int]:
+                  max_workers: int = 16, reuse_port: bool = False) -> tuple[grpc.Server, int]:
     """A started-not-yet server bound to address; returns (server, bound port).
 
+    `reuse_port`: share the port with other processes that set it too (workers).
     Raises OSError when the address cannot be bound (port in use).
     """
     interceptors = [TokenCheck(token)] if token else []
+    options = [(key, 1 if key == "grpc.so_reuseport" and reuse_port else value)
+               for key, value in SERVER_OPTIONS]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="fleet-grpc"),
-                         interceptors=interceptors, options=SERVER_OPTIONS)
+                         interceptors=interceptors, options=options)
     for add in register:
         add(server)
     host, port = split_address(address)

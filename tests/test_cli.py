@@ -182,9 +182,9 @@ PG = "postgresql://fleet@localhost/fleet"
                  ["[manager] db: the PostgreSQL URL names no database"], id="no-database-name"),
     pytest.param('[manager]\ndb = "sqlite:///:memory:"',
                  ["[manager] db: sqlite:///:memory: is not supported"], id="memory"),
-    pytest.param('[manager]\nworkers = 2\nmetrics_public = "sometimes"',
-                 ["[manager] metrics_public: not a boolean", "[manager] workers: unknown key"],
-                 id="keys-that-do-nothing"),
+    pytest.param('[manager]\nworkers = 65\nmetrics_public = "sometimes"',
+                 ["[manager] metrics_public: not a boolean",
+                  "[manager] workers: must be between 1 and 64"], id="bad-workers"),
     pytest.param('log_level = "loud"\nlog_format = "xml"',
                  ["log_level: must be one of", "log_format: "], id="top-level"),
     pytest.param('[[agents]]\nid = "ticker"\ncommand = ["x"]\nrestart = "sometimes"\n'

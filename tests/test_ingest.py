@@ -247,9 +247,11 @@ def test_concurrent_reports_share_transactions(db_url):
 
 
 def test_report_of_deleted_node_leaves_no_rows(manager):
-    """Rows of a report whose node was deleted meanwhile are not kept (no orphans)."""
+    """Rows of a report whose node was deleted meanwhile are not kept (no orphans), and
+    the submit says NOT_FOUND (the daemon then registers again)."""
     row = agent_row("gone", state("a"), 1, 1, 0)
-    manager.writer.submit(Report("gone", 1, 1, False, [row], (), 0))
+    with pytest.raises(errors.NotFound):
+        manager.writer.submit(Report("gone", 1, 1, False, [row], (), 0))
     assert manager.rows("gone") == {}
 
 

@@ -25,7 +25,8 @@ from fleet.config.agents import (HEALTH_ACTIONS, PROBE_KINDS, RESTART_POLICIES, 
                                  AgentConfig, HealthConfig, LimitsConfig, read_agents)
 from fleet.config.daemon import DaemonConfig, check_daemon_security, read_daemon
 from fleet.config.manager import (API_SCOPES, ApiToken, ManagerConfig,  # noqa: F401
-                                  check_manager_database, read_manager)
+                                  check_manager_database, check_manager_workers,
+                                  read_manager)
 from fleet.config.reader import Reader, TLSConfig  # noqa: F401 - re-exported
 from fleet.errors import ConfigError
 from fleet.values import to_choice
@@ -50,6 +51,7 @@ FLAG_KEYS: dict[str, list[tuple[str | None, str]]] = {
     "api_token": [("manager", "api_token")],
     "cluster_token": [("manager", "cluster_token"), ("daemon", "cluster_token")],
     "log_level": [(None, "log_level")], "log_format": [(None, "log_format")],
+    "workers": [("manager", "workers")],
 }
 
 
@@ -113,4 +115,5 @@ def parse(role: str, data: dict, problems: list[str]) -> Config:
     config = Config(role, manager, daemon, agents, level, fmt)
     check_daemon_security(config, problems)
     check_manager_database(config, problems)
+    check_manager_workers(config, problems)
     return config

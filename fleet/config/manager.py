@@ -41,6 +41,10 @@ class ManagerConfig:
     api_tokens: tuple[ApiToken, ...] = ()   # (name, token, scope)
     cluster_token: str = ""
     tls: TLSConfig | None = None
+    workers: int = 1                   # manager processes sharing both ports (SO_REUSEPORT)
+
+
+MAX_WORKERS = 64
 
 
 def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
@@ -72,6 +76,7 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
         api_tokens=tuple(tokens),
         cluster_token=cluster_token,
         tls=read_tls(r, ("cert", "key", "client_ca")),
+        workers=r.get("workers", 1, lambda v: to_int(v, 1, MAX_WORKERS)),
     )
     r.check_unknown()
     if api_token and api_token == cluster_token:
@@ -136,6 +141,14 @@ def _scoped_token(r: Reader, name: str) -> ApiToken:
     if path:
         token = read_token_file(r, "file", path)
     return ApiToken(name, token if scope else "", scope)
+
+
+def check_manager_workers(config: Config, problems: list[str]) -> None:
+    """`workers` > 1 runs manager processes only: `--role all` keeps one process, so
+    its local daemon and its manager share fate (DESIGN.md "Scale")."""
+    if config.role == "all" and config.manager.workers > 1:
+        problems.append(f"[manager] workers: {config.manager.workers} needs --role manager; "
+                        "--role all runs one manager process (set workers = 1)")
 
 
 def check_manager_database(config: Config, problems: list[str]) -> None:

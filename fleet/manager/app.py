@@ -2,10 +2,15 @@
 daemon client pool, started in order and stopped in the reverse one.
 
 Both ports are bound before anything is written: a start that fails on a port
-in use leaves no token file and no database behind."""
+in use leaves no token file and no database behind.
+
+A `worker` (one of `[manager] workers`, fleet.manager.workers) binds both ports
+with SO_REUSEPORT beside its siblings, leaves token files and migrations to its
+parent, and names itself in an `X-Fleet-Worker: PID` header on every HTTP answer."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Iterable
 
 from fleet.config import ManagerConfig
@@ -13,7 +18,7 @@ from fleet.listen import listen
 from fleet.values import join_address, split_address
 from fleet.manager.service import FleetService
 from fleet.manager.audit import AuditLog
-from fleet.manager.store.db import migrate, open_database
+from fleet.manager.store.db import close_database, migrate, open_database
 from fleet.manager.events import EventService
 from fleet.manager.api.metrics import ManagerMetrics
 from fleet.manager.views import FleetViews
@@ -31,9 +36,21 @@ log = logging.getLogger(__name__)
 GRPC_WORKERS = 64   # each report holds a worker until its rows are committed
 
 
+def prepare_storage(config: ManagerConfig) -> None:
+    """What a manager writes before serving, done once by the parent of workers:
+    new token files, and the database created or migrated."""
+    create_token_files(resolve_tokens(config))
+    db = open_database(config.db)
+    try:
+        migrate(db)
+    finally:
+        close_database(db)
+
+
 class Manager:
-    def __init__(self, config: ManagerConfig):
+    def __init__(self, config: ManagerConfig, worker: bool = False):
         self.config = config
+        self.worker = worker               # one of several processes sharing the ports
         self.cluster_token = ""
         self.grpc_port = 0                 # the ports actually bound
         self.http_port = 0
@@ -59,10 +76,12 @@ class Manager:
         self._tokens = resolve_tokens(cfg)
         self.cluster_token = self._tokens.cluster
         self._grpc, self.grpc_port = listen("grpc", cfg.grpc, lambda: create_server(
-            cfg.grpc, [], token=self.cluster_token, tls=cfg.tls, max_workers=GRPC_WORKERS))
+            cfg.grpc, [], token=self.cluster_token, tls=cfg.tls, max_workers=GRPC_WORKERS,
+            reuse_port=self.worker), reuse_port=self.worker)
         self._http = listen("http", cfg.http, lambda: serve_http(
             self._app, cfg.http, cfg.tls, request_timeout=cfg.http_request_timeout,
-            max_connections=cfg.http_max_connections))
+            max_connections=cfg.http_max_connections, reuse_port=self.worker),
+            reuse_port=self.worker)
         self.http_port = self._http.port
 
     def start(self) -> None:
@@ -73,9 +92,10 @@ class Manager:
         """
         cfg = self.config
         self.bind()
-        create_token_files(self._tokens)
         db = open_database(cfg.db)
-        migrate(db)
+        if not self.worker:                # the parent of workers did both
+            create_token_files(self._tokens)
+            migrate(db)
         self.parts = build_manager(db, offline_after=cfg.offline_after,
                                    events_retention=cfg.events_retention,
                                    node_metrics_retention=cfg.node_metrics_retention,
@@ -108,7 +128,8 @@ class Manager:
         self.routes = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
                                events=EventService(self.parts.events, self.parts.nodes),
                                metrics=self.metrics, metrics_public=self.config.metrics_public)
-        return self.metrics.instrument(self.routes)
+        app = self.metrics.instrument(self.routes)
+        return _named(app, str(os.getpid())) if self.worker else app
 
     def stop_http(self) -> None:
         """The first step of shutdown: gRPC health turns NOT_SERVING (load balancers
@@ -127,6 +148,15 @@ class Manager:
             self.pool.close_all()
         if self.parts is not None:
             self.parts.stop()
+
+
+def _named(app: Callable, pid: str) -> Callable:
+    """`app` answering with an `X-Fleet-Worker: PID` header: which worker served."""
+    def named(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def start(status: str, headers: list, *exc_info) -> Callable:
+            return start_response(status, headers + [("X-Fleet-Worker", pid)], *exc_info)
+        return app(environ, start)
+    return named
 
 
 class _LateApp:

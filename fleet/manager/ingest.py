@@ -135,7 +135,7 @@ class ReportService:
         except BaseException:
             self._writer.backlog.release(cost, committed=False)
             raise
-        self._writer.submit(report, self._submit_timeout, cost)
+        self._submit(report, cost)
         if stopping:
             log.info("node %s stopped cleanly (boot %d): offline", node_id, boot_id)
         self._registry.advance(node_id, boot_id, seq)
@@ -150,9 +150,20 @@ class ReportService:
         known = self._registry.get(node_id)
         if known is None:
             return True
-        self._writer.submit(Report(node_id, boot_id, None, False, [], (), now_ms(self._clock)),
-                            self._submit_timeout)
+        try:
+            self._submit(Report(node_id, boot_id, None, False, [], (), now_ms(self._clock)))
+        except errors.NotFound:
+            return True
         return boot_id > known[0]
+
+    def _submit(self, report: Report, cost: int = 0) -> None:
+        """writer.submit(); a node deleted meanwhile (through another manager or
+        worker, whose registry forgot it, not this one's) is forgotten here too."""
+        try:
+            self._writer.submit(report, self._submit_timeout, cost)
+        except errors.NotFound:
+            self._registry.forget(report.node_id)
+            raise
 
 
 def build_rows(node_id: str, boot_id: int, seq: int, received: int,

@@ -11,10 +11,11 @@ from fleet.manager.events import EventStore
 from fleet.manager.ingest import IngestWriter, ReportService
 from fleet.manager.nodemetrics import NodeMetricsStore
 from fleet.manager.nodes import NodeStore
-from fleet.manager.retention import Purger
+from fleet.manager.retention import PURGE_INTERVAL, Purger
 from fleet.manager.servicer import ManagerServicer
 from fleet.manager.store.backlog import DEFAULT_MAX_ROWS, Backlog
 from fleet.manager.store.db import close_database
+from fleet.manager.store.lease import Lease, holder_name
 from fleet.manager.store.registry import Registry
 
 
@@ -63,5 +64,7 @@ def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interva
     servicer = ManagerServicer(nodes, reports, sync_interval, heartbeat_interval,
                                node_metrics=node_metrics)
     events = EventStore(db, events_retention)
+    # One purge across every manager and worker on this database: the lease's holder.
+    lease = Lease(db, "purge", holder_name(), ttl=PURGE_INTERVAL * 1.5)
     return ManagerParts(db, registry, writer, nodes, reports, servicer, events,
-                        Purger([events, node_metrics]), node_metrics)
+                        Purger([events, node_metrics], lease=lease), node_metrics)

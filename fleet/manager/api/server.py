@@ -49,11 +49,11 @@ class HttpServer:
 
     def __init__(self, app: Callable, address: str, tls: Optional[TLSConfig] = None, *,
                  threads: int = DEFAULT_THREADS, request_timeout: float = REQUEST_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, reuse_port: bool = False):
         host, port = split_address(address)
         self._ssl = _server_context(tls) if tls else None
         _make_room_for(max_connections)
-        self._sock = socket.create_server((host, port), backlog=BACKLOG,
+        self._sock = socket.create_server((host, port), backlog=BACKLOG, reuse_port=reuse_port,
                                           family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self._sock.setblocking(False)
         self.host = host
@@ -248,7 +248,9 @@ def _make_room_for(connections: int) -> None:
 
 def serve_http(app: Callable, address: str, tls: Optional[TLSConfig] = None, *,
                threads: int = DEFAULT_THREADS, request_timeout: float = REQUEST_TIMEOUT,
-               max_connections: int = MAX_CONNECTIONS) -> HttpServer:
-    """A bound HttpServer for `app` on `address` ("127.0.0.1:0" picks a port); not serving yet."""
+               max_connections: int = MAX_CONNECTIONS, reuse_port: bool = False) -> HttpServer:
+    """A bound HttpServer for `app` on `address` ("127.0.0.1:0" picks a port); not serving yet.
+
+    `reuse_port`: share the port with other processes that set it too (workers)."""
     return HttpServer(app, address, tls, threads=threads, request_timeout=request_timeout,
-                      max_connections=max_connections)
+                      max_connections=max_connections, reuse_port=reuse_port)

@@ -206,7 +206,7 @@ class IngestWriter:
         try:
             self._connect()
             with self._db.atomic(), DRIVER_ERRORS:
-                self._apply(self._db.cursor(), [p.report for p in batch])
+                gone = self._apply(self._db.cursor(), [p.report for p in batch])
         except STORAGE_FAULTS as exc:       # locked, disk full, connection lost
             log.warning("state write of %d reports failed: %s", len(batch), exc)
             self._close()                   # a broken connection reconnects next batch
@@ -219,10 +219,15 @@ class IngestWriter:
             return
         self.batches += 1
         self.reports += len(batch)
-        self._finish(batch, None)
+        self._finish([p for p in batch if p.report.node_id not in gone], None)
+        for pending in batch:           # deleted through another manager or worker
+            if pending.report.node_id in gone:
+                self._finish([pending], errors.NotFound(
+                    f"node {pending.report.node_id!r} is not registered"))
 
-    def _apply(self, cursor, reports: list[Report]) -> None:
-        """Every statement of a batch, inside its one transaction.
+    def _apply(self, cursor, reports: list[Report]) -> set[str]:
+        """Every statement of a batch, inside its one transaction; the node_ids that
+        have no node row (deleted: their reports were not stored).
 
         Rows are locked in one order, as registration, pulls and deletion do
         too: the batch's node rows first (by node_id), then their agents and
@@ -258,6 +263,17 @@ class IngestWriter:
         backend.execute_many(cursor, sql["orphans"], list(nodes.values()))
         if event_nodes:
             backend.execute_many(cursor, sql["orphan_events"], list(event_nodes.values()))
+        return self._missing(cursor, list(nodes))
+
+    def _missing(self, cursor, node_ids: list[str]) -> set[str]:
+        """Which of `node_ids` have no node row."""
+        found: set[str] = set()
+        for start in range(0, len(node_ids), 500):
+            chunk = node_ids[start:start + 500]
+            cursor.execute(self._backend.sql("SELECT node_id FROM node WHERE node_id IN (%s)"
+                                             % ", ".join("?" * len(chunk))), chunk)
+            found.update(row[0] for row in cursor.fetchall())
+        return set(node_ids) - found
 
     def _delete_unmentioned(self, cursor, r: Report) -> None:
         # After the upsert every row the report mentions carries its (boot_id,
