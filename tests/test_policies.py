@@ -161,6 +161,7 @@ def test_an_unchanged_put_keeps_the_version_and_a_change_adds_one(fleet):
     (body({"id": "web"}), "agents: must be an array"),
     (body(labels={"role": 7}), "selector.labels.role: must be a string"),
     ({"agents": [web()]}, "selector: required"),
+    ({"selector": {}, "agents": [web()]}, "selector.labels: required"),
     ({"selector": {"labels": {}}}, "agents: required"),
     (body(hold="yes"), "hold: must be true or false"),
     (body(extra=1), "extra: unknown key"),

@@ -200,11 +200,14 @@ def read_body(body: Any) -> tuple[dict, list, bool]:
 
 
 def read_selector(selector: Any, problems: list[str]) -> dict:
-    """The labels of `{"labels": {KEY: VALUE}}`; {} (every node) when empty."""
+    """The labels of `{"labels": {KEY: VALUE}}` ({} selects every node)."""
     if not isinstance(selector, dict) or set(selector) - {"labels"}:
         problems.append('selector: must be {"labels": {"KEY": "VALUE", ...}}')
         return {}
-    labels = selector.get("labels", {})
+    if "labels" not in selector:
+        problems.append("selector.labels: required ({} selects every node)")
+        return {}
+    labels = selector["labels"]
     if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
         problems.append(f"selector.labels: must be an object of at most {MAX_LABELS} "
                         "string labels")
