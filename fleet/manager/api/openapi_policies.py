@@ -15,10 +15,25 @@ from fleet.values import MAX_SECONDS
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                      # policystore.NAME_RE
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                  # values.valid_agent_id
 _TEXT = {"type": "string", "pattern": r"^[^\x00]*$"}
-_SECONDS = {"type": "number", "minimum": 0, "maximum": MAX_SECONDS}
-_COMMAND = {"type": "array", "minItems": 1,
-            "items": {"type": "string", "minLength": 1, "pattern": r"^[^\x00]*$"},
-            "description": "argv (the config file also takes one shell-like string)"}
+_STRING = {"type": "string"}
+
+
+def _or_text(schema: dict, description: str = "") -> dict:
+    """`schema`, or a string (the config file's converters also read numbers and
+    booleans written as text: "1.5", "yes", "512MiB")."""
+    found = {"anyOf": [schema, _STRING]}
+    if description:
+        found["description"] = description
+    return found
+
+
+def _number(low: float, high: float) -> dict:
+    return _or_text({"type": "number", "minimum": low, "maximum": high})
+
+
+_SECONDS = _number(0, MAX_SECONDS)
+_COMMAND = {"anyOf": [{"type": "array", "minItems": 1, "items": _TEXT}, _STRING],
+            "description": "argv, or one shell-like string"}
 
 
 def _obj(properties: dict, required: list, description: str = "") -> dict:
@@ -32,15 +47,14 @@ def _obj(properties: dict, required: list, description: str = "") -> dict:
 
 def agent_definition() -> dict:
     """One `[[agents]]` table, as the config file has it."""
-    timing = {"interval": {**_SECONDS, "minimum": 0.1}, "timeout": {**_SECONDS, "minimum": 0.01},
-              "grace": _SECONDS, "failures": {"type": "integer", "minimum": 1, "maximum": 1000},
+    timing = {"interval": _number(0.1, MAX_SECONDS), "timeout": _number(0.01, MAX_SECONDS),
+              "grace": _SECONDS, "failures": _number(1, 1000),
               "on_unhealthy": {"type": "string", "enum": list(HEALTH_ACTIONS)}}
-    probes = {"http": {"type": "string", "pattern": "^http://[^/:]+"},
-              "tcp": {"type": "string", "pattern": r"^[^\s:\[\]]+:[0-9]{1,5}$"},
-              "exec": _COMMAND}
-    health = {"oneOf": [_obj({kind: target, **timing}, [kind]) for kind, target in probes.items()],
-              "description": "exactly one of http, tcp, exec, and its timing"}
-    limits = _obj({"memory": {"type": "integer", "minimum": 1, "maximum": 2**50},
+    probes = {"http": {**_TEXT, "description": "http://HOST[:PORT]/PATH"},
+              "tcp": {**_TEXT, "description": "HOST:PORT"}, "exec": _COMMAND}
+    health = _obj({**probes, **timing}, [], "exactly one of http, tcp, exec, and its timing")
+    limits = _obj({"memory": _or_text({"type": "integer", "minimum": 1, "maximum": 2**50},
+                                      "bytes, or a size like \"512MiB\""),
                    "cpu": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
                            "maximum": 100000},
                    "for": _SECONDS, "action": {"type": "string", "enum": list(HEALTH_ACTIONS)}},
@@ -49,17 +63,18 @@ def agent_definition() -> dict:
         "id": {"type": "string", "pattern": AGENT_ID_PATTERN}, "command": _COMMAND,
         "type": _TEXT, "version": _TEXT, "cwd": _TEXT,
         "env": {"type": "object", "additionalProperties": _TEXT},
-        "autostart": {"type": "boolean"},
+        "autostart": _or_text({"type": "boolean"}, "true/false (or yes/no, on/off, 1/0)"),
         "restart": {"type": "string", "enum": list(RESTART_POLICIES)},
         "start_seconds": _SECONDS,
-        "start_retries": {"type": "integer", "minimum": -1, "maximum": 1_000_000},
+        "start_retries": _number(-1, 1_000_000),
         "backoff_initial": _SECONDS, "backoff_max": {**_SECONDS, "description": (
             "at least backoff_initial")},
-        "stop_signal": {"type": "string", "enum": sorted({s.name for s in signal.Signals}),
-                        "description": "a signal name (the config file also takes a number)"},
+        "stop_signal": {"anyOf": [{"type": "integer"}, _STRING], "description": (
+            "a signal name or number, e.g. " + ", ".join(sorted({s.name for s in signal.Signals
+                                                                  })[:3]))},
         "stop_timeout": _SECONDS,
-        "log_max_bytes": {"type": "integer", "minimum": 1024, "maximum": 2**50},
-        "log_backups": {"type": "integer", "minimum": 0, "maximum": 100},
+        "log_max_bytes": _number(1024, 2**50),
+        "log_backups": _number(0, 100),
         "health": health, "limits": limits}, ["id", "command"],
         "One [[agents]] table of the config file, in JSON")
 
