@@ -201,13 +201,20 @@ class PolicyStore:
             snapshot, checked = self._snapshot, self._checked_at
         if snapshot is not None and not fresh and now - checked < SNAPSHOT_TTL:
             return snapshot
-        with self._db.connection_context():
-            fingerprint = self._fingerprint()
-            if snapshot is not None and snapshot.fingerprint == fingerprint:
-                with self._lock:
-                    self._checked_at = now
-                return snapshot
-            loaded = self._load(fingerprint)
+        try:
+            with self._db.connection_context():
+                fingerprint = self._fingerprint()
+                if snapshot is not None and snapshot.fingerprint == fingerprint:
+                    with self._lock:
+                        self._checked_at = now
+                    return snapshot
+                loaded = self._load(fingerprint)
+        except peewee.OperationalError as exc:
+            if snapshot is None or fresh:
+                raise
+            # A heartbeat must not fail for this: the last snapshot answers meanwhile.
+            log.warning("policy snapshot not refreshed: %s", exc)
+            return snapshot
         with self._lock:
             self._snapshot, self._checked_at = loaded, now
         log.debug("policy snapshot %d: %d policies, %d pinned nodes", loaded.generation,

@@ -79,18 +79,21 @@ def agent_definition() -> dict:
         "One [[agents]] table of the config file, in JSON")
 
 
-def schemas(ref) -> dict:
-    """Policy, PolicyList, PolicyResponse, PolicyRequest, PolicyDeleted."""
-    count = {"type": "integer", "format": "int64", "minimum": 0}
+def _selector() -> dict:
     labels = {"type": "object", "additionalProperties": {"type": "string"},
               "maxProperties": policies.MAX_LABELS,
               "description": "a node must carry every label; empty: every node"}
-    selector = _obj({"labels": labels}, ["labels"])
-    policy = _obj({
+    return _obj({"labels": labels}, ["labels"])
+
+
+def policy() -> dict:
+    """The Policy object (DESIGN.md "Changing the fleet"), with the nodes' counts."""
+    count = {"type": "integer", "format": "int64", "minimum": 0}
+    return _obj({
         "name": {"type": "string", "pattern": NAME_PATTERN},
         "version": {"type": "integer", "format": "int64", "minimum": 1,
                     "description": "grows by one per change"},
-        "selector": selector,
+        "selector": _selector(),
         "agents": {"type": "array", "items": {"type": "object"},
                    "description": "the agent definitions, as put"},
         "updated_at": {"type": "integer", "format": "int64",
@@ -109,15 +112,19 @@ def schemas(ref) -> dict:
             "Nodes that applied it but kept a local agent of the same id (those ids)")},
     }, ["name", "version", "selector", "agents", "updated_at", "nodes", "failures",
         "conflicts"], "Agent definitions for the nodes whose labels match a selector")
+
+
+def schemas(ref) -> dict:
+    """Policy, PolicyList, PolicyResponse, PolicyRequest, PolicyDeleted."""
     request = _obj({
-        "selector": selector,
+        "selector": _selector(),
         "agents": {"type": "array", "items": agent_definition(), "description": (
             "Checked like the config file's [[agents]]; ids unique")},
         "hold": {"type": "boolean", "default": False, "description": (
             "Pin the nodes matching the previous version at it (a rollout releases them)")}},
         ["selector", "agents"])
     return {
-        "Policy": policy, "PolicyRequest": request,
+        "Policy": policy(), "PolicyRequest": request,
         "AgentDefinition": agent_definition(),
         "PolicyResponse": _obj({"policy": ref("Policy")}, ["policy"]),
         "PolicyList": _obj({"policies": {"type": "array", "items": ref("Policy")},
