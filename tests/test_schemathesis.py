@@ -20,6 +20,7 @@ import schemathesis
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance,
+                                               positive_data_acceptance,
                                                response_headers_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
@@ -33,6 +34,10 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 NODE, AGENT = "n1", "sleeper"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
+# Agent definitions have rules across keys (unique ids, backoff_max >= backoff_initial,
+# exactly one health probe) that OpenAPI 3.0 cannot state: a body the schema allows may
+# still be refused with 400 naming the key, so only there is acceptance not checked.
+CROSS_KEY_RULES = {("PUT", "/api/v1/policies/{name}")}
 EXAMPLES = hypothesis.settings(
     max_examples=25, derandomize=True, deadline=None, database=None,
     suppress_health_check=list(hypothesis.HealthCheck))
@@ -122,7 +127,9 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @EXAMPLES
 def test_generated_requests(case):
     """Generated requests pass every default check: no 5xx, conformance, invalid data refused."""
-    case.call_and_validate(headers=AUTH, timeout=40)
+    operation = (case.operation.method.upper(), case.operation.path)
+    excluded = [positive_data_acceptance] if operation in CROSS_KEY_RULES else []
+    case.call_and_validate(headers=AUTH, timeout=40, excluded_checks=excluded)
 
 
 @schema.parametrize()

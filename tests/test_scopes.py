@@ -166,8 +166,8 @@ def test_unknown_routes_are_404_for_every_token(fleet):
     which paths exist."""
     for name in TOKENS:
         for method in ("GET", "POST", "DELETE"):
-            status, body = fleet.call(name, method, "/api/v1/policies", {} if method == "POST"
-                                      else None)
+            status, body = fleet.call(name, method, "/api/v1/no-such-list",
+                                      {} if method == "POST" else None)
             assert (status, body["error"]["code"]) == (404, "not_found")
     assert fleet.api.call("DELETE", "/api/v1/nope", token="")[0] == 404
 

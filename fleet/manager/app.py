@@ -25,6 +25,7 @@ from fleet.manager.views import FleetViews
 from fleet.manager.api.routes import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.parts import ManagerParts, build_manager
+from fleet.manager.policies import PolicyService
 from fleet.manager.tokens import ApiAuth, ManagerTokens, create_token_files, resolve_tokens
 from fleet.manager.api.server import HttpServer, serve_http
 from fleet.rpc import as_client, create_server
@@ -127,7 +128,8 @@ class Manager:
                                node_metrics=self.parts.node_metrics)
         self.routes = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
                                events=EventService(self.parts.events, self.parts.nodes),
-                               metrics=self.metrics, metrics_public=self.config.metrics_public)
+                               metrics=self.metrics, metrics_public=self.config.metrics_public,
+                               policies=PolicyService(self.parts.policies, audit))
         app = self.metrics.instrument(self.routes)
         return _named(app, str(os.getpid())) if self.worker else app
 

@@ -88,3 +88,11 @@ def decode_time_id(cursor: Optional[str]) -> Optional[tuple[int, int]]:
 def split_page(items: list, limit: int) -> tuple[list, bool]:
     """(the first `limit` items, whether there were more): a page read with LIMIT limit + 1."""
     return items[:limit], len(items) > limit
+
+
+POLICY_CURSOR = AGENT_CURSOR                # policies: the last name (same rule as agent ids)
+
+
+def decode_policy(cursor: Optional[str]) -> Optional[str]:
+    """The policy name a policies page ended with (None: first page)."""
+    return _match(POLICY_CURSOR, cursor)

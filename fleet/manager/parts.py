@@ -11,6 +11,7 @@ from fleet.manager.events import EventStore
 from fleet.manager.ingest import IngestWriter, ReportService
 from fleet.manager.nodemetrics import NodeMetricsStore
 from fleet.manager.nodes import NodeStore
+from fleet.manager.policystore import PolicyStore
 from fleet.manager.retention import PURGE_INTERVAL, Purger
 from fleet.manager.servicer import ManagerServicer
 from fleet.manager.store.backlog import DEFAULT_MAX_ROWS, Backlog
@@ -32,6 +33,7 @@ class ManagerParts:
     events: EventStore
     purger: Purger
     node_metrics: NodeMetricsStore
+    policies: PolicyStore | None = None
 
     def start(self) -> None:
         """Start the ingest writer and the retention purge (idempotent)."""
@@ -61,10 +63,11 @@ def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interva
     nodes = NodeStore(db, registry, offline_after)
     reports = ReportService(registry, writer)
     node_metrics = NodeMetricsStore(db, registry, node_metrics_retention)
+    policies = PolicyStore(db, registry)
     servicer = ManagerServicer(nodes, reports, sync_interval, heartbeat_interval,
-                               node_metrics=node_metrics)
+                               node_metrics=node_metrics, policies=policies)
     events = EventStore(db, events_retention)
     # One purge across every manager and worker on this database: the lease's holder.
     lease = Lease(db, "purge", holder_name(), ttl=PURGE_INTERVAL * 1.5)
     return ManagerParts(db, registry, writer, nodes, reports, servicer, events,
-                        Purger([events, node_metrics], lease=lease), node_metrics)
+                        Purger([events, node_metrics], lease=lease), node_metrics, policies)

@@ -14,6 +14,7 @@ import grpc
 from fleet.manager.ingest import ReportService
 from fleet.manager.nodemetrics import NodeMetricsStore
 from fleet.manager.nodes import NodeFacts, NodeStore
+from fleet.manager.policystore import PolicyStore
 from fleet.rpc import translate
 from fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -25,10 +26,12 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
 
     def __init__(self, nodes: NodeStore, reports: ReportService,
                  sync_interval: float = 0.0, heartbeat_interval: float = 0.0,
-                 node_metrics: NodeMetricsStore | None = None):
+                 node_metrics: NodeMetricsStore | None = None,
+                 policies: PolicyStore | None = None):
         self._nodes = nodes
         self._reports = reports
         self._node_metrics = node_metrics   # None: ReportNodeMetrics is UNIMPLEMENTED
+        self._policies = policies           # None: no policies (GetDesiredAgents UNIMPLEMENTED)
         # Told to daemons at registration; 0 means "keep your own".
         self._sync_interval = sync_interval
         self._heartbeat_interval = heartbeat_interval
@@ -47,16 +50,23 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
             advertise_address=request.advertise_address, os=request.os, arch=request.arch,
             labels=dict(request.labels), daemon_version=request.daemon_version,
             boot_id=request.boot_id))
+        if self._policies is not None:
+            self._policies.node_registered(request.node_id, dict(request.labels))
         return fleet_pb2.RegisterNodeResponse(
             sync_interval_seconds=self._sync_interval,
             heartbeat_interval_seconds=self._heartbeat_interval)
 
     @translate
     def Heartbeat(self, request, context):
-        """Touch last_seen; reregister for an unknown node or a newer boot."""
+        """Touch last_seen; reregister for an unknown node or a newer boot; the node's
+        policy version to a daemon that accepts policies (from memory: no scan)."""
         reregister = self._reports.heartbeat(request.node_id, request.boot_id)
+        version = ""
+        if request.accept_policies and not reregister and self._policies is not None:
+            version = self._policies.version_of(request.node_id)
         return fleet_pb2.HeartbeatResponse(reregister=reregister,
-                                           sync_interval_seconds=self._sync_interval)
+                                           sync_interval_seconds=self._sync_interval,
+                                           policy_version=version)
 
     @translate
     def SyncAgentStates(self, request, context):
@@ -85,6 +95,25 @@ class ManagerServicer(fleet_pb2_grpc.ManagerServiceServicer):
         accepted = self._node_metrics.report(request.node_id, request.boot_id, request.samples,
                                              request.interval_seconds)
         return fleet_pb2.ReportNodeMetricsResponse(accepted=accepted)
+
+    @translate
+    def GetDesiredAgents(self, request, context):
+        """The policies that apply to the node (pins respected), with their agents."""
+        if self._policies is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "policies are not kept here")
+        version, policies = self._policies.desired_agents(request.node_id)
+        return fleet_pb2.GetDesiredAgentsResponse(policy_version=version, policies=[
+            fleet_pb2.PolicyAgents(name=name, version=number, agents_json=agents)
+            for name, number, agents in policies])
+
+    @translate
+    def ReportPolicyStatus(self, request, context):
+        """Store the node's result for each policy (they replace its earlier ones)."""
+        if self._policies is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "policies are not kept here")
+        self._policies.report(request.node_id, request.boot_id, request.policy_version,
+                              request.results)
+        return fleet_pb2.ReportPolicyStatusResponse()
 
 
 def _ignore(seconds: float, states: int) -> None:

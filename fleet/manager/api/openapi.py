@@ -13,20 +13,21 @@ import fleet
 from fleet.errors import HTTP_STATUS
 from fleet.config import ManagerConfig
 from fleet.manager import events, nodemetrics, paging
-from fleet.manager.api import ui
+from fleet.manager.api import openapi_policies, ui
 from fleet.states import State
 
 NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # values.valid_node_id
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                          # values.valid_agent_id
 AGENT_STATUSES = [s.api_name for s in State if s is not State.UNSPECIFIED]
 HEALTHS = ["healthy", "unhealthy", "unknown"]
-AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete"]
+AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete", "policy_put", "policy_delete"]
 # "ok", or the code of any FleetError kind (what fleet.manager.audit records).
 AUDIT_RESULTS = ["ok"] + sorted({kind.code for kind in HTTP_STATUS})
 
 SCOPES_NOTE = (
     "An API token of [manager.api_tokens] has a scope: `read` may GET everything, "
-    "`operate` may also operate agents and sync nodes, `admin` may also delete nodes. "
+    "`operate` may also operate agents and sync nodes, `admin` may also delete nodes "
+    "and write policies. "
     "api_token, the generated fleet-api.token and a token without a scope are admin. "
     "A valid token below what an endpoint needs gets 403 permission_denied.")
 
@@ -171,13 +172,15 @@ def schemas() -> dict:
         "AuditEntry": _obj({
             "id": _INT, "time": {**_INT, "description": "when it began, Unix milliseconds"},
             "actor": {**_STR, "description": "the API token's name (never the token)"},
-            "node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
+            "node_id": {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN,
+                        "description": "empty for a fleet-wide change (a policy's)"},
             "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN, "nullable": True,
                          "description": "null for a node-level operation"},
             "operation": {"type": "string", "enum": AUDIT_OPERATIONS},
             "result": {"type": "string", "enum": AUDIT_RESULTS,
                        "description": "ok, or the error code"},
-            "message": {**_STR, "description": "the error message; empty when ok"},
+            "message": {**_STR, "description": "the error message; empty when ok (a "
+                        "policy change: its diff)"},
             "duration_ms": {**_INT, "minimum": 0}}, "One operation, as audited"),
         "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")},
                            "next_cursor": _NEXT}),
@@ -195,6 +198,7 @@ def schemas() -> dict:
             "events": {"type": "array", "items": _ref("Event")},
             "next_cursor": {"type": "string", "nullable": True,
                             "description": "pass as cursor for the next page; null on the last"}}),
+        **openapi_policies.schemas(_ref),
     }
 
 
@@ -288,6 +292,7 @@ def parameters() -> dict:
             "style": "form", "explode": True},
         "Kind": query("kind", {"type": "string", "enum": [""] + list(events.KINDS)},
                       "Only events of this kind (empty: every kind)"),
+        **openapi_policies.parameters(),
     }
 
 
@@ -378,6 +383,7 @@ def paths() -> dict:
         "/api/v1/overview": {"get": _op(
             "overview", "Nodes by status, agents by status and health, top restarts",
             "Overview")},
+        **openapi_policies.paths(_op),
     }
 
 

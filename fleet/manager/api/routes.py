@@ -40,7 +40,7 @@ _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
-             metrics=None, metrics_public: bool = False) -> bottle.Bottle:
+             metrics=None, metrics_public: bool = False, policies=None) -> bottle.Bottle:
     """A new bottle app serving DESIGN.md's HTTP API.
 
     `agent_service`: a fleet.manager.service.FleetService (or alike).
@@ -49,10 +49,12 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
     `events`: a fleet.manager.events.EventService (None: the events endpoints 404).
     `metrics`: a fleet.manager.api.metrics.ManagerMetrics (None: /metrics 404s);
     `metrics_public`: /metrics answers without a token.
+    `policies`: a fleet.manager.policies.PolicyService (None: the policies endpoints 404).
     """
     app = bottle.Bottle()
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
+    routes.policies = policies
     routes.exposition, routes.exposition_scope = metrics, "public" if metrics_public else "read"
     app.install(_Edge(auth, routes.refused))
     dashboard = ui.Dashboard(ui.load_files())
@@ -75,6 +77,7 @@ class _Routes:
         self._openapi = openapi_json
         self.exposition = None               # a ManagerMetrics serving /metrics, or None
         self.exposition_scope = "read"       # "public" with [manager] metrics_public
+        self.policies = None                 # a PolicyService, or None (404)
 
     def table(self) -> list[tuple[str, str, Callable, str]]:
         """(method, path, handler, scope) for every endpoint; scope is the least a
@@ -99,6 +102,10 @@ class _Routes:
             ("GET", API + "/agents", self.fleet_agents, "read"),
             ("GET", API + "/overview", self.overview, "read"),
             ("GET", node + "/metrics", self.node_metrics, "read"),
+            ("GET", API + "/policies", self.list_policies, "read"),
+            ("GET", API + "/policies/<name>", self.get_policy, "read"),
+            ("PUT", API + "/policies/<name>", self.put_policy, "admin"),
+            ("DELETE", API + "/policies/<name>", self.delete_policy, "admin"),
         ]
 
     def index(self):
@@ -174,7 +181,10 @@ class _Routes:
             operation = body.get("operation") if isinstance(body, dict) else None
         else:
             operation = {self.sync: "sync", self.delete_node: "delete"}.get(callback)
-        if isinstance(operation, str):
+        if callback in (self.put_policy, self.delete_policy) and self.policies is not None:
+            operation = "policy_put" if callback == self.put_policy else "policy_delete"
+            self.policies.record_refused(actor, kwargs.get("name"), operation, message)
+        elif isinstance(operation, str):
             self._service.record_refused(actor, kwargs.get("node_id"), kwargs.get("agent_id"),
                                          operation, message)
 
@@ -190,6 +200,25 @@ class _Routes:
 
     def overview(self):
         return self._service.overview()
+
+    def list_policies(self):
+        policies, cursor = self._policy_service().list(*_page())
+        return {"policies": policies, "next_cursor": cursor}
+
+    def get_policy(self, name):
+        return {"policy": self._policy_service().get(name)}
+
+    def put_policy(self, name):
+        service = self._policy_service()
+        return {"policy": service.put(name, _json_body(self._max_body), actor=_actor())}
+
+    def delete_policy(self, name):
+        return self._policy_service().delete(name, actor=_actor())
+
+    def _policy_service(self):
+        if self.policies is None:
+            raise errors.NotFound("policies are not served here")
+        return self.policies
 
     def _event_service(self):
         if self._events is None:

@@ -386,6 +386,28 @@ def _migration_8(db: peewee.Database, backend: Backend) -> None:
         holder VARCHAR(160) NOT NULL, expires_at BIGINT NOT NULL)""")
 
 
+def _migration_9(db: peewee.Database, backend: Backend) -> None:
+    """Policies (fleet.manager.policystore): every version of each policy (a delete is a
+    version too, deleted), each node's last reported result per policy, and the pins
+    that hold a node at one version of a policy while a rollout releases it."""
+    statements = [
+        """CREATE TABLE policy (name VARCHAR(64) NOT NULL, version BIGINT NOT NULL,
+            selector TEXT NOT NULL, agents TEXT NOT NULL, updated_at BIGINT NOT NULL,
+            deleted BOOLEAN NOT NULL DEFAULT FALSE, PRIMARY KEY (name, version))""",
+        """CREATE TABLE policy_status (node_id VARCHAR(128) NOT NULL,
+            policy VARCHAR(64) NOT NULL, version BIGINT NOT NULL, applied BOOLEAN NOT NULL,
+            reason TEXT NOT NULL DEFAULT '', conflicts TEXT NOT NULL DEFAULT '[]',
+            reported_at BIGINT NOT NULL, PRIMARY KEY (node_id, policy))""",
+        "CREATE INDEX policy_status_policy ON policy_status (policy, node_id)",
+        """CREATE TABLE policy_pin (node_id VARCHAR(128) NOT NULL,
+            policy VARCHAR(64) NOT NULL, version BIGINT NOT NULL,
+            PRIMARY KEY (node_id, policy))""",
+        "CREATE INDEX policy_pin_policy ON policy_pin (policy, node_id)",
+    ]
+    for statement in statements:
+        db.execute_sql(statement)
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
@@ -395,6 +417,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] =
     (6, _migration_6),
     (7, _migration_7),
     (8, _migration_8),
+    (9, _migration_9),
 )
 
 
