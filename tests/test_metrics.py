@@ -245,6 +245,25 @@ def test_proc_is_never_read_under_the_lock(monkeypatch):
     assert sampler.points("me", 10, now_ms=1) == []
 
 
+def test_a_leader_with_no_memory_mapped_is_no_sample(monkeypatch):
+    """A reading taken inside an exec (or while exiting: rss 0, no memory mapped) is not
+    stored as a zero sample; the agent stays watched and the next reading counts."""
+    sampler = Sampler(interval=10)
+    sampler.watch("me", os.getpid())
+    real = metrics._stat_fields
+
+    def mid_exec(pid):
+        fields = list(real(pid))
+        fields[21] = b"0"
+        return fields
+
+    monkeypatch.setattr(metrics, "_stat_fields", mid_exec)
+    assert sampler.sample_once(now_ms=1000) == 0
+    monkeypatch.setattr(metrics, "_stat_fields", real)
+    assert sampler.sample_once(now_ms=2000) == 1
+    assert [p.memory_rss > 0 for p in sampler.points("me", 10, now_ms=2000)] == [True]
+
+
 def test_access_denied_optional_figures_are_zero(monkeypatch):
     """/proc/PID/io or /proc/PID/fd refused by the OS count as 0, the sample is kept."""
     real_read, real_stat = metrics._read_file, os.stat

@@ -274,14 +274,18 @@ def _open_fds(pid: int) -> int:
         return 0
 
 
-def _read_process(proc: Watched, now_ms: int) -> DataPoint:
+def _read_process(proc: Watched, now_ms: int) -> DataPoint | None:
     """Sample an agent's whole process tree: the figures of the leader and its
     descendants summed, cpu since the previous sample, and the process count.
     ProcessGone and ProcessDenied of the leader's core figures propagate; a
-    descendant gone meanwhile is left out; optional figures refused count as 0."""
+    descendant gone meanwhile is left out; optional figures refused count as 0.
+    None while the leader has no memory mapped (caught inside an exec, or
+    exiting): such a reading is no sample of the agent, and the next one will be."""
     leader = _stat_fields(proc.pid)
     if leader[0] == b"Z" or leader[19] != proc.start_ticks:  # exited, or pid reused
         raise ProcessGone(proc.pid)
+    if leader[21] == b"0":
+        return None
     tree = _tree_stats(proc.pid, leader)
     now = time.monotonic()
     ticks = sum(_cpu_ticks(fields) for _, fields in tree)
