@@ -99,6 +99,7 @@ class _Routes:
             ("GET", API + "/agents", self.fleet_agents, "read"),
             ("GET", API + "/overview", self.overview, "read"),
             ("GET", node + "/metrics", self.node_metrics, "read"),
+            ("POST", node + "/reload", self.reload, "operate"),
         ]
 
     def index(self):
@@ -128,6 +129,9 @@ class _Routes:
 
     def sync(self, node_id):
         return {"agents": self._service.sync(node_id, actor=_actor())}
+
+    def reload(self, node_id):
+        return self._service.reload(node_id, actor=_actor())
 
     def operate(self, node_id, agent_id):
         body = _json_body(self._max_body)
@@ -173,7 +177,8 @@ class _Routes:
             body = _json_body(self._max_body)
             operation = body.get("operation") if isinstance(body, dict) else None
         else:
-            operation = {self.sync: "sync", self.delete_node: "delete"}.get(callback)
+            operation = {self.sync: "sync", self.delete_node: "delete",
+                         self.reload: "reload"}.get(callback)
         if isinstance(operation, str):
             self._service.record_refused(actor, kwargs.get("node_id"), kwargs.get("agent_id"),
                                          operation, message)
