@@ -2,6 +2,8 @@
 port 0) that answers heartbeats with a policy version and GetDesiredAgents with
 policies; the daemon is a real `fleet.py --role daemon` process."""
 import json
+import os
+import signal
 import threading
 
 import pytest
@@ -154,7 +156,11 @@ def test_a_policy_agent_starts_and_is_reported(fleet):
     wait_for(lambda: any(b.policy_version == "web:1" for b in manager.beats))
     assert all(b.accept_policies for b in manager.beats)
     assert ("reload", "added by policy web v1") in node.events("web")
-    assert alive(pids["web"])
+    os.kill(node.proc.pid, signal.SIGHUP)    # a reload keeps the policy's agents
+    wait_for(lambda: "reload applied: 0 change(s)" in node.proc.read(), timeout=10)
+    assert node.running("local", "web") == pids and alive(pids["web"])
+    assert not any(kind == "reload" and "removed" in message
+                   for kind, message in node.events("web"))
 
 
 def test_a_local_agent_wins_and_the_conflict_is_reported(fleet):

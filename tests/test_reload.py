@@ -113,16 +113,19 @@ def test_invalid_config_changes_nothing_and_names_every_problem(node):
 
 
 def test_sighup_reloads_and_warns_of_keys_needing_a_restart(node):
-    """SIGHUP rereads the file: the new agent starts; a changed key that needs a
-    restart is logged and ignored."""
+    """SIGHUP rereads the file: the new agent starts, new labels reach the manager; a
+    changed key that needs a restart is logged and ignored."""
     before = pids(node)
     path = write_config(node, node.grpc_port, agents_toml(("keep", "gone", "change", "new")))
-    path.write_text(path.read_text().replace("metrics_interval = 1", "metrics_interval = 2"))
+    path.write_text(path.read_text().replace(
+        "metrics_interval = 1", 'metrics_interval = 2\nlabels = { role = "edge" }'))
     os.kill(node.daemon.pid, signal.SIGHUP)
     after = wait_for(lambda: (p := pids(node)).get("new") and p, timeout=10)
     assert {i: after[i] for i in before} == before
     assert node.daemon.popen.poll() is None
     assert "[daemon] metrics_interval changed: needs a restart" in node.daemon.read()
+    wait_for(lambda: node.api.get(f"/api/v1/nodes/{NODE}")[1]["node"]["labels"] ==
+             {"role": "edge"}, timeout=10)   # new labels: registered again
 
 
 def test_ctl_reload_prints_the_changes(node):

@@ -65,7 +65,11 @@ def apply(supervisor: Supervisor, wanted: tuple[AgentConfig, ...], cause: str,
         changes.append(_change(supervisor, config, cause, restart_cause))
     for config in added:
         _event(supervisor, config.id, f"added by {cause}")
-        supervisor.add(config)
+        try:
+            supervisor.add(config)
+        except FleetError as exc:   # the daemon began shutting down
+            log.error("%s: not added: %s", config.id, exc.message)
+            continue
         changes.append(Change(config.id, "added"))
     if changes:
         log.info("%s: %s", cause, ", ".join(f"{c.agent_id} {c.change}" for c in changes))

@@ -170,7 +170,9 @@ class Reloader:
         if labels_changed:
             log.info("reload: labels now %s", dict(config.daemon.labels))
             self.on_labels()
-        return self._apply("reload", "reload")
+        changes = self._apply("reload", "reload")
+        log.info("reload applied: %d change(s)", len(changes))
+        return changes
 
     def _warn_restart_keys(self, config: Config) -> None:
         old, new = self.config, config

@@ -65,18 +65,20 @@ class Supervisor:
 
     def add(self, config: AgentConfig) -> Runner:
         """Build the agent's runner and start it (adopting its live process, if a
-        record names one). Added while stop_all() runs, it is stopped at once."""
+        record names one). Once stop_all() began, Conflict: nothing is started.
+
+        The runner is listed before its first publication, so the listeners (the
+        health checker) find it; a stop_all() in between leaves it STOPPED.
+        """
         self.logs.register(config.id, config.log_max_bytes, config.log_backups)
         program = Program(config, self.ops, self.logs.open_for_agent)
         runner = Runner(program, self._publisher(config.id), self._settler(config))
-        runner.start(self._initial_action(config))
         with self._lock:
-            closing = self._closing
-            if not closing:
-                self.runners = {**self.runners, config.id: runner}
-        if closing:   # stop_all() did not see it: stop it here
-            runner.begin_shutdown()
-            runner.wait_stopped(self.ops.monotonic() + config.stop_timeout + 2.0)
+            if self._closing:
+                raise Conflict("the daemon is shutting down")
+            self.runners = {**self.runners, config.id: runner}
+        initial = self._initial_action(config)
+        runner.start(lambda p, now: None if runner.refuse_operations else initial(p, now))
         return runner
 
     def configs(self) -> tuple[AgentConfig, ...]:
