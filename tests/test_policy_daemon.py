@@ -228,3 +228,15 @@ def test_a_new_version_replaces_the_agent(fleet):
     assert ("reload", "changed by policy web v2: restarting") in node.events("web")
     assert ("restart", "cause=policy: policy web v2") in node.events("web")
     assert ("reload", "removed by policy web v2") in node.events("old")
+
+
+def test_merge_local_first_then_policies_by_name():
+    """merge(): local agents win, then the first policy by name; the losers are listed."""
+    from fleet.config import AgentConfig
+    from fleet.daemon.policies import Policy, merge
+    local = AgentConfig("x", ("true",))
+    b = Policy("b", 1, [], (AgentConfig("y", ("b",)),))
+    a = Policy("a", 1, [], (AgentConfig("x", ("a",)), AgentConfig("y", ("a",))))
+    agents, conflicts = merge((local,), [b, a])
+    assert [(c.id, c.command) for c in agents] == [("x", ("true",)), ("y", ("a",))]
+    assert conflicts == {"a": ["x"], "b": ["y"]}

@@ -138,3 +138,30 @@ def test_ctl_reload_prints_the_changes(node):
     assert sorted(line.split()[0] for line in lines[4:]) == ["change", "keep", "new"]
     shown = json.loads(ctl("reload", NODE, "--json", url=node.url).stdout)
     assert shown["changes"] == [] and len(shown["agents"]) == 3
+
+
+# ---- the pure parts ----
+
+def test_plan_sorts_agents_into_removed_added_and_changed():
+    """plan() compares definitions: removed, added, changed (any key); equal ones stay."""
+    from fleet.config import AgentConfig
+    from fleet.daemon.reconcile import plan
+    keep, gone = AgentConfig("keep", ("sleep", "1")), AgentConfig("gone", ("sleep", "1"))
+    old = AgentConfig("tuned", ("sleep", "1"))
+    new = AgentConfig("tuned", ("sleep", "1"), start_retries=9)
+    added = AgentConfig("added", ("sleep", "1"))
+    assert plan((keep, gone, old), (keep, new, added)) == (["gone"], [added], [new])
+
+
+def test_restart_on_change_and_accept_policies_are_checked_booleans():
+    """restart_on_change (per agent) and accept_policies ([daemon]) must be booleans (as flags take them: "yes", "off"...)."""
+    from fleet import config as configuration
+    problems = []
+    data = {"daemon": {"accept_policies": "maybe"},
+            "agents": [{"id": "a", "command": ["true"], "restart_on_change": 2}]}
+    configuration.parse("daemon", data, problems)
+    assert any(p.startswith("[daemon] accept_policies:") for p in problems)
+    assert any(p.startswith("[agents.a] restart_on_change:") for p in problems)
+    good = configuration.parse("daemon", {"daemon": {"accept_policies": True}, "agents": [
+        {"id": "a", "command": ["true"], "restart_on_change": False}]}, [])
+    assert good.daemon.accept_policies and not good.agents[0].restart_on_change
