@@ -165,3 +165,44 @@ def test_restart_on_change_and_accept_policies_are_checked_booleans():
     good = configuration.parse("daemon", {"daemon": {"accept_policies": True}, "agents": [
         {"id": "a", "command": ["true"], "restart_on_change": False}]}, [])
     assert good.daemon.accept_policies and not good.agents[0].restart_on_change
+
+
+def test_a_reload_is_refused_once_shutdown_begins(tmp_path):
+    """Reload applies the file's agents in-process too; once the daemon's shutdown has
+    begun (its reloader closed first), Reload is FAILED_PRECONDITION; so is a daemon
+    with no config to reread."""
+    from fleet import config as configuration
+    from fleet.daemon.app import Daemon
+    from fleet.v1 import fleet_pb2_grpc as pb_grpc
+    from tests.daemon_harness import SLEEPER, agent, daemon_config
+    path = tmp_path / "daemon.toml"
+    path.write_text(f'[daemon]\nlisten = "127.0.0.1:0"\nstate_dir = "{tmp_path / "state"}"\n'
+                    f'manager = "127.0.0.1:1"\n[[agents]]\nid = "b"\n'
+                    f'command = {json.dumps(SLEEPER)}\n')
+    config = daemon_config(tmp_path, [agent("a")])
+    node = Daemon(config, reload_config=lambda: configuration.load("daemon", str(path)))
+    node.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{node.port}")
+    stub = pb_grpc.DaemonServiceStub(channel)
+    try:
+        answer = stub.Reload(pb.ReloadRequest(), timeout=30)
+        assert sorted((c.agent_id, c.change) for c in answer.changes) == [
+            ("a", "removed"), ("b", "added")]
+        node.reloader.close()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Reload(pb.ReloadRequest(), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        channel.close()
+        node.stop()
+    bare = Daemon(daemon_config(tmp_path / "bare", []))
+    bare.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{bare.port}")
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.DaemonServiceStub(channel).Reload(pb.ReloadRequest(), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no config to reread" in caught.value.details()
+    finally:
+        channel.close()
+        bare.stop()
