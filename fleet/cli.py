@@ -1,4 +1,5 @@
-"""Command line: parse flags, load the config, run a role until SIGTERM/SIGINT;
+"""Command line: parse flags, load the config, run a role until SIGTERM/SIGINT
+(a daemon rereads the config, with the same flags, on SIGHUP);
 or, as `fleet ctl ...`, hand the rest to fleet.ctl (a client of the HTTP API).
 
 Exit status: 2 for a bad flag or config (one stderr line per problem, nothing
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if config.role == "manager" and (args.worker_of or config.manager.workers > 1):
             return roles.run_workers(config, shutdown.requested, argv, args.worker_of)
-        return roles.run(config, shutdown.wait)
+        return roles.run(config, shutdown.wait, lambda: load_config(args))
     except ConfigError as exc:   # a token file beside the database, read before anything starts
         return config_errors(exc)
     except (FleetError, OSError) as exc:

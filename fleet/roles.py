@@ -8,33 +8,45 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import threading
 from typing import Callable, Sequence
 
-from fleet.config import Config, TLSConfig
+from fleet.config import Config, DaemonConfig, TLSConfig
 from fleet.values import join_address
 from fleet.rpc import as_client
 
 log = logging.getLogger(__name__)
 
 
-def run(config: Config, wait: Callable[[], None]) -> int:
-    """Start the role, wait(), stop it; 0 after a clean stop."""
+def run(config: Config, wait: Callable[[], None],
+        reload_config: Callable[[], Config] | None = None) -> int:
+    """Start the role, wait(), stop it; 0 after a clean stop. A daemon rereads
+    its config with reload_config() on SIGHUP and DaemonService.Reload."""
     if config.role == "daemon":
-        return run_daemon(config, wait)
+        return run_daemon(config, wait, reload_config=reload_config)
     if config.role == "manager":
         return run_manager(config, wait)
-    return run_all(config, wait)
+    return run_all(config, wait, reload_config)
 
 
-def run_daemon(config: Config, wait: Callable[[], None], label: str = "grpc") -> int:
+def reload_on_hangup(daemon) -> None:
+    """SIGHUP makes the daemon reload (the handler only sets a flag: Reloader.request).
+    Only the main thread may install a handler; elsewhere (tests) nothing is."""
+    if threading.current_thread() is threading.main_thread() and daemon.reloader is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: daemon.reloader.request())
+
+
+def run_daemon(config: Config, wait: Callable[[], None], label: str = "grpc",
+               reload_config: Callable[[], Config] | None = None) -> int:
     from fleet.daemon.app import Daemon
-    daemon = Daemon(config, listen_label=label)
+    daemon = Daemon(config, listen_label=label, reload_config=reload_config)
     try:
         daemon.start()
     except BaseException:
         daemon.close()
         raise
+    reload_on_hangup(daemon)
     wait()
     log.info("stopping")
     daemon.stop()
@@ -84,7 +96,16 @@ def local_daemon_tls(config: Config) -> TLSConfig | None:
     return config.daemon.tls or as_client(config.manager.tls)
 
 
-def run_all(config: Config, wait: Callable[[], None]) -> int:
+def local_daemon(config: Config, running: DaemonConfig) -> Config:
+    """A reread config as the local daemon of --role all sees it: the manager it
+    reports to, its token and TLS are those it started with."""
+    return dataclasses.replace(config, daemon=dataclasses.replace(
+        config.daemon, managers=running.managers, cluster_token=running.cluster_token,
+        tls=running.tls))
+
+
+def run_all(config: Config, wait: Callable[[], None],
+            reload_config: Callable[[], Config] | None = None) -> int:
     """A manager and a local daemon reporting to it, in one process.
 
     All three ports are bound before either creates anything (token files,
@@ -101,7 +122,9 @@ def run_all(config: Config, wait: Callable[[], None]) -> int:
                                             cluster_token=manager.cluster_token,
                                             tls=local_daemon_tls(config))
         daemon = Daemon(dataclasses.replace(config, daemon=daemon_config),
-                        listen_label="daemon-grpc")
+                        listen_label="daemon-grpc",
+                        reload_config=reload_config and (lambda: local_daemon(
+                            reload_config(), daemon_config)))
         daemon.bind()
         manager.start()
         daemon.start()
@@ -110,6 +133,7 @@ def run_all(config: Config, wait: Callable[[], None]) -> int:
             daemon.close()
         manager.close()
         raise
+    reload_on_hangup(daemon)
     wait()
     log.info("stopping")
     manager.stop_http()

@@ -67,6 +67,7 @@ class AgentConfig:
     log_backups: int = 5
     health: HealthConfig | None = None
     limits: LimitsConfig | None = None
+    restart_on_change: bool = True     # False: a reload that changes it only flags it
 
     def config_hash(self) -> str:
         """A digest of what changes the running process (not log settings)."""
@@ -123,6 +124,7 @@ def read_agent(name: str, table: Any, problems: list[str]) -> AgentConfig | None
         stop_timeout=r.get("stop_timeout", d.stop_timeout, lambda v: to_seconds(v, 0.0)),
         log_max_bytes=r.get("log_max_bytes", d.log_max_bytes, lambda v: to_int(v, 1024, 2**50)),
         log_backups=r.get("log_backups", d.log_backups, lambda v: to_int(v, 0, 100)),
+        restart_on_change=r.get("restart_on_change", True, to_bool),
     )
     values["health"] = read_health(r)
     values["limits"] = read_limits(r)

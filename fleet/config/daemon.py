@@ -28,6 +28,7 @@ class DaemonConfig:
     insecure: bool = False
     metrics_listen: str = ""           # HOST:PORT serving Prometheus /metrics; "": off
     tls: TLSConfig | None = None
+    accept_policies: bool = False      # run the agents of the manager's policies
 
 
 def read_daemon(table: Any, problems: list[str]) -> DaemonConfig:
@@ -47,6 +48,7 @@ def read_daemon(table: Any, problems: list[str]) -> DaemonConfig:
         insecure=r.get("insecure", False, to_bool),
         metrics_listen=r.get("metrics_listen", "", lambda v: to_address(v) if v else ""),
         tls=read_tls(r, ("cert", "key", "ca", "server_name")),
+        accept_policies=r.get("accept_policies", False, to_bool),
     )
     r.check_unknown()
     return config

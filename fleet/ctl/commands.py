@@ -211,12 +211,14 @@ def audit(ctl: Ctl, args) -> int:
 
 
 def reload(ctl: Ctl, args) -> int:
-    """Make the node's daemon reread its config; show its agents afterwards."""
+    """Make the node's daemon reread its config; show what changed and its agents."""
     body = ctl.client.post(path("api", "v1", "nodes", args.node, "reload"))
     if ctl.json:
         ctl.dump(body)
         return 0
     ctl.say(f"{args.node}: config reloaded")
+    for change in body.get("changes") or []:   # none: nothing changed
+        ctl.say(f"  {change.get('change', ''):<8} {change.get('agent_id', '')}")
     table(columns.agent_columns(False), body.get("agents") or [], ctl.out)
     return 0
 

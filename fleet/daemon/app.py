@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import socket
+from typing import Callable
 
 import fleet
 from fleet.config import Config
@@ -15,6 +16,8 @@ from fleet.daemon.logs import LogKeeper
 from fleet.daemon.manager_client import ManagerClient, local_ip_towards
 from fleet.daemon.metrics import Sampler
 from fleet.daemon.node import NodeSampler
+from fleet.daemon.policies import PolicyKeeper
+from fleet.daemon.reload import Reloader
 from fleet.daemon.service import DaemonServicer
 from fleet.daemon.statedir import StateDir
 from fleet.daemon.supervisor import Supervisor
@@ -31,8 +34,12 @@ WILDCARDS = ("0.0.0.0", "::", "")
 
 
 class Daemon:
-    def __init__(self, config: Config, listen_label: str = "grpc"):
+    def __init__(self, config: Config, listen_label: str = "grpc",
+                 reload_config: Callable[[], Config] | None = None):
         self.config = config
+        self.reload_config = reload_config   # rereads the config file; None: no reloads
+        self.reloader: Reloader | None = None   # applies reloads and policies
+        self.policies: PolicyKeeper | None = None   # with accept_policies
         self.listen_label = listen_label   # "daemon-grpc" under --role all
         self.statedir = StateDir(config.daemon.state_dir)
         self.node_id = ""
@@ -77,16 +84,23 @@ class Daemon:
         self.statedir.open()
         self.node_id = self.statedir.node_id(cfg.node_id)
         self.boot_id = self.statedir.next_boot_id()
+        if cfg.accept_policies:   # the policy agents kept by the last daemon run at once
+            self.policies = PolicyKeeper(None, self.node_id, self.boot_id, self.statedir.path)
+            self.policies.load()
         self._logs = LogKeeper(self.statedir.logs_dir)
         self._sampler = Sampler(cfg.metrics_interval, history_dir=self.statedir.metrics_dir)
-        self._sampler.restore(agent.id for agent in self.config.agents)
+        self.reloader = Reloader(None, self.config, self.reload_config, self.policies)
+        agents = self.reloader.agents()
+        self._sampler.restore(agent.id for agent in agents)
         self.node_sampler = NodeSampler()
         self._sampler.after_sweep = self.node_sampler.sample
         self.events = EventLog(self.statedir.events_dir)
         self.events.load()
-        self.supervisor = Supervisor(self.config.agents, self.statedir, self._logs, self._sampler,
+        self.supervisor = Supervisor(agents, self.statedir, self._logs, self._sampler,
                                      events=self.events)
+        self.reloader.supervisor = self.supervisor
         self._servicer = DaemonServicer(self.node_id, self.supervisor, self._logs, self._sampler)
+        self._servicer.reloader = self.reloader
         pb_grpc.add_DaemonServiceServicer_to_server(self._servicer, self._server)
         self._serving = ServingStatus(pb.DESCRIPTOR.services_by_name["DaemonService"].full_name)
         self._serving.add_to(self._server)
@@ -99,14 +113,14 @@ class Daemon:
         self._serving.serving()
         host, _ = split_address(cfg.listen)
         log.info("listening %s=%s", self.listen_label, join_address(host, self.port))
-        log.info("node %s boot %s: %d agent(s)", self.node_id, self.boot_id,
-                 len(self.config.agents))
+        log.info("node %s boot %s: %d agent(s)", self.node_id, self.boot_id, len(agents))
         self._start_syncer()
+        self.reloader.start()
         self._start_exporter()
 
     def _start_health(self) -> None:
         """Probes follow every published change; limits see every tree sample."""
-        runners = self.supervisor.runners.get
+        runners = self.supervisor.find
         self._health = HealthChecker(runners, self.events)
         self._limits = LimitGuard(runners, self.events)
         self.supervisor.listeners.append(self._health.notify)
@@ -122,6 +136,12 @@ class Daemon:
                                   node_metrics=sender)
         self.supervisor.listeners.append(self.syncer.notify)
         self.events.listeners.append(self.syncer.poke)
+        self.reloader.on_labels = self.syncer.reregister
+        self.reloader.on_changes = lambda changes: self.syncer.request_full()
+        if self.policies is not None:
+            self.policies.client = self._client
+            self.syncer.policies = self.policies
+            self.syncer.on_policy_work = self.reloader.policy_news
         self.syncer.start()
 
     def _start_exporter(self) -> None:
@@ -139,13 +159,14 @@ class Daemon:
         """This node's facts now, as RegisterNode to `manager` (default: the first) carries
         them: the IP is the local one routed towards that manager."""
         cfg = self.config.daemon
+        labels = self.reloader.config.daemon.labels if self.reloader else cfg.labels
         ip = local_ip_towards(manager or cfg.managers[0])
         host, _ = split_address(cfg.listen)
         advertise = cfg.advertise or join_address(ip if host in WILDCARDS else host, self.port)
         return pb.RegisterNodeRequest(
             node_id=self.node_id, hostname=socket.gethostname(), ip=ip,
             advertise_address=advertise, os=platform.system().lower(),
-            arch=platform.machine(), labels=dict(cfg.labels),
+            arch=platform.machine(), labels=dict(labels),
             daemon_version=fleet.__version__, boot_id=self.boot_id)
 
     def stop(self) -> None:
@@ -156,6 +177,8 @@ class Daemon:
             self._serving.draining()
         if self._servicer is not None:
             self._servicer.shutting_down = True
+        if self.reloader is not None:   # the apply in progress ends first
+            self.reloader.close()
         self._stop_health()
         if self._server is not None:
             self._server.stop(grace=1.0).wait(2.0)
@@ -185,6 +208,8 @@ class Daemon:
             self.syncer.stop(final_report=False)
         if self._server is not None:
             self._server.stop(grace=None)
+        if self.reloader is not None:
+            self.reloader.close()
         self._stop_health()
         if self.supervisor is not None:
             self.supervisor.close()

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 KEEP = 256                      # events kept per agent (DESIGN.md)
 KINDS = ("started", "running", "exited", "backoff", "fatal", "stopping", "stopped",
          "adopted", "unhealthy", "healthy", "limit", "restart", "reload")
-RESTART_CAUSES = ("operator", "health", "limit", "policy")
+RESTART_CAUSES = ("operator", "health", "limit", "policy", "reload")
 MAX_MESSAGE = 1024              # characters of a message kept
 ACKED = "acked.json"
 

@@ -203,10 +203,15 @@ class HealthChecker:
         runner = self._runners(snapshot.agent_id)
         config = runner.program.config.health if runner is not None else None
         if config is None:
+            with self._cond:   # a reload removed the probe: its heap entries go stale
+                self._probed.pop(snapshot.agent_id, None)
             return
         alive = snapshot.state in (State.STARTING, State.RUNNING) and snapshot.pid
         with self._cond:
-            probed = self._probed.setdefault(snapshot.agent_id, _Probed(config))
+            probed = self._probed.get(snapshot.agent_id)
+            if probed is None or probed.config != config:   # new, or reloaded
+                probed = self._probed[snapshot.agent_id] = _Probed(
+                    config, probed.pid if probed else 0)
             if not alive:
                 probed.pid = 0   # its heap entry goes stale
                 return

@@ -92,6 +92,14 @@ class ManagerClient:
                             ) -> pb.ReportNodeMetricsResponse:
         return self._call("ReportNodeMetrics", request)
 
+    def get_desired_agents(self, request: pb.GetDesiredAgentsRequest
+                           ) -> pb.GetDesiredAgentsResponse:
+        return self._call("GetDesiredAgents", request)
+
+    def report_policy_status(self, request: pb.ReportPolicyStatusRequest
+                             ) -> pb.ReportPolicyStatusResponse:
+        return self._call("ReportPolicyStatus", request)
+
     def close(self) -> None:
         with self._lock:
             channel, self._channel, self._stub = self._channel, None, None

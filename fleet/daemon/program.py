@@ -90,7 +90,7 @@ class Program:
         self.retry_at: float | None = None         # BACKOFF -> STARTING at this time
         self.retry_wall_ms = 0
         self.kill_at: float | None = None          # STOPPING -> SIGKILL at this time
-        self.config_hash = config.config_hash()    # of `config`, which never changes
+        self.config_hash = config.config_hash()    # of `config` (replaced by reconfigure())
         self.running_hash = self.config_hash       # config of the live process
         self._env: dict[str, str] | None = None    # the agents' environment, built once
         self.dirty = False                # changed since the runner last published
@@ -198,6 +198,15 @@ class Program:
         """A record says a process may run, but it cannot be checked: UNKNOWN."""
         self.last_error = reason
         self.change_state(State.UNKNOWN, now, reason)
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """Take a reloaded definition of this agent; a live process keeps running
+        (config_changed shows whether its command, cwd or env differ) and the next
+        spawn uses the new one."""
+        self.config = config
+        self.config_hash = config.config_hash()
+        self._env = None
+        self.dirty = True
 
     def adopt(self, child: Child, start_time: int, restart_count: int, running_hash: str,
               now: float) -> None:

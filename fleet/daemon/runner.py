@@ -141,7 +141,13 @@ class Runner:
                 return
         self._locked(self.settle())
 
-    def begin_shutdown(self) -> None:
+    def reconfigure(self, config) -> None:
+        """Take a reloaded definition (Program.reconfigure) and publish it."""
+        with self.program.lock:
+            self.program.reconfigure(config)
+        self._publish()
+
+    def begin_shutdown(self, why: str = "daemon shutdown") -> None:
         """Refuse later operations and send the stop signal; do not wait.
 
         Takes no ops_lock: an operation in progress (a stop waiting out its
@@ -150,7 +156,7 @@ class Runner:
         with self.program.lock:
             self.refuse_operations = True
         try:
-            self._locked(lambda p, now: p.stop(now, "daemon shutdown"))
+            self._locked(lambda p, now: p.stop(now, why))
         except Conflict as exc:
             log.error("%s: left running: %s", self.program.config.id, exc.message)
 

@@ -35,6 +35,7 @@ class DaemonServicer(pb_grpc.DaemonServiceServicer):
         self.logs = logs
         self.sampler = sampler
         self.shutting_down = False   # set at shutdown: operations are refused
+        self.reloader = None         # a fleet.daemon.reload.Reloader; None: Reload refused
 
     def _check_node(self, request) -> None:
         if request.node_id and request.node_id != self.node_id:
@@ -81,3 +82,13 @@ class DaemonServicer(pb_grpc.DaemonServiceServicer):
         found, truncated, next_offset = self.logs.read(request.agent_id, lines, request.grep,
                                                        offset)
         return pb.GetAgentLogsResponse(lines=found, truncated=truncated, next_offset=next_offset)
+
+    @translate
+    def Reload(self, request, context):
+        self._check_node(request)
+        if self.shutting_down or self.reloader is None:
+            raise Conflict("the daemon is shutting down: no reload")
+        changes = self.reloader.reload()
+        return pb.ReloadResponse(
+            agents=[agent_info(s) for s in self.supervisor.snapshots()],
+            changes=[pb.AgentChange(agent_id=c.agent_id, change=c.change) for c in changes])

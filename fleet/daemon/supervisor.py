@@ -1,5 +1,7 @@
 """The node's agents: builds a Program and a Runner per configured agent,
 adopts the processes a previous daemon left running, and stops them all.
+A reload or a policy adds, reconfigures and removes agents while it runs
+(fleet/daemon/reconcile.py decides which).
 
 Every published change goes to the state file (so a restarted daemon can
 adopt), to the sampler (which pid to watch) and to the listeners (the syncer).
@@ -37,9 +39,13 @@ class Supervisor:
         self.sampler = sampler
         self.ops = ops or ProcOps()
         self.listeners: list[Callable[[Snapshot], None]] = []  # told of every change
-        self.runners: dict[str, Runner] = {}   # agent id -> runner; fixed after start()
+        # agent id -> runner. Replaced whole (never changed in place) when a reload
+        # adds or removes an agent, so other threads iterate a copy safely.
+        self.runners: dict[str, Runner] = {}
         self._configs = agents
         self._started = False
+        self._lock = threading.Lock()   # guards replacing `runners`, and _closing
+        self._closing = False           # stop_all() began: no agent is added any more
 
     # ---- lifecycle ----
 
@@ -55,11 +61,59 @@ class Supervisor:
                 self._stop_orphan(agent_id)
         warn_missing(self._configs)
         for config in self._configs:
-            self.logs.register(config.id, config.log_max_bytes, config.log_backups)
-            program = Program(config, self.ops, self.logs.open_for_agent)
-            runner = Runner(program, self._publisher(config.id), self._settler(config))
-            self.runners[config.id] = runner
-            runner.start(self._initial_action(config))
+            self.add(config)
+
+    def add(self, config: AgentConfig) -> Runner:
+        """Build the agent's runner and start it (adopting its live process, if a
+        record names one). Once stop_all() began, Conflict: nothing is started.
+
+        The runner is listed before its first publication, so the listeners (the
+        health checker) find it; a stop_all() in between leaves it STOPPED.
+        """
+        self.logs.register(config.id, config.log_max_bytes, config.log_backups)
+        program = Program(config, self.ops, self.logs.open_for_agent)
+        runner = Runner(program, self._publisher(config.id), self._settler(config))
+        with self._lock:
+            if self._closing:
+                raise Conflict("the daemon is shutting down")
+            self.runners = {**self.runners, config.id: runner}
+        initial = self._initial_action(config)
+        runner.start(lambda p, now: None if runner.refuse_operations else initial(p, now))
+        return runner
+
+    def configs(self) -> tuple[AgentConfig, ...]:
+        """The definitions of the agents supervised now, in order."""
+        return tuple(runner.program.config for runner in self.runners.values())
+
+    def remove(self, agent_ids: list[str], why: str) -> None:
+        """Stop these agents (in parallel) and forget them: runner, record, log
+        rotation and metrics. One that does not stop in time keeps its record."""
+        runners = [self.runners[i] for i in agent_ids if i in self.runners]
+        for runner in runners:
+            runner.begin_shutdown(why)
+        longest = max((r.program.config.stop_timeout for r in runners), default=0)
+        deadline = self.ops.monotonic() + longest + 2.0
+        for runner in runners:
+            runner.wait_stopped(deadline)
+        with self._lock:
+            self.runners = {i: r for i, r in self.runners.items() if i not in agent_ids}
+        for runner in runners:
+            self._forget(runner)
+
+    def _forget(self, runner: Runner) -> None:
+        agent_id = runner.program.config.id
+        runner.close()
+        self.logs.unregister(agent_id)
+        self.sampler.forget(agent_id)
+        state = runner.snapshot().state
+        if state in (State.STOPPING, State.UNKNOWN):
+            log.error("%s: removed but %s; its state record is kept", agent_id, state.name)
+            return
+        try:
+            self.statedir.write_agent(agent_id, None)
+        except OSError as exc:
+            log.error("%s: cannot remove the state record: %s", agent_id, exc)
+        log.info("%s: removed", agent_id)
 
     def _identify(self, agent_id: str) -> tuple[AgentRecord | None, Child | None]:
         """The agent's record and its live process (None if none lives).
@@ -144,11 +198,14 @@ class Supervisor:
         Each agent is SIGKILLed after its own stop_timeout, so this returns within
         the largest stop_timeout (plus a little), however many agents there are.
         """
-        for runner in self.runners.values():
+        with self._lock:
+            self._closing = True
+            runners = list(self.runners.values())
+        for runner in runners:
             runner.begin_shutdown()
-        longest = max((r.program.config.stop_timeout for r in self.runners.values()), default=0)
+        longest = max((r.program.config.stop_timeout for r in runners), default=0)
         deadline = self.ops.monotonic() + longest + 2.0
-        for runner in self.runners.values():
+        for runner in runners:
             runner.wait_stopped(deadline)
 
     def close(self) -> None:
@@ -161,6 +218,10 @@ class Supervisor:
         self.close()
 
     # ---- queries and operations ----
+
+    def find(self, agent_id: str) -> Runner | None:
+        """The agent's runner, or None (never supervised, or removed by a reload)."""
+        return self.runners.get(agent_id)
 
     def runner(self, agent_id: str) -> Runner:
         runner = self.runners.get(agent_id)

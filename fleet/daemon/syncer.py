@@ -88,6 +88,11 @@ class StateSyncer:
         self._seq = 0                         # acknowledged reports of this boot
         self._closing = False
         self._last_warning = -WARN_EVERY_SECONDS
+        # With accept_policies: a fleet.daemon.policies.PolicyKeeper (its `running`
+        # version goes in heartbeats, `heard()` gets the answer's) and the call that
+        # hands the work to the reload worker.
+        self.policies = None
+        self.on_policy_work: Callable[[], None] = lambda: None
         self.reports_sent = 0                 # acknowledged reports (for tests and logs)
         self.refusals = 0                     # reports a busy manager refused (for tests)
         self.last_report_time = 0.0           # Unix seconds of the last acknowledged report
@@ -111,6 +116,18 @@ class StateSyncer:
         with self._cond:
             if self._prompt_at is None:
                 self._prompt_at = self.clock() + DEBOUNCE_SECONDS
+            self._cond.notify()
+
+    def request_full(self) -> None:
+        """Send a full report now (a reload removed agents: the manager drops their rows)."""
+        with self._cond:
+            self._full_at = 0.0
+            self._cond.notify()
+
+    def reregister(self) -> None:
+        """Register again (a reload changed the labels), then a full report."""
+        with self._cond:
+            self._registered = False
             self._cond.notify()
 
     def start(self) -> None:
@@ -215,13 +232,17 @@ class StateSyncer:
             self._full_at = 0.0  # a full report follows every registration
 
     def _heartbeat(self) -> None:
+        policies = self.policies
         answer = self.client.heartbeat(pb.HeartbeatRequest(
             node_id=self.node.node_id, boot_id=self.node.boot_id,
-            timestamp=int(time.time() * 1000)))
+            timestamp=int(time.time() * 1000), accept_policies=policies is not None,
+            policy_version=policies.running if policies is not None else ""))
         with self._cond:
             self._beat_at = self.clock() + self.heartbeat_interval
             if answer.reregister:
                 self._registered = False
+        if policies is not None and policies.heard(answer.policy_version):
+            self.on_policy_work()
 
     def _report(self, full: bool, stopping: bool = False) -> None:
         with self._cond:
@@ -257,7 +278,8 @@ class StateSyncer:
                     del self._pending[agent_id]
             if full:
                 self._full_at = now + self.sync_interval
-            self._beat_at = now + self.heartbeat_interval
+            if self.policies is None:   # else heartbeats go on: they carry the policy version
+                self._beat_at = now + self.heartbeat_interval
             if answer.report_full_state:
                 self._full_at = now
             if (self._pending or len(events) >= MAX_EVENTS) and self._prompt_at is None:

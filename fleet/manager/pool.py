@@ -75,6 +75,12 @@ class DaemonClient:
             node_id=self.node_id, agent_id=agent_id, operation=operation)
         return self._call("OperateAgent", request, self._operate_timeout).agent
 
+    def reload(self) -> fleet_pb2.ReloadResponse:
+        """Make the daemon reread its config: its agents afterwards and the changes.
+        Given the operate deadline: restarting changed agents waits for their stops."""
+        request = fleet_pb2.ReloadRequest(node_id=self.node_id)
+        return self._call("Reload", request, self._operate_timeout)
+
     def metrics(self, agent_id: str, duration: int) -> list[fleet_pb2.ResourceDataPoint]:
         """The agent's resource samples of the last `duration` seconds."""
         request = fleet_pb2.GetAgentMetricsRequest(

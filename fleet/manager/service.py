@@ -3,7 +3,7 @@
 It validates ids and parameters, checks in the database that the node (and
 agent) exists before calling a daemon, dials the node's advertise_address
 through the DaemonClientPool, and stores what an operate or sync brings back
-at once. Operate, sync and node deletion are written to the AuditLog, if given.
+at once. Operate, sync, reload and node deletion are written to the AuditLog, if given.
 It imports neither bottle nor servicer code: the HTTP layer is a thin
 translator around it, and every failure is a FleetError kind.
 """
@@ -133,7 +133,7 @@ class FleetService:
                        operation: str, message: str) -> None:
         """Audit an operation refused before it ran (the token's scope is too low);
         nothing when the ids or the operation are malformed: it names no operation."""
-        wanted = OPERATIONS if agent_id is not None else ("sync", "delete")
+        wanted = OPERATIONS if agent_id is not None else ("sync", "delete", "reload")
         if self._audit is None or operation not in wanted or not valid_node_id(node_id or "") \
                 or (agent_id is not None and not valid_agent_id(agent_id)):
             return
@@ -184,6 +184,23 @@ class FleetService:
         log.info("operated: node=%s agent=%s op=%s status=%s pid=%s", node_id, agent_id,
                  operation, agent["status"], agent["pid"])
         return agent
+
+    def reload(self, node_id: str, actor: str = "") -> dict:
+        """Make the node's daemon reread its config and apply it (audited as "reload"):
+        {"agents": [every agent afterwards, stored], "changes": [{agent_id, change}]}.
+        An invalid config changes nothing: InvalidArgument naming every problem."""
+        node_id = _node_id(node_id)
+        log.info("reload: node=%s by=%s", node_id, actor or "-")
+        with self._audited(actor, node_id, None, "reload"):
+            node = self._nodes.get_node(node_id)
+            with self._daemon(node) as daemon:
+                answer = daemon.reload()
+            agents = self._nodes.store_agent_infos(node_id, answer.agents, full=True)
+        changes = [{"agent_id": c.agent_id, "change": c.change} for c in answer.changes]
+        log.info("reloaded: node=%s changes=%s by=%s", node_id,
+                 ", ".join(f"{c['agent_id']} {c['change']}" for c in changes) or "none",
+                 actor or "-")
+        return {"agents": agents, "changes": changes}
 
     def logs(self, node_id: str, agent_id: str, lines: int = DEFAULT_LINES,
              grep: str = "", offset: Optional[int] = None) -> dict:

@@ -20,7 +20,8 @@ NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # values.val
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                          # values.valid_agent_id
 AGENT_STATUSES = [s.api_name for s in State if s is not State.UNSPECIFIED]
 HEALTHS = ["healthy", "unhealthy", "unknown"]
-AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete", "policy_put", "policy_delete"]
+AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete", "reload", "policy_put",
+                    "policy_delete"]
 # "ok", or the code of any FleetError kind (what fleet.manager.audit records).
 AUDIT_RESULTS = ["ok"] + sorted({kind.code for kind in HTTP_STATUS})
 
@@ -157,6 +158,14 @@ def schemas() -> dict:
                            "next_cursor": _NEXT}),
         "Overview": overview(),
         "AgentResponse": _obj({"agent": _ref("Agent")}),
+        "ReloadResult": _obj({
+            "agents": {"type": "array", "items": _ref("Agent")},
+            "changes": {"type": "array", "items": _obj({
+                "agent_id": _STR,
+                "change": {"type": "string",
+                           "enum": ["added", "removed", "changed", "flagged"]}})}},
+            "Every agent after the reload, and what it changed (flagged: changed "
+            "but not restarted, restart_on_change = false)"),
         "OperateRequest": {"type": "object", "required": ["operation"], "properties": {
             "operation": {"type": "string", "enum": ["start", "stop", "restart"]}}},
         "Logs": _obj({"lines": {"type": "array", "items": _STR},
@@ -351,6 +360,10 @@ def paths() -> dict:
         "/api/v1/nodes/{node_id}/agents/sync": {"post": _op(
             "syncAgents", "Pull the agents from the daemon and store them", "AgentList",
             daemon, node)},
+        "/api/v1/nodes/{node_id}/reload": {"post": _op(
+            "reloadNode", "Make the daemon reread its config and apply its agents "
+            "(an invalid config changes nothing: 400 naming every problem)", "ReloadResult",
+            "400 " + daemon, node)},
         "/api/v1/nodes/{node_id}/agents/{agent_id}/operate": {"post": _op(
             "operateAgent", "Start, stop or restart an agent", "AgentResponse",
             "400 413 " + daemon, agent, body="OperateRequest")},

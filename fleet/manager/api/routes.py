@@ -106,6 +106,7 @@ class _Routes:
             ("GET", API + "/policies/<name>", self.get_policy, "read"),
             ("PUT", API + "/policies/<name>", self.put_policy, "admin"),
             ("DELETE", API + "/policies/<name>", self.delete_policy, "admin"),
+            ("POST", node + "/reload", self.reload, "operate"),
         ]
 
     def index(self):
@@ -135,6 +136,9 @@ class _Routes:
 
     def sync(self, node_id):
         return {"agents": self._service.sync(node_id, actor=_actor())}
+
+    def reload(self, node_id):
+        return self._service.reload(node_id, actor=_actor())
 
     def operate(self, node_id, agent_id):
         body = _json_body(self._max_body)
@@ -180,7 +184,8 @@ class _Routes:
             body = _json_body(self._max_body)
             operation = body.get("operation") if isinstance(body, dict) else None
         else:
-            operation = {self.sync: "sync", self.delete_node: "delete"}.get(callback)
+            operation = {self.sync: "sync", self.delete_node: "delete",
+                         self.reload: "reload"}.get(callback)
         if callback in (self.put_policy, self.delete_policy) and self.policies is not None:
             operation = "policy_put" if callback == self.put_policy else "policy_delete"
             self.policies.record_refused(actor, kwargs.get("name"), operation, message)
