@@ -27,7 +27,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import peewee
 
 from fleet import errors
-from fleet.manager.store.db import backend_of, now_ms, storage_faults
+from fleet.manager.store.backends import backend_of
+from fleet.manager.store.db import now_ms, storage_faults
 from fleet.values import valid_node_id
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import peewee
 
 from fleet import errors
 from fleet.manager import events
-from fleet.manager.store.db import Backend, backend_of
+from fleet.manager.store.backends import Backend, backend_of
 
 log = logging.getLogger(__name__)
 
