@@ -268,6 +268,55 @@ def test_every_page_query_reads_an_index_never_the_agent_table(env):
                 f"SCAN agent USING COVERING INDEX agent_{sql.split()[1].rstrip(',')}_key"]
 
 
+def pg_plan(env, sql, params):
+    """PostgreSQL's EXPLAIN (FORMAT JSON) of one statement: every node of its plan tree."""
+    with env.db.connection_context():
+        found = env.db.execute_sql("EXPLAIN (FORMAT JSON) " + sql, params).fetchone()[0]
+    nodes, todo = [], [found[0]["Plan"]]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        todo += node.get("Plans", [])
+    return nodes
+
+
+def scans_agent_table(nodes):
+    """True when a plan reads the agent table in full (a Seq Scan on agent)."""
+    return any(n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "agent"
+               for n in nodes)
+
+
+@postgresql_only
+def test_every_filtered_page_reads_an_index_on_postgresql(env):
+    """PostgreSQL, after ANALYZE, with its default planner settings: every filtered page
+    of the fleet-wide list, first or from a cursor, and every node's-agents page reads
+    the agent table through an index (Index Scan or Index Only Scan), never a Seq Scan."""
+    fill(env, nodes=50, per_node=40)
+    with env.db.connection_context():
+        env.db.execute_sql("ANALYZE")
+    options = [("status", "running"), ("health", "unhealthy"), ("type", "t1"),
+               ("node", "n007"), ("label", ["zone=b"])]
+    checked = 0
+    for chosen in itertools.product((False, True), repeat=len(options) + 1):
+        filters = {name: value for (name, value), on in zip(options, chosen) if on}
+        if not (filters or chosen[-1]):
+            continue                      # the whole table, unfiltered: not a filtered page
+        with recorded_statements(env.db) as seen:
+            env.service.fleet_agents(**filters, limit=30,
+                                     cursor="n007/a0011" if chosen[-1] else None)
+        for sql, params in seen:
+            if '"agent"' in sql:
+                nodes = pg_plan(env, sql, params)
+                assert not scans_agent_table(nodes), (filters, sql, nodes)
+                assert any("Index" in n["Node Type"] for n in nodes), (filters, sql, nodes)
+                checked += 1
+    assert checked >= 60
+    for health, cursor in itertools.product((None, "unhealthy"), (None, "a0005")):
+        with recorded_statements(env.db) as seen:
+            env.service.list_agents("n003", health, 10, cursor)
+        assert not scans_agent_table(pg_plan(env, *seen[-1])), seen[-1]
+
+
 # ---- bad parameters ----
 
 @pytest.mark.parametrize("path, query, words", [
