@@ -3,6 +3,7 @@ resolution, retention (the manager's side on SQLite and PostgreSQL), the HTTP en
 and Node `resources`, old peers on either side."""
 import logging
 import math
+import threading
 
 import grpc
 import pytest
@@ -361,6 +362,39 @@ def test_samples_older_than_the_raw_hour_are_skipped(store):
     now = int(NOW * 1000)
     accepted = store.report("n1", 1, [wire_sample(now - 3_700_000), wire_sample(now)], 10)
     assert accepted == 1 and len(store.points("n1", 86400)) == 1
+
+
+def test_concurrent_reports_of_one_node_in_any_order_all_succeed(store):
+    """Two reports of one node's overlapping samples, one oldest first and one newest
+    first, written at once round after round: both succeed (PostgreSQL locks the rows in
+    key order, so they never deadlock) and each sample is stored once."""
+    now = int(NOW * 1000)
+    failures = []
+    for round_ in range(3):
+        first = now - 3_500_000 + round_ * 1_000_000
+        samples = [wire_sample(first + i * 1000, cpu=float(i % 50)) for i in range(1000)]
+        barrier = threading.Barrier(2)
+
+        def send(batch):
+            barrier.wait()
+            try:
+                store.report("n1", 1, batch, 1.0)
+            except Exception as exc:  # noqa: BLE001 - the test reports any failure
+                failures.append(exc)
+
+        threads = [threading.Thread(target=send, args=(batch,))
+                   for batch in (samples, samples[::-1])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert failures == []
+    points = store.points("n1", 3600)
+    assert {p["resolution_seconds"] for p in points} == {60.0}
+    with store._db.connection_context():
+        stored = store._db.execute_sql("SELECT COUNT(*), SUM(samples) FROM node_metric_minute")
+        minutes, counted = stored.fetchone()
+    assert counted == 3000 and minutes == len(points)
 
 
 # ---- old peers ------------------------------------------------------------------------

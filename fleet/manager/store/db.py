@@ -41,14 +41,36 @@ def now_ms(clock: Callable[[], float] = time.time) -> int:
     return int(clock() * 1000)
 
 
+class _DriverErrors(peewee.ExceptionWrapper):
+    """peewee's translation of a driver's errors into its own kinds, looking through
+    every base class: psycopg2's DeadlockDetected and SerializationFailure (under
+    TransactionRollbackError) and QueryCanceled sit two levels below OperationalError,
+    past the one level peewee's own wrapper looks; and raw cursors (bulk upserts) are
+    not wrapped by peewee at all."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is None or isinstance(exc_value, peewee.PeeweeException):
+            return
+        for base in exc_type.__mro__:
+            if base.__name__ in self.exceptions:
+                raise self.exceptions[base.__name__](
+                    exc_value, *exc_value.args).with_traceback(traceback)
+
+
+# `with DRIVER_ERRORS:` around a driver's calls raises peewee's kinds of errors.
+DRIVER_ERRORS = _DriverErrors(peewee.EXCEPTIONS)
+
+
 def storage_faults(function: Callable) -> Callable:
     """Decorator: the database failing to operate (locked, disk full, I/O error, connection
-    lost) raises errors.Unavailable (HTTP 503, gRPC UNAVAILABLE), not a bug's 500."""
+    lost, a deadlock) raises errors.Unavailable (HTTP 503, gRPC UNAVAILABLE), not a bug's
+    500, whether peewee or a raw cursor raised it."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return function(*args, **kwargs)
+            with DRIVER_ERRORS:
+                return function(*args, **kwargs)
         except peewee.OperationalError as exc:
             raise errors.Unavailable(f"database unavailable: {exc}") from exc
 
