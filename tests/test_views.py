@@ -290,7 +290,9 @@ def scans_agent_table(nodes):
 def test_every_filtered_page_reads_an_index_on_postgresql(env):
     """PostgreSQL, after ANALYZE, with its default planner settings: every filtered page
     of the fleet-wide list, first or from a cursor, and every node's-agents page reads
-    the agent table through an index (Index Scan or Index Only Scan), never a Seq Scan."""
+    the agent table through an index, never a Seq Scan; a page filtered by status,
+    health or type alone reads it in page order (no Sort). (Pages of named nodes may
+    bitmap-read those nodes' agents and sort them: the planner's choice on 40 a node.)"""
     fill(env, nodes=50, per_node=40)
     with env.db.connection_context():
         env.db.execute_sql("ANALYZE")
@@ -309,6 +311,8 @@ def test_every_filtered_page_reads_an_index_on_postgresql(env):
                 nodes = pg_plan(env, sql, params)
                 assert not scans_agent_table(nodes), (filters, sql, nodes)
                 assert any("Index" in n["Node Type"] for n in nodes), (filters, sql, nodes)
+                if not ({"node", "label"} & set(filters)):
+                    assert all(n["Node Type"] != "Sort" for n in nodes), (filters, sql, nodes)
                 checked += 1
     assert checked >= 60
     for health, cursor in itertools.product((None, "unhealthy"), (None, "a0005")):
