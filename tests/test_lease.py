@@ -1,4 +1,4 @@
-"""Leases: one holder at a time per named duty, through the database."""
+"""Leases: one holder at a time per named duty, through the database (SQLite and PostgreSQL)."""
 import threading
 
 from fleet.manager.store.db import close_database, migrate, open_database
@@ -13,17 +13,16 @@ class Clock:
         return self.now
 
 
-def two_managers(tmp_path, clock, ttl=30.0):
-    """Two holders of lease 'purge', each on its own connection to one database file."""
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+def two_managers(url, clock, ttl=30.0):
+    """Two holders of lease 'purge', each on its own connection to one database."""
     migrate(open_database(url))
     return [Lease(open_database(url), "purge", holder, ttl, clock) for holder in ("m1", "m2")]
 
 
-def test_one_holder_at_a_time_until_it_expires(tmp_path):
+def test_one_holder_at_a_time_until_it_expires(db_url):
     """The first taker holds it; the other is refused while it is fresh, takes it after."""
     clock = Clock()
-    first, second = two_managers(tmp_path, clock)
+    first, second = two_managers(db_url, clock)
     assert first.acquire() and not second.acquire()
     clock.now += 20
     assert first.acquire(), "the holder renews"
@@ -34,10 +33,10 @@ def test_one_holder_at_a_time_until_it_expires(tmp_path):
     assert first.holder_now()[0] == "m2"
 
 
-def test_release_hands_the_lease_over_at_once(tmp_path):
+def test_release_hands_the_lease_over_at_once(db_url):
     """A clean stop releases the lease; another manager takes it without waiting."""
     clock = Clock()
-    first, second = two_managers(tmp_path, clock)
+    first, second = two_managers(db_url, clock)
     assert first.acquire()
     second.release()                    # not the holder: nothing happens
     assert not second.acquire()
@@ -45,11 +44,12 @@ def test_release_hands_the_lease_over_at_once(tmp_path):
     assert second.acquire()
 
 
-def test_racing_takers_never_both_win(tmp_path):
+def test_racing_takers_never_both_win(db_url):
     """Eight threads on their own connections race for an expired lease, round after
-    round: exactly one wins each round."""
+    round: exactly one wins each round (PostgreSQL: the guarded UPDATE locks the row, and
+    a waiting taker re-checks the guard on the winner's row)."""
     clock = Clock()
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    url = db_url
     migrate(open_database(url))
     leases = [Lease(open_database(url), "rollouts", f"m{i}", 30.0, clock) for i in range(8)]
     for _ in range(10):

@@ -1,7 +1,9 @@
 """Node metrics: the daemon's /proc parsing and buffer, ReportNodeMetrics, storage,
-resolution, retention, the HTTP endpoint and Node `resources`, old peers on either side."""
+resolution, retention (the manager's side on SQLite and PostgreSQL), the HTTP endpoint
+and Node `resources`, old peers on either side."""
 import logging
 import math
+import threading
 
 import grpc
 import pytest
@@ -15,6 +17,7 @@ from fleet.manager.pool import DaemonClientPool
 from fleet.manager.servicer import ManagerServicer
 from fleet.manager.service import FleetService
 from fleet.manager.store import db as dbmod
+from fleet.manager.store.backends import backend_of
 from fleet.manager.store.registry import Registry
 from fleet.rpc import create_server, open_channel
 from fleet.v1 import fleet_pb2 as pb
@@ -172,9 +175,9 @@ def test_node_sampler_on_this_machine():
 # ---- the manager: ReportNodeMetrics over real gRPC --------------------------------------
 
 @pytest.fixture
-def manager(tmp_path):
-    """(parts, stub) of a manager serving ManagerService on 127.0.0.1:0 over a SQLite file."""
-    db = dbmod.open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
+def manager(db_url):
+    """(parts, stub) of a manager serving ManagerService on 127.0.0.1:0, on each engine."""
+    db = dbmod.open_database(db_url)
     dbmod.migrate(db)
     parts = build_manager(db)
     parts.start()
@@ -265,9 +268,9 @@ def test_unregistered_old_boot_and_oversized_requests_refused(manager):
 # ---- storage: resolution and retention --------------------------------------------------
 
 @pytest.fixture
-def store(tmp_path):
-    """A NodeMetricsStore for node n1 on a SQLite file, with a clock the test moves."""
-    db = dbmod.open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
+def store(db_url):
+    """A NodeMetricsStore for node n1 on each engine, with a clock the test moves."""
+    db = dbmod.open_database(db_url)
     dbmod.migrate(db)
     clock = [NOW]
     found = NodeMetricsStore(db, Registry({"n1": (1, 0)}), retention=86400,
@@ -306,22 +309,23 @@ def test_too_many_raw_samples_fall_back_to_minutes(store):
     assert full["cpu_max"] == max(inside) and full["memory_used"] == 1000
 
 
-def test_seven_days_of_minutes_come_in_at_most_1000_points(tmp_path):
+def test_seven_days_of_minutes_come_in_at_most_1000_points(db_url):
     """A week of one-minute rows is answered in buckets of whole minutes, <= 1,000 points,
     oldest first, with sample-weighted means and the peak cpu."""
-    db = dbmod.open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db = dbmod.open_database(db_url)
     dbmod.migrate(db)
     store = NodeMetricsStore(db, Registry({"n1": (1, 0)}), retention=604800,
                              clock=lambda: NOW)
     first = int(NOW * 1000) // 60_000 * 60_000 - 7 * 86400 * 1000
     rows = [("n1", first + i * 60_000, float(i % 7), 2, 5.0, 0.1, 0.1, 0.1, 1.0, 1.0, 1.0,
              1.0, 100.0, 200.0, 0.0, 0.0, 10.0, 20.0) for i in range(7 * 1440 + 1)]
+    backend = backend_of(db)
     with db.connection_context(), db.atomic():
-        db.cursor().executemany(
+        backend.execute_many(db.cursor(), backend.sql(
             "INSERT INTO node_metric_minute (node_id, minute, cpu_max, samples, cpu, load1, "
             "load5, load15, disk_read_rate, disk_write_rate, net_rx_rate, net_tx_rate, "
             "memory_used, memory_total, swap_used, swap_total, disk_used, disk_total) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"), rows)
     points = store.points("n1", 604800)
     width = bucket_seconds(604800)
     assert width == 660 and 900 <= len(points) <= MAX_POINTS
@@ -358,6 +362,39 @@ def test_samples_older_than_the_raw_hour_are_skipped(store):
     now = int(NOW * 1000)
     accepted = store.report("n1", 1, [wire_sample(now - 3_700_000), wire_sample(now)], 10)
     assert accepted == 1 and len(store.points("n1", 86400)) == 1
+
+
+def test_concurrent_reports_of_one_node_in_any_order_all_succeed(store):
+    """Two reports of one node's overlapping samples, one oldest first and one newest
+    first, written at once round after round: both succeed (PostgreSQL locks the rows in
+    key order, so they never deadlock) and each sample is stored once."""
+    now = int(NOW * 1000)
+    failures = []
+    for round_ in range(3):
+        first = now - 3_500_000 + round_ * 1_000_000
+        samples = [wire_sample(first + i * 1000, cpu=float(i % 50)) for i in range(1000)]
+        barrier = threading.Barrier(2)
+
+        def send(batch):
+            barrier.wait()
+            try:
+                store.report("n1", 1, batch, 1.0)
+            except Exception as exc:  # noqa: BLE001 - the test reports any failure
+                failures.append(exc)
+
+        threads = [threading.Thread(target=send, args=(batch,))
+                   for batch in (samples, samples[::-1])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert failures == []
+    points = store.points("n1", 3600)
+    assert {p["resolution_seconds"] for p in points} == {60.0}
+    with store._db.connection_context():
+        stored = store._db.execute_sql("SELECT COUNT(*), SUM(samples) FROM node_metric_minute")
+        minutes, counted = stored.fetchone()
+    assert counted == 3000 and minutes == len(points)
 
 
 # ---- old peers ------------------------------------------------------------------------

@@ -344,3 +344,22 @@ def _waiting_for_a_lock(url):
         return cursor.fetchone()[0] > 0
     finally:
         conn.close()
+
+
+@postgresql_only
+def test_a_cancelled_statement_is_unavailable_not_a_bug(database):
+    """PostgreSQL's QueryCanceled (statement_timeout; like DeadlockDetected, two classes
+    below OperationalError) raised by peewee or a raw cursor is errors.Unavailable."""
+
+    @dbmod.storage_faults
+    def slow(raw):
+        with database.connection_context():
+            database.execute_sql("SET statement_timeout = 50")
+            if raw:
+                database.cursor().execute("SELECT pg_sleep(5)")
+            else:
+                database.execute_sql("SELECT pg_sleep(5)")
+
+    for raw in (False, True):
+        with pytest.raises(errors.Unavailable, match="statement timeout"):
+            slow(raw)

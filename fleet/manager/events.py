@@ -21,7 +21,8 @@ from typing import Callable, Optional, Sequence
 import peewee
 
 from fleet import errors
-from fleet.manager.store.db import Backend, backend_of, now_ms, storage_faults
+from fleet.manager.store.backends import Backend, backend_of
+from fleet.manager.store.db import now_ms, storage_faults
 from fleet.values import valid_agent_id, valid_node_id
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from typing import Callable, Optional, Sequence
 from fleet import errors
 from fleet.values import valid_agent_id, valid_node_id
 from fleet.manager import events as agent_events
-from fleet.manager.store.db import Backend, now_ms
+from fleet.manager.store.backends import Backend
+from fleet.manager.store.db import now_ms
 from fleet.manager.store.registry import Registry
 from fleet.manager.store.writer import SUBMIT_TIMEOUT, IngestWriter, Report  # noqa: F401 - re-exported
 from fleet.states import State

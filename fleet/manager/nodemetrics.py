@@ -27,7 +27,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import peewee
 
 from fleet import errors
-from fleet.manager.store.db import backend_of, now_ms, storage_faults
+from fleet.manager.store.backends import backend_of
+from fleet.manager.store.db import now_ms, storage_faults
 from fleet.values import valid_node_id
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class NodeMetricsStore:
         sample_json = json.dumps(resources(latest), separators=(",", ":"))
         with self._db.connection_context(), self._db.atomic():
             cursor = self._db.cursor()
-            self._backend.upsert_many(cursor, self._insert_sql, rows)
+            self._backend.upsert_many(cursor, self._insert_sql, rows, key=2)  # key order
             cursor.execute(self._rollup_sql, (node_id, first, end))
             cursor.execute(self._latest_sql, (node_id, latest.time, sample_json))
 
@@ -244,14 +245,15 @@ class NodeMetricsStore:
 
 
 def _rollup_sql() -> str:
-    """Recompute the minute rows of one node between two times from its raw rows."""
+    """Recompute the minute rows of one node between two times from its raw rows, in
+    minute order (PostgreSQL locks them in that order: two reports never deadlock)."""
     means = ", ".join(f"AVG({name})" for name in FIGURES)
     columns = ", ".join(FIGURES)
     updates = ", ".join(f"{c} = excluded.{c}" for c in FIGURES + ("cpu_max", "samples"))
     return (f"INSERT INTO node_metric_minute (node_id, minute, cpu_max, samples, {columns}) "
             f"SELECT node_id, (time / {MINUTE_MS}) * {MINUTE_MS}, MAX(cpu), COUNT(*), {means} "
             "FROM node_metric WHERE node_id = ? AND time >= ? AND time < ? "
-            f"GROUP BY node_id, (time / {MINUTE_MS}) * {MINUTE_MS} "
+            f"GROUP BY node_id, (time / {MINUTE_MS}) * {MINUTE_MS} ORDER BY 2 "
             f"ON CONFLICT (node_id, minute) DO UPDATE SET {updates}")
 
 

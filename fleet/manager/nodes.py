@@ -17,7 +17,8 @@ import peewee
 
 from fleet import errors
 from fleet.values import valid_node_id
-from fleet.manager.store.db import backend_of, now_ms, storage_faults
+from fleet.manager.store.backends import backend_of
+from fleet.manager.store.db import now_ms, storage_faults
 from fleet.manager.ingest import HEALTHS, REPORT_COLUMNS, agent_row, agent_upsert, state_fault
 from fleet.manager.store.models import Agent, Node
 from fleet.manager.store.registry import Registry

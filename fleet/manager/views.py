@@ -30,7 +30,8 @@ from fleet import errors
 from fleet.manager import paging
 from fleet.manager.ingest import HEALTHS, MAX_TEXT
 from fleet.manager.nodes import agent_columns, agent_from_values, parse_labels
-from fleet.manager.store.db import backend_of, now_ms, storage_faults
+from fleet.manager.store.backends import backend_of
+from fleet.manager.store.db import now_ms, storage_faults
 from fleet.manager.store.models import Agent, Node
 from fleet.states import State
 from fleet.values import valid_node_id

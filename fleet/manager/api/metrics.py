@@ -30,7 +30,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from fleet.manager.ingest import HEALTHS
 from fleet.manager.nodes import NODE_STATUSES
-from fleet.manager.store.db import backend_of, now_ms
+from fleet.manager.store.backends import backend_of
+from fleet.manager.store.db import now_ms
 from fleet.states import State
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
-"""Opening the manager's database, its migrations, and the per-backend SQL details.
+"""Opening the manager's database and its migrations (the engines' differences: backends.py).
 
 `open_database(url)` picks the backend from the URL:
     sqlite:///fleet.db (relative), sqlite:////var/lib/fleet.db (absolute),
     postgresql://user:pass@host:5432/fleet (psycopg2, imported only then).
 Everything SQLite- or PostgreSQL-specific (pragmas, placeholders, the bulk
 upsert call, schema locking, auto-increment keys) lives in the Backend classes
-here; models and queries elsewhere stay portable.
+(fleet.manager.store.backends); models and queries elsewhere stay portable.
 
 SQLite: WAL, synchronous=NORMAL, a busy timeout, peewee's per-thread
 connections, and every transaction `BEGIN IMMEDIATE` (the database's default
@@ -22,17 +22,18 @@ import functools
 import logging
 import time
 import urllib.parse
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import peewee
 
 from fleet import errors
 from fleet.manager.store import models
+from fleet.manager.store.backends import (  # noqa: F401 - re-exported: their old home
+    SCHEMA_LOCK_KEY, Backend, PostgresBackend, SQLiteBackend, backend_of, distinct_rounds)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
-SCHEMA_LOCK_KEY = 0x666C656574   # PostgreSQL advisory lock of migrations ("fleet")
 
 
 def now_ms(clock: Callable[[], float] = time.time) -> int:
@@ -40,161 +41,40 @@ def now_ms(clock: Callable[[], float] = time.time) -> int:
     return int(clock() * 1000)
 
 
+class _DriverErrors(peewee.ExceptionWrapper):
+    """peewee's translation of a driver's errors into its own kinds, looking through
+    every base class: psycopg2's DeadlockDetected and SerializationFailure (under
+    TransactionRollbackError) and QueryCanceled sit two levels below OperationalError,
+    past the one level peewee's own wrapper looks; and raw cursors (bulk upserts) are
+    not wrapped by peewee at all."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is None or isinstance(exc_value, peewee.PeeweeException):
+            return
+        for base in exc_type.__mro__:
+            if base.__name__ in self.exceptions:
+                raise self.exceptions[base.__name__](
+                    exc_value, *exc_value.args).with_traceback(traceback)
+
+
+# `with DRIVER_ERRORS:` around a driver's calls raises peewee's kinds of errors.
+DRIVER_ERRORS = _DriverErrors(peewee.EXCEPTIONS)
+
+
 def storage_faults(function: Callable) -> Callable:
     """Decorator: the database failing to operate (locked, disk full, I/O error, connection
-    lost) raises errors.Unavailable (HTTP 503, gRPC UNAVAILABLE), not a bug's 500."""
+    lost, a deadlock) raises errors.Unavailable (HTTP 503, gRPC UNAVAILABLE), not a bug's
+    500, whether peewee or a raw cursor raised it."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return function(*args, **kwargs)
+            with DRIVER_ERRORS:
+                return function(*args, **kwargs)
         except peewee.OperationalError as exc:
             raise errors.Unavailable(f"database unavailable: {exc}") from exc
 
     return wrapper
-
-
-# ---- backends -------------------------------------------------------------
-
-class Backend:
-    """What differs between database engines, behind one small interface."""
-
-    name = "generic"
-    param = "?"
-
-    def sql(self, text: str) -> str:
-        """`text` written with `?` placeholders, in this backend's style."""
-        return text if self.param == "?" else text.replace("?", self.param)
-
-    def upsert(self, table: str, columns: Sequence[str], conflict: Sequence[str],
-               updates: dict[str, str], where: str = "", bulk: bool = False) -> str:
-        """An INSERT ... ON CONFLICT DO UPDATE statement.
-
-        `updates` maps a column to its new value's SQL (may use excluded.COL and
-        TABLE.COL); `where`, if given, guards the update, so a conflicting row it
-        rejects stays as it was. A `bulk` statement is for `upsert_many`, the
-        other for one `execute` with one row of parameters.
-        """
-        sets = ", ".join(f"{col} = {expr}" for col, expr in updates.items())
-        values = self._bulk_values(len(columns)) if bulk else self._values(len(columns))
-        guard = f" WHERE {where}" if where else ""
-        return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} "
-                f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {sets}{guard}")
-
-    def insert_ignoring(self, table: str, columns: Sequence[str], conflict: Sequence[str]) -> str:
-        """A bulk INSERT (for `upsert_many`) that skips a row whose `conflict` key is stored."""
-        return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-                f"{self._bulk_values(len(columns))} ON CONFLICT ({', '.join(conflict)}) DO NOTHING")
-
-    def _values(self, count: int) -> str:
-        return "(" + ", ".join([self.param] * count) + ")"
-
-    def _bulk_values(self, count: int) -> str:
-        return self._values(count)
-
-    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple],
-                    key: int = 0) -> None:
-        """Run an `upsert` statement for every row, on an open transaction's cursor.
-
-        `key`: how many leading values of a row are its conflict key. Rows
-        repeating a key are applied in their order, as one statement per row
-        would be (SQLite's executemany is just that); PostgreSQL also locks the
-        rows in key order, so that two transactions never deadlock on them.
-        """
-        cursor.executemany(statement, rows)
-
-    def execute_many(self, cursor: Any, sql: str, rows: Sequence[tuple]) -> None:
-        """Run one parameterised statement (from `sql()`) for every row."""
-        cursor.executemany(sql, rows)
-
-    def auto_pk(self) -> str:
-        """Column definition of an auto-incremented integer primary key."""
-        raise NotImplementedError
-
-    def lock_schema(self, db: peewee.Database) -> None:
-        """Serialise concurrent migrations (called first inside their transaction)."""
-
-    def for_update(self, query: peewee.Select) -> peewee.Select:
-        """`query` locking the rows it reads until the end of the transaction."""
-        return query
-
-    def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
-        """How long this thread's connection waits for a lock before failing."""
-
-
-class SQLiteBackend(Backend):
-    name = "sqlite"
-
-    def auto_pk(self) -> str:
-        return "id INTEGER PRIMARY KEY AUTOINCREMENT"
-
-    def lock_schema(self, db: peewee.Database) -> None:
-        pass  # BEGIN IMMEDIATE already holds the database's write lock
-
-    def for_update(self, query: peewee.Select) -> peewee.Select:
-        return query  # likewise: no other transaction writes until this one ends
-
-    def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
-        db.execute_sql(f"PRAGMA busy_timeout = {int(millis)}")
-
-
-class PostgresBackend(Backend):
-    name = "postgresql"
-    param = "%s"
-
-    def _bulk_values(self, count: int) -> str:
-        return "%s"  # execute_values expands it into many row tuples
-
-    def upsert_many(self, cursor: Any, statement: str, rows: Sequence[tuple],
-                    key: int = 0) -> None:
-        from psycopg2.extras import execute_values  # only present with PostgreSQL
-        # One INSERT ... ON CONFLICT DO UPDATE may not touch a row twice.
-        for part in distinct_rounds(rows, key) if key else (rows,):
-            execute_values(cursor, statement, part, page_size=1000)
-
-    def execute_many(self, cursor: Any, sql: str, rows: Sequence[tuple]) -> None:
-        from psycopg2.extras import execute_batch  # executemany is a per-row round trip
-        execute_batch(cursor, sql, rows, page_size=1000)
-
-    def auto_pk(self) -> str:
-        return "id BIGSERIAL PRIMARY KEY"
-
-    def lock_schema(self, db: peewee.Database) -> None:
-        # Several manager processes may start at once on one database, even an empty
-        # one: a transaction-scoped advisory lock needs no table to exist.
-        db.execute_sql(self.sql("SELECT pg_advisory_xact_lock(?)"), (SCHEMA_LOCK_KEY,))
-
-    def for_update(self, query: peewee.Select) -> peewee.Select:
-        return query.for_update()
-
-    def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
-        db.execute_sql(f"SET lock_timeout = {int(millis)}")
-
-
-def distinct_rounds(rows: Sequence[tuple], key: int) -> list[list[tuple]]:
-    """`rows` in lists sorted by key (a row's first `key` values) in which no key
-    repeats: the n-th row of a key goes to the n-th list, so applying the lists
-    one after another applies each key's rows in their order."""
-    rounds: list[list[tuple]] = []
-    seen: dict[tuple, int] = {}
-    for row in rows:
-        index = seen.get(row[:key], 0)
-        seen[row[:key]] = index + 1
-        if index == len(rounds):
-            rounds.append([])
-        rounds[index].append(row)
-    for part in rounds:
-        part.sort(key=lambda row: row[:key])
-    return rounds
-
-
-def backend_of(db: peewee.Database) -> Backend:
-    """The Backend adapter of a database opened by open_database."""
-    if isinstance(db, peewee.PostgresqlDatabase):
-        return PostgresBackend()
-    if isinstance(db, peewee.SqliteDatabase):
-        return SQLiteBackend()
-    raise TypeError(f"unsupported database {type(db).__name__}")
 
 
 # ---- opening ----------------------------------------------------------------

@@ -21,7 +21,8 @@ from typing import Callable
 
 import peewee
 
-from fleet.manager.store.db import backend_of, now_ms
+from fleet.manager.store.backends import backend_of
+from fleet.manager.store.db import now_ms
 
 log = logging.getLogger(__name__)
 

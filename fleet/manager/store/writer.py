@@ -26,17 +26,15 @@ import peewee
 
 from fleet import errors
 from fleet.manager import events
+from fleet.manager.store.backends import Backend, backend_of
 from fleet.manager.store.backlog import DEFAULT_MAX_ROWS, Backlog
-from fleet.manager.store.db import Backend, backend_of
+from fleet.manager.store.db import DRIVER_ERRORS  # the raw cursor: peewee's kinds of errors
 
 log = logging.getLogger(__name__)
 
 WRITER_LOCK_TIMEOUT_MS = 2000   # the writer gives a locked database this long
 MAX_BATCH_ROWS = 20000          # rows per group-commit transaction
 SUBMIT_TIMEOUT = 4.0            # seconds; below the daemons' 5 s deadline
-# The raw cursor raises the driver's own errors; inside this they become peewee's kinds
-# (OperationalError: locked, disk full), as peewee's own calls do.
-DRIVER_ERRORS = peewee.ExceptionWrapper(peewee.EXCEPTIONS)
 # The database failing to operate: UNAVAILABLE, the daemon retries. Anything else
 # (a constraint, bad SQL, a bug in this module) is INTERNAL with a logged traceback.
 STORAGE_FAULTS = (peewee.OperationalError, peewee.InterfaceError)
