@@ -40,6 +40,7 @@ class ManagerConfig:
     api_tokens: tuple[ApiToken, ...] = ()   # (name, token, scope)
     cluster_token: str = ""
     tls: TLSConfig | None = None
+    lease_ttl: float = 30.0            # seconds a duty's lease (rollouts) outlives its holder
 
 
 def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
@@ -69,6 +70,7 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
         api_tokens=tuple(tokens),
         cluster_token=cluster_token,
         tls=read_tls(r, ("cert", "key", "client_ca")),
+        lease_ttl=r.get("lease_ttl", ManagerConfig.lease_ttl, lambda v: to_seconds(v, 3)),
     )
     r.check_unknown()
     if api_token and api_token == cluster_token:

@@ -40,7 +40,7 @@ _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
-             metrics=None, metrics_public: bool = False) -> bottle.Bottle:
+             metrics=None, metrics_public: bool = False, rollouts=None) -> bottle.Bottle:
     """A new bottle app serving DESIGN.md's HTTP API.
 
     `agent_service`: a fleet.manager.service.FleetService (or alike).
@@ -49,11 +49,13 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
     `events`: a fleet.manager.events.EventService (None: the events endpoints 404).
     `metrics`: a fleet.manager.api.metrics.ManagerMetrics (None: /metrics 404s);
     `metrics_public`: /metrics answers without a token.
+    `rollouts`: a fleet.manager.rollouts.RolloutService (None: the rollouts endpoints 404).
     """
     app = bottle.Bottle()
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
     routes.exposition, routes.exposition_scope = metrics, "public" if metrics_public else "read"
+    routes.rollouts = rollouts
     app.install(_Edge(auth, routes.refused))
     dashboard = ui.Dashboard(ui.load_files())
     for method, path, handler, scope in routes.table() + _ui_table(dashboard):
@@ -75,6 +77,7 @@ class _Routes:
         self._openapi = openapi_json
         self.exposition = None               # a ManagerMetrics serving /metrics, or None
         self.exposition_scope = "read"       # "public" with [manager] metrics_public
+        self.rollouts = None                 # a RolloutService, or None (rollouts 404)
 
     def table(self) -> list[tuple[str, str, Callable, str]]:
         """(method, path, handler, scope) for every endpoint; scope is the least a
@@ -99,6 +102,10 @@ class _Routes:
             ("GET", API + "/agents", self.fleet_agents, "read"),
             ("GET", API + "/overview", self.overview, "read"),
             ("GET", node + "/metrics", self.node_metrics, "read"),
+            ("POST", API + "/rollouts", self.create_rollout, "operate"),
+            ("GET", API + "/rollouts", self.list_rollouts, "read"),
+            ("GET", API + "/rollouts/<rollout_id>", self.get_rollout, "read"),
+            ("POST", API + "/rollouts/<rollout_id>/cancel", self.cancel_rollout, "operate"),
         ]
 
     def index(self):
@@ -191,6 +198,25 @@ class _Routes:
     def overview(self):
         return self._service.overview()
 
+    def create_rollout(self):
+        body = _json_body(self._max_body)
+        return _Accepted({"rollout": self._rollout_service().create(body, actor=_actor())})
+
+    def list_rollouts(self):
+        rollouts, cursor = self._rollout_service().list(*_page())
+        return {"rollouts": rollouts, "next_cursor": cursor}
+
+    def get_rollout(self, rollout_id):
+        return {"rollout": self._rollout_service().get(rollout_id)}
+
+    def cancel_rollout(self, rollout_id):
+        return {"rollout": self._rollout_service().cancel(rollout_id, actor=_actor())}
+
+    def _rollout_service(self):
+        if self.rollouts is None:
+            raise errors.NotFound("rollouts are not served here")
+        return self.rollouts
+
     def _event_service(self):
         if self._events is None:
             raise errors.NotFound("events are not served here")
@@ -208,6 +234,10 @@ def _ui_table(dashboard: ui.Dashboard) -> list[tuple[str, str, Callable, str]]:
 
 class _Raw(str):
     """A body already encoded as JSON."""
+
+
+class _Accepted(dict):
+    """A body answered 202 Accepted (work goes on after the answer: a rollout)."""
 
 
 class _Body:
@@ -235,7 +265,8 @@ class _Edge:
             try:
                 if scope != "public":
                     self._authorize(scope, route.callback, kwargs)
-                return _respond(200, callback(*args, **kwargs))
+                payload = callback(*args, **kwargs)
+                return _respond(202 if isinstance(payload, _Accepted) else 200, payload)
             except errors.FleetError as exc:
                 return _fleet_error(exc)
             except bottle.HTTPResponse:
