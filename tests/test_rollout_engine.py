@@ -64,7 +64,8 @@ class _Daemon:
     def __init__(self, fleet, node_id):
         self.fleet, self.node_id = fleet, node_id
 
-    def operate(self, agent_id, operation):
+    def operate(self, agent_id, operation, cause="", detail=""):
+        assert (cause, detail[:8]) == ("rollout", "rollout ")
         if self.node_id in self.fleet.unreachable:
             raise errors.Unavailable(f"daemon {self.node_id}: connection refused")
         self.fleet.operated.append((self.node_id, operation))

@@ -103,6 +103,7 @@ def test_restart_rollout_goes_wave_by_wave_over_the_selected_nodes(cluster):
         assert sum(s <= started < f for s, f in spans) <= 2, spans
     for node in edges:
         wait_for(lambda: len(restart_events(api, node)) == 1, 20)
+        assert restart_events(api, node)[0]["message"] == f"cause=rollout: rollout {rollout['id']}"
     status, page = api.get(ROLLOUTS + "?limit=1")
     assert status == 200 and page["rollouts"][0]["id"] == rollout["id"]
     entries = api.get("/api/v1/audit")[1]["entries"]
@@ -196,8 +197,8 @@ def test_two_managers_on_one_database_only_one_drives(cluster):
 
 
 def test_bad_requests_are_400_naming_the_key_and_need_operate(cluster):
-    """Validation 400s name the key; a selector matching no node is a 400 naming the
-    selector; a read token gets 403; unknown rollouts 404; pages follow next_cursor."""
+    """Validation 400s name the key; a selector matching no node with the agent is a 404
+    naming the selector; a read token gets 403; unknown rollouts 404; pages follow next_cursor."""
     api, = start_fleet(cluster, ["e1"])
     for body, key in [({"operation": "reboot", "agent_id": "web"}, "operation"),
                       ({"operation": "restart"}, "agent_id"),
@@ -207,11 +208,14 @@ def test_bad_requests_are_400_naming_the_key_and_need_operate(cluster):
                        "max_failures"),
                       ({"operation": "restart", "agent_id": "web", "wait_seconds": 3601},
                        "wait_seconds"),
-                      ({"operation": "restart", "agent_id": "web",
-                        "selector": {"labels": {"role": "nowhere"}}}, "selector"),
-                      ({"operation": "restart", "agent_id": "nosuch"}, "selector")]:
+                      ]:
         status, answer = api.post(ROLLOUTS, body)
         assert status == 400 and key in answer["error"]["message"], (body, answer)
+    for body in ({"operation": "restart", "agent_id": "web",
+                  "selector": {"labels": {"role": "nowhere"}}},
+                 {"operation": "restart", "agent_id": "nosuch"}):
+        status, answer = api.post(ROLLOUTS, body)
+        assert status == 404 and "selector" in answer["error"]["message"], (body, answer)
     status, answer = api.post(ROLLOUTS, {"operation": "restart", "agent_id": "web"},
                               token=VIEWER)
     assert status == 403, answer

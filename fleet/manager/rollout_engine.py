@@ -211,7 +211,8 @@ class RolloutEngine:
             if not address:
                 raise errors.Unavailable(f"node {node.node_id!r} has no address to dial")
             with self._pool.client(node.node_id, address) as daemon:
-                info = daemon.operate(row.agent_id, row.operation)
+                info = daemon.operate(row.agent_id, row.operation, "rollout",
+                                      f"rollout {row.id}")
             self._nodes.update_agent(node.node_id, info)
             log.info("rollout %d: operated node=%s agent=%s op=%s pid=%s", row.id,
                      node.node_id, row.agent_id, row.operation, info.pid)

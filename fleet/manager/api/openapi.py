@@ -424,7 +424,8 @@ def paths() -> dict:
             "Overview")},
         "/api/v1/rollouts": {
             "post": _op("createRollout", "Start a rollout over the nodes of a selector that "
-                        "have the agent (frozen now, by node_id)", "RolloutResponse", "400 413",
+                        "have the agent (frozen now, by node_id); 404 when none", "RolloutResponse",
+                        "400 404 413",
                         body="RolloutRequest", status="202"),
             "get": _op("listRollouts", "Rollouts, newest first, a page at a time",
                        "RolloutList", "400", ("Limit", "RolloutCursor"))},
