@@ -161,18 +161,20 @@ def test_a_manager_killed_mid_rollout_is_resumed_by_its_successor(cluster):
     for node in edges:
         command = ["sleep", "3600"]
         agents = 'labels = { role = "edge" }\n' + AGENT.format(command=json.dumps(command),
-                                                               start=3)
+                                                               start=5)
         cluster.run("daemon", cluster.daemon_config(node, grpc_port, agents))
     for node in edges:
         wait_for(lambda: api.agents(node).get("web", {}).get("health") == "healthy", 60)
     before = pids(api, edges)
     rollout = create(api, max_parallel=1, wait_seconds=60)
     wait_for(lambda: node_status(api, rollout["id"])["e1"] == "running", 20)
+    wait_for(lambda: pids(api, ["e1"])["e1"] != before["e1"], 20)   # operated, not healthy yet
+    assert node_status(api, rollout["id"])["e1"] == "running"
     manager.popen.send_signal(signal.SIGKILL)
     manager.popen.wait(10)
     api = Api(cluster.run("manager", config).port("http"))
     done = finished(api, rollout["id"], timeout=120)
-    assert done["status"] == "succeeded", done
+    assert done["status"] == "succeeded", done["nodes"]
     after = pids(api, edges)
     assert all(after[n] != before[n] for n in edges)
     for node in edges:
