@@ -259,3 +259,17 @@ def test_bad_bodies_name_the_key(body, key):
     with pytest.raises(errors.InvalidArgument) as raised:
         parse_spec(body)
     assert key in raised.value.message
+
+
+def test_the_daemon_checks_an_operate_cause():
+    """OperateAgentRequest.cause: "" is the operator, rollout and policy pass with their
+    detail; another cause or an overlong detail is InvalidArgument."""
+    from fleet.daemon.service import operate_cause
+    from fleet.v1 import fleet_pb2 as pb
+    assert operate_cause(pb.OperateAgentRequest()) == ("operator", "")
+    assert operate_cause(pb.OperateAgentRequest(cause="rollout", detail="rollout 7")) == \
+        ("rollout", "rollout 7")
+    for bad in (pb.OperateAgentRequest(cause="health"),
+                pb.OperateAgentRequest(cause="rollout", detail="x" * 201)):
+        with pytest.raises(errors.InvalidArgument):
+            operate_cause(bad)
