@@ -242,7 +242,8 @@ def test_only_the_lease_holder_drives(world):
 
 @pytest.mark.parametrize("body, key", [
     ([], "body"), ({"operation": "reboot", "agent_id": "web"}, "operation"),
-    ({"operation": "restart"}, "agent_id"), ({"operation": "restart", "agent_id": "a b"}, "agent_id"),
+    ({"operation": "restart"}, "agent_id"),
+    ({"operation": "restart", "agent_id": "a b"}, "agent_id"),
     ({"operation": "restart", "agent_id": "web", "max_parallel": 0}, "max_parallel"),
     ({"operation": "restart", "agent_id": "web", "max_parallel": 1001}, "max_parallel"),
     ({"operation": "restart", "agent_id": "web", "max_failures": -1}, "max_failures"),
