@@ -41,6 +41,7 @@ class ManagerConfig:
     api_tokens: tuple[ApiToken, ...] = ()   # (name, token, scope)
     cluster_token: str = ""
     tls: TLSConfig | None = None
+    lease_ttl: float = 30.0            # seconds a duty's lease (rollouts) outlives its holder
     workers: int = 1                   # manager processes sharing both ports (SO_REUSEPORT)
 
 
@@ -77,6 +78,7 @@ def read_manager(table: Any, problems: list[str]) -> ManagerConfig:
         cluster_token=cluster_token,
         tls=read_tls(r, ("cert", "key", "client_ca")),
         workers=r.get("workers", 1, lambda v: to_int(v, 1, MAX_WORKERS)),
+        lease_ttl=r.get("lease_ttl", ManagerConfig.lease_ttl, lambda v: to_seconds(v, 3)),
     )
     r.check_unknown()
     if api_token and api_token == cluster_token:

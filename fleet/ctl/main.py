@@ -201,8 +201,11 @@ def _add_rollout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("agent", metavar="AGENT")
     parser.add_argument("--label", action="append", type=_label, required=True, metavar="K=V",
                         help="nodes with this label (repeat to require several)")
-    parser.add_argument("--max-parallel", type=_positive, default=5, help="default 5")
-    parser.add_argument("--max-failures", type=lambda t: _int_in(t, 0, 10**9), default=1,
-                        help="default 1")
-    parser.add_argument("--wait-seconds", type=_positive,
-                        help="how long each wave may take to run (the manager's default)")
+    parser.add_argument("--max-parallel", type=lambda t: _int_in(t, 1, 1000), default=5,
+                        help="nodes at a time, 1..1000 (default 5)")
+    parser.add_argument("--max-failures", type=lambda t: _int_in(t, 0, 100000), default=1,
+                        help="failed nodes tolerated; one more stops the rollout (default 1; "
+                             "0: stop at the first failure)")
+    parser.add_argument("--wait-seconds", type=lambda t: _int_in(t, 1, 3600),
+                        help="how long each node may take to run healthy, 1..3600 "
+                             "(the manager's default, 60)")

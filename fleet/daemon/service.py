@@ -52,7 +52,7 @@ class DaemonServicer(pb_grpc.DaemonServiceServicer):
         runner = self.supervisor.runner(request.agent_id)
         if self.shutting_down:
             raise Conflict("the daemon is shutting down")
-        snapshot = runner.operate(request.operation)
+        snapshot = runner.operate(request.operation, *operate_cause(request))
         log.info("operate %s %s: %s pid=%s", request.operation, request.agent_id,
                  snapshot.state.name, snapshot.pid)
         return pb.OperateAgentResponse(agent=agent_info(snapshot))
@@ -92,3 +92,16 @@ class DaemonServicer(pb_grpc.DaemonServiceServicer):
         return pb.ReloadResponse(
             agents=[agent_info(s) for s in self.supervisor.snapshots()],
             changes=[pb.AgentChange(agent_id=c.agent_id, change=c.change) for c in changes])
+
+CAUSES = ("", "operator", "rollout", "policy")   # who asks an OperateAgent, for its events
+MAX_DETAIL = 200
+
+
+def operate_cause(request) -> tuple[str, str]:
+    """(cause, detail) of an OperateAgentRequest: "" is the operator; InvalidArgument for
+    another cause or a detail too long or with NUL."""
+    if request.cause not in CAUSES:
+        raise InvalidArgument(f"cause must be one of {', '.join(c for c in CAUSES if c)}")
+    if len(request.detail) > MAX_DETAIL or "\x00" in request.detail:
+        raise InvalidArgument(f"detail must be at most {MAX_DETAIL} characters, without NUL")
+    return request.cause or "operator", request.detail

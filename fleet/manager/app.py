@@ -26,6 +26,9 @@ from fleet.manager.api.routes import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.parts import ManagerParts, build_manager
 from fleet.manager.policies import PolicyService
+from fleet.manager.rollout_engine import RolloutEngine
+from fleet.manager.rollouts import RolloutService, RolloutStore
+from fleet.manager.store.lease import Lease, holder_name
 from fleet.manager.tokens import ApiAuth, ManagerTokens, create_token_files, resolve_tokens
 from fleet.manager.api.server import HttpServer, serve_http
 from fleet.rpc import as_client, create_server
@@ -59,6 +62,7 @@ class Manager:
         self.metrics: ManagerMetrics | None = None   # this manager's own registry
         self.routes = None                 # the bottle app (before the metrics' WSGI wrapper)
         self.pool: DaemonClientPool | None = None
+        self.rollouts: RolloutEngine | None = None   # drives rollouts under the lease
         self._grpc = None
         self._http: HttpServer | None = None
         self._tokens: ManagerTokens | None = None   # resolved by bind()
@@ -108,15 +112,19 @@ class Manager:
         self.pool = DaemonClientPool(self.cluster_token, as_client(cfg.tls),
                                      timeout=cfg.daemon_timeout,
                                      operate_timeout=cfg.operate_timeout)
-        self._app.target = self._make_app(db)
+        rollout_store = RolloutStore(db)
+        self.rollouts = RolloutEngine(rollout_store, self.parts.nodes, self.pool,
+                                      Lease(db, "rollouts", holder_name(), cfg.lease_ttl))
+        self._app.target = self._make_app(db, rollout_store)
         self.parts.start()
+        self.rollouts.start()
         self._grpc.start()
         self._serving.serving()
         log.info("listening grpc=%s", join_address(split_address(cfg.grpc)[0], self.grpc_port))
         self._http.start_background()
         log.info("listening http=%s", self._http.address)
 
-    def _make_app(self, db) -> Callable:
+    def _make_app(self, db, rollout_store: RolloutStore) -> Callable:
         """The HTTP API over the parts, counted by this manager's metrics."""
         self.metrics = ManagerMetrics(db, self.config.offline_after)
         self.parts.servicer.on_report = self.metrics.report_received
@@ -129,7 +137,9 @@ class Manager:
         self.routes = make_app(service, ApiAuth(self._tokens.api, self.cluster_token),
                                events=EventService(self.parts.events, self.parts.nodes),
                                metrics=self.metrics, metrics_public=self.config.metrics_public,
-                               policies=PolicyService(self.parts.policies, audit))
+                               policies=PolicyService(self.parts.policies, audit),
+                               rollouts=RolloutService(rollout_store, self.parts.nodes, db,
+                                                       audit, self.rollouts.wake))
         app = self.metrics.instrument(self.routes)
         return _named(app, str(os.getpid())) if self.worker else app
 
@@ -146,6 +156,8 @@ class Manager:
         self.stop_http()
         if self._grpc is not None:
             self._grpc.stop(grace=2.0).wait(3.0)
+        if self.rollouts is not None:
+            self.rollouts.stop()
         if self.pool is not None:
             self.pool.close_all()
         if self.parts is not None:

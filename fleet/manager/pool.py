@@ -69,10 +69,13 @@ class DaemonClient:
         request = fleet_pb2.ListAgentsRequest(node_id=self.node_id)
         return list(self._call("ListAgents", request, self._timeout).agents)
 
-    def operate(self, agent_id: str, operation: str) -> fleet_pb2.AgentInfo:
-        """start|stop|restart one agent; the agent's state after it."""
+    def operate(self, agent_id: str, operation: str, cause: str = "",
+                detail: str = "") -> fleet_pb2.AgentInfo:
+        """start|stop|restart one agent; the agent's state after it. `cause` ("": the
+        operator, "rollout", "policy") and `detail` are named in a restart's event."""
         request = fleet_pb2.OperateAgentRequest(
-            node_id=self.node_id, agent_id=agent_id, operation=operation)
+            node_id=self.node_id, agent_id=agent_id, operation=operation, cause=cause,
+            detail=detail)
         return self._call("OperateAgent", request, self._operate_timeout).agent
 
     def reload(self) -> fleet_pb2.ReloadResponse:

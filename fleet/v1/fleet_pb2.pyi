@@ -388,14 +388,18 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ...) -> None: ...
 
 class OperateAgentRequest(_message.Message):
-    __slots__ = ("node_id", "agent_id", "operation")
+    __slots__ = ("node_id", "agent_id", "operation", "cause", "detail")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     agent_id: str
     operation: str
-    def __init__(self, node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., operation: _Optional[str] = ...) -> None: ...
+    cause: str
+    detail: str
+    def __init__(self, node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., operation: _Optional[str] = ..., cause: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class OperateAgentResponse(_message.Message):
     __slots__ = ("agent",)

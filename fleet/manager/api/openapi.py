@@ -12,7 +12,7 @@ import json
 import fleet
 from fleet.errors import HTTP_STATUS
 from fleet.config import ManagerConfig
-from fleet.manager import events, nodemetrics, paging
+from fleet.manager import events, nodemetrics, paging, rollouts
 from fleet.manager.api import openapi_policies, ui
 from fleet.states import State
 
@@ -21,14 +21,14 @@ AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                          # values.va
 AGENT_STATUSES = [s.api_name for s in State if s is not State.UNSPECIFIED]
 HEALTHS = ["healthy", "unhealthy", "unknown"]
 AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete", "reload", "policy_put",
-                    "policy_delete"]
+                    "policy_delete", "rollout", "rollout-cancel"]
 # "ok", or the code of any FleetError kind (what fleet.manager.audit records).
 AUDIT_RESULTS = ["ok"] + sorted({kind.code for kind in HTTP_STATUS})
 
 SCOPES_NOTE = (
     "An API token of [manager.api_tokens] has a scope: `read` may GET everything, "
-    "`operate` may also operate agents and sync nodes, `admin` may also delete nodes "
-    "and write policies. "
+    "`operate` may also operate agents, sync nodes and run rollouts, `admin` may also "
+    "delete nodes and write policies. "
     "api_token, the generated fleet-api.token and a token without a scope are admin. "
     "A valid token below what an endpoint needs gets 403 permission_denied.")
 
@@ -142,6 +142,7 @@ def schemas() -> dict:
         "code": {"type": "string", "enum": sorted({code for code, _ in ERRORS.values()})},
         "message": _STR})})
     return {
+        **rollout_schemas(),
         "Node": node, "Agent": agent, "MetricPoint": point, "Error": error,
         "NodeResources": node_resources, "NodeMetricPoint": node_point,
         "NodeMetrics": _obj({"points": {"type": "array", "items": _ref("NodeMetricPoint"),
@@ -182,14 +183,14 @@ def schemas() -> dict:
             "id": _INT, "time": {**_INT, "description": "when it began, Unix milliseconds"},
             "actor": {**_STR, "description": "the API token's name (never the token)"},
             "node_id": {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN,
-                        "description": "empty for a fleet-wide change (a policy's)"},
+                        "description": "empty for a fleet-wide change (a policy's, a rollout's)"},
             "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN, "nullable": True,
                          "description": "null for a node-level operation"},
             "operation": {"type": "string", "enum": AUDIT_OPERATIONS},
             "result": {"type": "string", "enum": AUDIT_RESULTS,
                        "description": "ok, or the error code"},
-            "message": {**_STR, "description": "the error message; empty when ok (a "
-                        "policy change: its diff)"},
+            "message": {**_STR, "description": "the error message; empty when ok, but for "
+                        "a policy change (its diff) and a rollout (which one)"},
             "duration_ms": {**_INT, "minimum": 0}}, "One operation, as audited"),
         "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")},
                            "next_cursor": _NEXT}),
@@ -227,6 +228,43 @@ def overview() -> dict:
             "events, and `started` events that follow neither `stopped` nor `restart` "
             "(an agent's first start is not a restart)")}},
         "Nodes by status, agents by status and health, the agents restarting most")
+
+
+def rollout_schemas() -> dict:
+    """Rollout, its list, its request (fleet.manager.rollouts)."""
+    bounded = {key: {"type": "integer", "minimum": low, "maximum": high,
+                     "default": rollouts.DEFAULTS[key]}
+               for key, (low, high) in rollouts.RANGES.items()}
+    selector = {"type": "object", "additionalProperties": False, "properties": {
+        "labels": {"type": "object", "additionalProperties": _STR,
+                   "maxProperties": rollouts.MAX_LABELS}},
+        "description": "nodes carrying every label; {} or no labels: every node"}
+    node = _obj({"node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
+                 "status": {"type": "string", "enum": list(rollouts.NODE_STATUSES)},
+                 "message": {**_STR, "description": "the result or why it failed or was "
+                             "skipped"},
+                 "started_at": _TIME, "finished_at": _TIME}, "One node of a rollout")
+    rollout = _obj({
+        "id": _INT, "operation": {"type": "string", "enum": list(rollouts.OPERATIONS),
+                                  "nullable": True},
+        "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN, "nullable": True},
+        "policy": {"type": "string", "nullable": True, "description": "always null here"},
+        "selector": selector, **{key: {"type": "integer"} for key in rollouts.RANGES},
+        "status": {"type": "string", "enum": list(rollouts.STATUSES)},
+        "created_at": _INT, "finished_at": _TIME,
+        "nodes": {"type": "array", "items": _ref("RolloutNode"),
+                  "description": "frozen at creation, by node_id"}},
+        "An operation applied in waves of max_parallel nodes; it stops starting nodes once "
+        "more than max_failures have failed (0: at the first failure)")
+    request = {"type": "object", "required": ["operation", "agent_id"],
+               "additionalProperties": False, "properties": {
+                   "operation": {"type": "string", "enum": list(rollouts.OPERATIONS)},
+                   "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
+                   "selector": selector, **bounded}}
+    return {"Rollout": rollout, "RolloutNode": node, "RolloutRequest": request,
+            "RolloutResponse": _obj({"rollout": _ref("Rollout")}),
+            "RolloutList": _obj({"rollouts": {"type": "array", "items": _ref("Rollout")},
+                                 "next_cursor": _NEXT})}
 
 
 def parameters() -> dict:
@@ -289,6 +327,9 @@ def parameters() -> dict:
         "AgentCursor": cursor(paging.AGENT_CURSOR),
         "FleetAgentCursor": cursor(paging.FLEET_AGENT_CURSOR),
         "AuditCursor": cursor(paging.TIME_ID_CURSOR),
+        "RolloutCursor": cursor(rollouts.ID_CURSOR),
+        "RolloutId": {"name": "rollout_id", "in": "path", "required": True,
+                      "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
         "AgentStatus": query("status", {"type": "string", "enum": [""] + AGENT_STATUSES},
                              "Only agents in this status (empty: every agent)"),
         "Type": query("type", {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00]*$"},
@@ -317,11 +358,11 @@ def responses() -> dict:
 
 
 def _op(op_id: str, summary: str, schema: str, errors: str = "", params=(), body=None,
-        public: bool = False) -> dict:
-    """One operation: 200 with `schema`, the error statuses listed in `errors`."""
+        public: bool = False, status: str = "200") -> dict:
+    """One operation: `status` with `schema`, the error statuses listed in `errors`."""
     operation = {"operationId": op_id, "summary": summary,
                  "parameters": [_ref(p, "parameters") for p in params],
-                 "responses": {"200": {"description": "OK", "content": {
+                 "responses": {status: {"description": "OK", "content": {
                      "application/json": {"schema": _ref(schema)}}}}}
     statuses = errors.split() + ([] if public else ["401", "403", "500"])
     for status in sorted(set(statuses)):
@@ -397,6 +438,19 @@ def paths() -> dict:
             "overview", "Nodes by status, agents by status and health, top restarts",
             "Overview")},
         **openapi_policies.paths(_op),
+        "/api/v1/rollouts": {
+            "post": _op("createRollout", "Start a rollout over the nodes of a selector that "
+                        "have the agent (frozen now, by node_id); 404 when none", "RolloutResponse",
+                        "400 404 413",
+                        body="RolloutRequest", status="202"),
+            "get": _op("listRollouts", "Rollouts, newest first, a page at a time",
+                       "RolloutList", "400", ("Limit", "RolloutCursor"))},
+        "/api/v1/rollouts/{rollout_id}": {"get": _op(
+            "getRollout", "One rollout and each node's result", "RolloutResponse", "404",
+            ("RolloutId",))},
+        "/api/v1/rollouts/{rollout_id}/cancel": {"post": _op(
+            "cancelRollout", "Cancel a rollout: pending nodes are skipped, a node in flight "
+            "finishes", "RolloutResponse", "404 409", ("RolloutId",))},
     }
 
 

@@ -40,7 +40,8 @@ _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
-             metrics=None, metrics_public: bool = False, policies=None) -> bottle.Bottle:
+             metrics=None, metrics_public: bool = False, policies=None,
+             rollouts=None) -> bottle.Bottle:
     """A new bottle app serving DESIGN.md's HTTP API.
 
     `agent_service`: a fleet.manager.service.FleetService (or alike).
@@ -50,12 +51,14 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
     `metrics`: a fleet.manager.api.metrics.ManagerMetrics (None: /metrics 404s);
     `metrics_public`: /metrics answers without a token.
     `policies`: a fleet.manager.policies.PolicyService (None: the policies endpoints 404).
+    `rollouts`: a fleet.manager.rollouts.RolloutService (None: the rollouts endpoints 404).
     """
     app = bottle.Bottle()
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders
     routes = _Routes(agent_service, max_body, openapi.document_json(), events)
     routes.policies = policies
     routes.exposition, routes.exposition_scope = metrics, "public" if metrics_public else "read"
+    routes.rollouts = rollouts
     app.install(_Edge(auth, routes.refused))
     dashboard = ui.Dashboard(ui.load_files())
     for method, path, handler, scope in routes.table() + _ui_table(dashboard):
@@ -78,6 +81,7 @@ class _Routes:
         self.exposition = None               # a ManagerMetrics serving /metrics, or None
         self.exposition_scope = "read"       # "public" with [manager] metrics_public
         self.policies = None                 # a PolicyService, or None (404)
+        self.rollouts = None                 # a RolloutService, or None (rollouts 404)
 
     def table(self) -> list[tuple[str, str, Callable, str]]:
         """(method, path, handler, scope) for every endpoint; scope is the least a
@@ -107,6 +111,10 @@ class _Routes:
             ("PUT", API + "/policies/<name>", self.put_policy, "admin"),
             ("DELETE", API + "/policies/<name>", self.delete_policy, "admin"),
             ("POST", node + "/reload", self.reload, "operate"),
+            ("POST", API + "/rollouts", self.create_rollout, "operate"),
+            ("GET", API + "/rollouts", self.list_rollouts, "read"),
+            ("GET", API + "/rollouts/<rollout_id>", self.get_rollout, "read"),
+            ("POST", API + "/rollouts/<rollout_id>/cancel", self.cancel_rollout, "operate"),
         ]
 
     def index(self):
@@ -224,6 +232,24 @@ class _Routes:
         if self.policies is None:
             raise errors.NotFound("policies are not served here")
         return self.policies
+    def create_rollout(self):
+        body = _json_body(self._max_body)
+        return _Accepted({"rollout": self._rollout_service().create(body, actor=_actor())})
+
+    def list_rollouts(self):
+        rollouts, cursor = self._rollout_service().list(*_page())
+        return {"rollouts": rollouts, "next_cursor": cursor}
+
+    def get_rollout(self, rollout_id):
+        return {"rollout": self._rollout_service().get(rollout_id)}
+
+    def cancel_rollout(self, rollout_id):
+        return {"rollout": self._rollout_service().cancel(rollout_id, actor=_actor())}
+
+    def _rollout_service(self):
+        if self.rollouts is None:
+            raise errors.NotFound("rollouts are not served here")
+        return self.rollouts
 
     def _event_service(self):
         if self._events is None:
@@ -242,6 +268,10 @@ def _ui_table(dashboard: ui.Dashboard) -> list[tuple[str, str, Callable, str]]:
 
 class _Raw(str):
     """A body already encoded as JSON."""
+
+
+class _Accepted(dict):
+    """A body answered 202 Accepted (work goes on after the answer: a rollout)."""
 
 
 class _Body:
@@ -269,7 +299,8 @@ class _Edge:
             try:
                 if scope != "public":
                     self._authorize(scope, route.callback, kwargs)
-                return _respond(200, callback(*args, **kwargs))
+                payload = callback(*args, **kwargs)
+                return _respond(202 if isinstance(payload, _Accepted) else 200, payload)
             except errors.FleetError as exc:
                 return _fleet_error(exc)
             except bottle.HTTPResponse:

@@ -288,6 +288,28 @@ def _migration_9(db: peewee.Database, backend: Backend) -> None:
         db.execute_sql(statement)
 
 
+def _migration_10(db: peewee.Database, backend: Backend) -> None:
+    """Rollouts (fleet.manager.rollouts): one row per rollout, one per node it covers,
+    each state change written as it happens so another manager can resume it."""
+    statements = [
+        f"""CREATE TABLE rollout ({backend.auto_pk()},
+            operation VARCHAR(16) NOT NULL DEFAULT '', agent_id VARCHAR(64) NOT NULL DEFAULT '',
+            policy VARCHAR(128), selector TEXT NOT NULL, max_parallel INTEGER NOT NULL,
+            max_failures INTEGER NOT NULL, wait_seconds INTEGER NOT NULL,
+            status VARCHAR(16) NOT NULL, actor TEXT NOT NULL DEFAULT '',
+            created_at BIGINT NOT NULL, finished_at BIGINT)""",
+        "CREATE INDEX rollout_status ON rollout (status, id)",
+        """CREATE TABLE rollout_node (rollout_id BIGINT NOT NULL, node_id VARCHAR(128) NOT NULL,
+            status VARCHAR(16) NOT NULL, message TEXT NOT NULL DEFAULT '',
+            operated BOOLEAN NOT NULL DEFAULT FALSE, old_pid BIGINT NOT NULL DEFAULT 0,
+            started_at BIGINT, deadline BIGINT, finished_at BIGINT,
+            PRIMARY KEY (rollout_id, node_id))""",
+        "CREATE INDEX rollout_node_status ON rollout_node (status, rollout_id)",
+    ]
+    for statement in statements:
+        db.execute_sql(statement)
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
@@ -298,6 +320,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] =
     (7, _migration_7),
     (8, _migration_8),
     (9, _migration_9),
+    (10, _migration_10),
 )
 
 

@@ -111,4 +111,41 @@ class AuditEntry(BaseModel):
         table_name = "audit"
 
 
+class Rollout(BaseModel):
+    """One rollout (fleet.manager.rollouts): what to do, where, how fast, and how it stands."""
+
+    operation = peewee.CharField(max_length=16, default="")   # start|stop|restart
+    agent_id = peewee.CharField(max_length=64, default="")
+    policy = peewee.CharField(max_length=128, null=True)      # a policy rollout's; NULL else
+    selector = JSONField(default=dict)             # {"labels": {"k": "v"}}
+    max_parallel = peewee.IntegerField()           # nodes in flight at once
+    max_failures = peewee.IntegerField()           # failed nodes tolerated before it stops
+    wait_seconds = peewee.IntegerField()           # per node: operated -> healthy at most
+    status = peewee.CharField(max_length=16)       # pending|running|succeeded|failed|...
+    actor = peewee.TextField(default="")           # the API token's name that created it
+    created_at = peewee.BigIntegerField()
+    finished_at = peewee.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "rollout"
+
+
+class RolloutNode(BaseModel):
+    """One node of a rollout, frozen at its creation; its progress."""
+
+    rollout_id = peewee.BigIntegerField()
+    node_id = peewee.CharField(max_length=128)
+    status = peewee.CharField(max_length=16)       # pending|running|succeeded|failed|skipped
+    message = peewee.TextField(default="")         # why it failed or was skipped
+    operated = peewee.BooleanField(default=False)  # set before the operate call is made
+    old_pid = peewee.BigIntegerField(default=0)    # the agent's pid before a restart
+    started_at = peewee.BigIntegerField(null=True)
+    deadline = peewee.BigIntegerField(null=True)   # Unix ms: healthy by then or failed
+    finished_at = peewee.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "rollout_node"
+        primary_key = peewee.CompositeKey("rollout_id", "node_id")
+
+
 MODELS = (SchemaVersion, Node, Agent, AuditEntry)
