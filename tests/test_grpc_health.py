@@ -222,3 +222,44 @@ def test_list_agents_called_from_reflection_alone(daemon):
     assert sorted(agents) == ["a1", "a2"]
     for _, pid in agents.values():
         assert "hello from agent" in " ".join(psutil.Process(pid).cmdline())
+
+
+def test_status_changes_never_wait_on_watchers_going_away():
+    """Watchers hanging up while the status flips (a shutdown under probes) never block
+    set(): a closing watcher's callback and a status change do not wait on each other."""
+    import threading
+    from concurrent import futures
+
+    from fleet.serving import HealthService
+    health = HealthService()
+    health.set("", SERVING)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(5):
+            streams = [stub.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(30)]
+            for stream in streams:
+                assert next(stream).status in (SERVING, NOT_SERVING)
+
+            def flip():
+                for i in range(200):
+                    health.set("", NOT_SERVING if i % 2 else SERVING)
+
+            flipper = threading.Thread(target=flip)
+            flipper.start()
+            for stream in streams:
+                stream.cancel()
+            flipper.join(20)
+            assert not flipper.is_alive(), "set() blocked on a watcher going away"
+        last = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        health.freeze(NOT_SERVING)
+        health.set("", SERVING)                 # frozen: ignored
+        assert wait_for(lambda: next(last).status == NOT_SERVING, timeout=10)
+        last.cancel()
+    finally:
+        channel.close()
+        server.stop(None)
