@@ -3,6 +3,7 @@ while agents crash-loop and operators restart agents through both managers' HTTP
 Every report a daemon got acknowledged is stored, the daemons of the dead manager move to
 the live one, the live one operates every node, and the purge lease moves to it."""
 import json
+import re
 import threading
 import time
 
@@ -16,7 +17,7 @@ from tests.procs import FleetProcess, kill_recorded_agents
 from tests.realfleet import API_TOKEN, CLUSTER_TOKEN, Api, DaemonStub, agents_toml
 
 NODES = ("n1", "n2", "n3", "n4")
-PURGE_INTERVAL = 1.0        # FLEET_PURGE_INTERVAL: the purge lease lives 1.5 s
+PURGE_INTERVAL = 2.0        # FLEET_PURGE_INTERVAL: the purge lease lives 3 s
 SETTLE = 60.0               # generous: a loaded 2-core machine
 CRASHER = ["sh", "-c", "sleep 0.3; exit 3"]    # runs past start_seconds, then fails: a loop
 
@@ -188,10 +189,10 @@ def test_a_manager_killed_under_load_loses_no_report_and_its_daemons_move(fleet,
         killed_at = time.time()
         dead.kill()                                          # SIGKILL, mid-load
         moved = _daemons_moved(db_url, killed_at, ("n1", "n2"))
-        for node in ("n1", "n2"):     # they talked to m1, and say that m1 failed
+        for node in ("n1", "n2"):     # they talked to m1, and say that m1 was unreachable
             log = daemons[node].read()
             assert f"registered node {node} with manager 127.0.0.1:{dead_grpc} " in log, log
-            assert f"report to manager 127.0.0.1:{dead_grpc} failed" in log, log
+            assert re.search(rf"manager 127\.0\.0\.1:{dead_grpc} \w+: unreachable", log), log
         lease_moved = wait_for(lambda: lease_holder_pid(db_url) == live.pid and time.time(),
                                timeout=SETTLE, interval=0.1) - killed_at
         _operations_served(live_api)
