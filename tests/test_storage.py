@@ -363,3 +363,14 @@ def test_a_cancelled_statement_is_unavailable_not_a_bug(database):
     for raw in (False, True):
         with pytest.raises(errors.Unavailable, match="statement timeout"):
             slow(raw)
+
+
+def test_an_operate_result_wins_over_a_report_another_manager_stored(store, database):
+    """A pulled agent is stamped with the node's stored seq, not this manager's cached one:
+    it replaces the state a report through another manager stored meanwhile."""
+    store.register(NodeFacts("n1"))
+    store.store_agent_infos("n1", [info("a1", pid=111)])
+    with database.atomic():     # another manager's report: seq 10, in node and agent rows
+        database.execute_sql("UPDATE node SET seq = 10 WHERE node_id = 'n1'")
+        database.execute_sql("UPDATE agent SET seq = 10, pid = 112 WHERE node_id = 'n1'")
+    assert store.update_agent("n1", info("a1", pid=222))["pid"] == 222

@@ -156,16 +156,17 @@ class StateSyncer:
                 due = self._wait_for_work()
                 if due is None:
                     return
+            address = self.client.address    # a failed call moves the client to the next
             try:
                 self._do(due)
                 self._succeeded()
             except Overloaded as exc:
                 self._refused(exc)
             except FleetError as exc:
-                self._failed(exc)
+                self._failed(exc, address)
             except Exception:  # noqa: BLE001 - log and keep reporting
                 log.exception("state syncer error")
-                self._failed(None)
+                self._failed(None, address)
             else:
                 if due == "full":
                     self._send_node_metrics()
@@ -293,7 +294,8 @@ class StateSyncer:
             self._failures = 0
             self._retry_at = 0.0
 
-    def _failed(self, exc: FleetError | None) -> None:
+    def _failed(self, exc: FleetError | None, address: str = "") -> None:
+        """Count a failed call to manager `address` and schedule the retry."""
         with self._cond:
             self._failures += 1
             # Capped at the sync interval too, so a manager that comes back has
@@ -309,7 +311,7 @@ class StateSyncer:
                       exc, pending, delay)
             return
         self._warn("report to manager %s failed (%s); %d pending; retrying in %.1fs",
-                   self.client.address, exc, pending, delay)
+                   address or self.client.address, exc, pending, delay)
 
     def _refused(self, exc: Overloaded) -> None:
         """The manager is busy: the report waits its hint plus jitter; heartbeats go on."""

@@ -218,17 +218,15 @@ class NodeStore:
 
         `full`: the infos are all the node's agents, so rows of others are
         deleted (same transaction). Invalid infos are skipped with a warning.
-        Rows carry the node's current (boot_id, seq): a newer report still wins.
+        Rows carry the node's current (boot_id, seq) as stored, not as the registry
+        caches it: with several managers, the cache lags the reports another one
+        stored, and rows stamped with it would lose to them. A newer report still wins.
         """
-        known = self._registry.get(node_id)
-        if known is None:                   # NotFound, or registered by another process
-            row = self._node_row(node_id)
-            known = (row.boot_id, row.seq)
         now = now_ms(self._clock)
-        rows = _pull_rows(node_id, known, now, infos)
         with self._db.connection_context(), self._db.atomic():
             # The node row first, as reports lock it; gone by now: NotFound, no rows.
-            self._node_row(node_id, lock=True)
+            node = self._node_row(node_id, lock=True)
+            rows = _pull_rows(node_id, (node.boot_id, node.seq), now, infos)
             if rows:
                 self._backend.upsert_many(self._db.cursor(), self._pull_sql, rows, key=2)
             if full:
