@@ -98,7 +98,8 @@ def closed_loop(call, nodes: Nodes, mine: range, until: float, out: dict) -> Non
             try:
                 call(nodes.next(i))
             except Exception as exc:  # noqa: BLE001 - counted, the run goes on
-                out["errors"].append(str(getattr(exc, "code", lambda: exc)()))
+                code = getattr(exc, "code", None)
+                out["errors"].append(str(code() if callable(code) else exc))
                 continue
             out["latencies"].append(time.perf_counter() - began)
             if time.monotonic() >= until:
@@ -270,38 +271,45 @@ def tree(pids: list[int]) -> list[psutil.Process]:
     return found
 
 
-def cpu_of(processes: list[psutil.Process]) -> float:
-    """User + system CPU seconds of processes (from /proc); gone ones count 0."""
-    total = 0.0
-    for p in processes:
+def cpu_by_pid(roots: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each process under roots (from /proc), by pid."""
+    found = {}
+    for p in tree(roots):
         try:
-            total += sum(p.cpu_times()[:2])
+            found[p.pid] = sum(p.cpu_times()[:2])
         except psutil.Error:
             pass
-    return total
+    return found
+
+
+def cpu_since(roots: list[int], before: dict[int, float]) -> float:
+    """CPU seconds spent under roots since `before` (a process started since counts
+    whole; one that exited since is lost: PostgreSQL backends live as long as their
+    connection, manager workers as long as the run)."""
+    now = cpu_by_pid(roots)
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in now.items())
 
 
 def one_load(clients: list, line: str, managers: Managers, server, agents: int) -> dict:
     """Send `line` to every simulator, gather their JSON; the row's figures."""
-    ours = tree([p.pid for p in managers.procs])
-    theirs = tree([server.proc.pid]) if server else []
-    before = cpu_of(ours), cpu_of(theirs)
+    ours, theirs = [p.pid for p in managers.procs], [server.proc.pid] if server else []
+    before = cpu_by_pid(ours), cpu_by_pid(theirs)
     began = time.perf_counter()
     for c in clients:
         c.stdin.write(line + "\n")
         c.stdin.flush()
     results = [json.loads(c.stdout.readline()) for c in clients]
     elapsed = time.perf_counter() - began
-    after_ours, after_theirs = cpu_of(tree([p.pid for p in managers.procs])), cpu_of(theirs)
-    rss = sum(p.memory_info().rss for p in tree([p.pid for p in managers.procs]))
+    mgr_cpu, pg_cpu = cpu_since(ours, before[0]), cpu_since(theirs, before[1])
+    rss = sum(p.memory_info().rss for p in tree(ours))
     latencies = sorted(x for r in results for x in r["latencies"])
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
     return {"states/s": len(latencies) * agents / elapsed,
             "p50 ms": q[49] * 1000, "p99 ms": q[98] * 1000,
             "failed": sum(len(r["errors"]) for r in results),
-            "mgr CPU %": (after_ours - before[0]) / elapsed * 100,
+            "mgr CPU %": mgr_cpu / elapsed * 100,
             "mgr RSS MiB": rss / 2 ** 20,
-            "pg CPU %": (after_theirs - before[1]) / elapsed * 100 if server else float("nan"),
+            "pg CPU %": pg_cpu / elapsed * 100 if server else float("nan"),
             "gen CPU %": sum(r["cpu"] for r in results) / elapsed * 100}
 
 
