@@ -154,11 +154,14 @@ def client(addresses: list[str], first: int, count: int, total: int, args) -> No
                                request_serializer=pb.RegisterNodeRequest.SerializeToString,
                                response_deserializer=pb.RegisterNodeResponse.FromString)
                  for c in channels]
-    futures = [registers[i % len(registers)].future(
-        pb.RegisterNodeRequest(node_id=n, boot_id=1), timeout=60, metadata=metadata)
-        for i, n in enumerate(nodes.ids)]
-    for f in futures:
-        f.result()
+    # One blocking call at a time per connection (thousands of futures at once get
+    # CANCELLED), all connections at once.
+    registrars = [threading.Thread(target=register, args=(
+        registers[t], nodes.ids[t::args.threads], metadata)) for t in range(args.threads)]
+    for r in registrars:
+        r.start()
+    for r in registrars:
+        r.join()
     calls = [_with_metadata(c, metadata) for c in calls]
     print("ready", flush=True)
     for line in sys.stdin:
@@ -183,6 +186,19 @@ def client(addresses: list[str], first: int, count: int, total: int, args) -> No
         print(json.dumps(out), flush=True)
     for c in channels:
         c.close()
+
+
+def register(call, node_ids: list[str], metadata) -> None:
+    """RegisterNode for each node, a failed call tried again up to twice."""
+    for node_id in node_ids:
+        for attempt in range(3):
+            try:
+                call(pb.RegisterNodeRequest(node_id=node_id, boot_id=1), timeout=DEADLINE,
+                     metadata=metadata)
+                break
+            except Exception:  # noqa: BLE001 - tried again; the last failure is raised
+                if attempt == 2:
+                    raise
 
 
 class _with_metadata:
