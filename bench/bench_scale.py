@@ -32,6 +32,7 @@ CPU, and the generator's own CPU beside them.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -318,6 +319,10 @@ def one_load(clients: list, line: str, managers: Managers, server, agents: int) 
     elapsed = time.perf_counter() - began
     mgr_cpu, pg_cpu = cpu_since(ours, before[0]), cpu_since(theirs, before[1])
     rss = sum(p.memory_info().rss for p in tree(ours))
+    kinds = collections.Counter(e for r in results for e in r["errors"])
+    if kinds:
+        print(f"  {line.split()[0]} failures: " + ", ".join(
+            f"{kind} {n}" for kind, n in kinds.most_common(3)), flush=True)
     latencies = sorted(x for r in results for x in r["latencies"])
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
     return {"states/s": len(latencies) * agents / elapsed,
