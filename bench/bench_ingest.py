@@ -19,6 +19,9 @@ Targets: >= 20,000 states/s, p99 <= 250 ms, operate restart over HTTP <= 25 ms m
 `--repeat` rounds, one ingest run per count (fresh database each), then a table
 of the median states/s, p50 and p99 and CPU per count. Each simulator thread has
 its own connection, so reports spread over the workers as real daemons' do.
+
+The scale table (SQLite 1 and 2 workers, PostgreSQL 1 and 2 managers, by fleet
+size, saturation and steady loads) is bench/bench_scale.py, built on this file.
 """
 from __future__ import annotations
 
@@ -348,7 +351,7 @@ def raw_upsert_rate(workdir: pathlib.Path, nodes: int, agents: int) -> float:
     backend = backend_of(db)
     sql = agent_upsert(backend, REPORT_COLUMNS)
     rows = [(f"bench-{n:05d}", f"agent-{a:03d}", "t", "1", 3, 1000 + a, 1, 0, -1, 0, "healthy",
-             1, 1, 1, 1, "", None, 1, False) for n in range(nodes) for a in range(agents)]
+             1, 1, 1, 1, "", None, 1, False, "") for n in range(nodes) for a in range(agents)]
     done, began = 0, time.perf_counter()
     for seq in range(1, 4):
         batch = [r[:13] + (seq,) + r[14:] for r in rows]
