@@ -19,6 +19,8 @@ from typing import Callable, Optional
 
 import peewee
 
+from fleet.values import valid_node_id
+
 from fleet.manager.store import models
 from fleet.manager.store.db import storage_faults
 
@@ -47,10 +49,11 @@ class Registry:
     def get(self, node_id: str) -> Optional[tuple[int, int]]:
         """(boot_id, seq) of a registered node, None if it is not registered.
 
-        A node not cached is looked up (Unavailable when the database fails)."""
+        A node not cached is looked up (Unavailable when the database fails); a
+        malformed node_id never reaches the database (PostgreSQL refuses a NUL)."""
         with self._lock:
             known = self._nodes.get(node_id)
-        if known is not None or self._lookup is None:
+        if known is not None or self._lookup is None or not valid_node_id(node_id):
             return known
         found = self._lookup(node_id)     # outside the lock: database I/O
         if found is None:
