@@ -197,10 +197,12 @@ def _add_logs(logs: argparse.ArgumentParser) -> None:
 
 
 def _add_rollout(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("operation", choices=("restart", "start", "stop"))
-    parser.add_argument("agent", metavar="AGENT")
-    parser.add_argument("--label", action="append", type=_label, required=True, metavar="K=V",
-                        help="nodes with this label (repeat to require several)")
+    parser.add_argument("operation", choices=("restart", "start", "stop", "policy"),
+                        help="policy: move a held policy's pinned nodes to its newest version")
+    parser.add_argument("agent", metavar="AGENT|POLICY")
+    parser.add_argument("--label", action="append", type=_label, default=[], metavar="K=V",
+                        help="nodes with this label (repeat to require several); "
+                             "required, except for policy")
     parser.add_argument("--max-parallel", type=lambda t: _int_in(t, 1, 1000), default=5,
                         help="nodes at a time, 1..1000 (default 5)")
     parser.add_argument("--max-failures", type=lambda t: _int_in(t, 0, 100000), default=1,
