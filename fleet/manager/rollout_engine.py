@@ -23,6 +23,10 @@ holder died) resumes where the last one stopped: a node found in flight is
 never operated again, only waited for anew (its deadline is moved to
 now + wait_seconds), and a restart that never reached the daemon fails as "pid
 unchanged". A rollout of a kind this manager cannot drive is marked interrupted.
+
+A policy rollout's wave releases pins instead of operating, and a node in flight is
+checked by fleet.manager.policy_rollouts.PolicyPins.check (node.old_pid holds the
+version the node was pinned at).
 """
 from __future__ import annotations
 

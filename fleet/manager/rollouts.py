@@ -7,6 +7,10 @@ rollout is `pending`. The engine (fleet.manager.rollout_engine) drives it to its
 end; every change is one short transaction here, so a manager that dies leaves
 a rollout another one can resume.
 
+A policy rollout (`{"policy": NAME}`, no operation, agent_id or selector) takes
+the nodes pinned for the policy at an older version than its newest
+(fleet.manager.policy_rollouts); 404 for an unknown policy, 409 when none is pinned.
+
 Rollout statuses: pending -> running -> succeeded | failed, cancelled from
 pending or running; interrupted when a manager cannot drive it (a kind this
 release does not know). A node's: pending -> running -> succeeded | failed, or
