@@ -103,3 +103,35 @@ def test_a_broken_policy_version_stops_its_rollout_and_a_good_one_reaches_every_
     assert answer["policy"]["nodes"]["current"] == 3, answer
     for stub in stubs.values():
         stub.close()
+
+
+def test_a_node_reporting_the_version_not_applied_fails_with_its_reason(tmp_path):
+    """With stand-in daemons (heartbeats over gRPC): the rollout releases e1's pin (its
+    heartbeat is told v2 at once), e1 reports v2 not applied, the rollout fails naming
+    the reason; e2 keeps its pin (still told v1) and a second release is harmless."""
+    from tests.test_policies import PolicyManager, body, web
+    fleet = PolicyManager(tmp_path)
+    try:
+        for node in ("e1", "e2"):
+            fleet.register(node, role="edge")
+        assert fleet.put()[0] == 200
+        assert fleet.put(payload=body([web(cwd="/nowhere")], hold=True))[0] == 200
+        assert fleet.beat("e1") == fleet.beat("e2") == "edge:1"
+        status, answer = fleet.api.call("POST", "/api/v1/rollouts", {
+            "policy": "edge", "max_parallel": 1, "wait_seconds": 30})
+        assert status == 202, answer
+        rollout_id = answer["rollout"]["id"]
+        wait_for(lambda: fleet.beat("e1") == "edge:2", timeout=WAIT)
+        fleet.report("e1", {"name": "edge", "version": 2, "applied": False,
+                            "reason": "web: cwd /nowhere does not exist"}, version="edge:2")
+        rollout = wait_for(lambda: rollout_ended(fleet.api, rollout_id), timeout=WAIT)
+        nodes = {n["node_id"]: n for n in rollout["nodes"]}
+        assert rollout["status"] == "failed", rollout
+        assert nodes["e1"]["message"] == ("policy edge v2 not applied: "
+                                          "web: cwd /nowhere does not exist"), nodes
+        assert nodes["e2"]["status"] == "skipped"
+        assert fleet.beat("e2") == "edge:1"            # still pinned
+        pins = fleet.manager.rollouts._pins            # a resumed release: harmless
+        assert pins.release("e1", "edge") == 0 and pins.pinned("edge", 2) == ["e2"]
+    finally:
+        fleet.close()
