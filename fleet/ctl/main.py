@@ -29,7 +29,11 @@ DEFAULT_TIMEOUT = 60.0      # above the manager's operate_timeout (30 s)
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run one ctl command; the exit status."""
-    args = build_parser().parse_args(argv)   # bad usage: SystemExit(2)
+    parser = build_parser()
+    args = parser.parse_args(argv)   # bad usage: SystemExit(2)
+    if args.command == "rollout" and (args.operation == "policy") == bool(args.label):
+        parser.error("rollout policy takes no --label; rollout start|stop|restart needs "
+                     "at least one --label K=V")
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
                             format="fleet ctl: %(message)s")
@@ -158,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                  command("audit", commands.audit, "operations done, newest first"))
     command("reload", commands.reload, "make a node reread its config").add_argument(
         "node", metavar="NODE")
-    _add_rollout(command("rollout", rollout, "apply an operation to the nodes of a selector"))
+    _add_rollout(command("rollout", rollout, "apply an operation to the nodes of a selector, "
+                         "or a held policy's newest version to its pinned nodes"))
     command("policies", commands.policies, "list policies")
     return parser
 

@@ -45,13 +45,10 @@ def rollout(ctl: Ctl, args) -> int:
 
 
 def _body(args) -> dict:
-    """The POST body: a policy rollout names the policy, an operation its agent and labels."""
+    """The POST body: a policy rollout names the policy, an operation its agent and
+    labels (main has checked that --label is given for an operation only)."""
     if args.operation == "policy":
-        if args.label:
-            raise CtlError("rollout policy takes no --label: its nodes are the pinned ones")
         body = {"policy": args.agent}
-    elif not args.label:
-        raise CtlError(f"rollout {args.operation} needs at least one --label K=V")
     else:
         body = {"operation": args.operation, "agent_id": args.agent,
                 "selector": {"labels": selector(args.label)}}

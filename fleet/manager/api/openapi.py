@@ -248,7 +248,8 @@ def rollout_schemas() -> dict:
         "id": _INT, "operation": {"type": "string", "enum": list(rollouts.OPERATIONS),
                                   "nullable": True},
         "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN, "nullable": True},
-        "policy": {"type": "string", "nullable": True, "description": "always null here"},
+        "policy": {"type": "string", "nullable": True,
+                   "description": "a policy rollout's policy (operation and agent_id null)"},
         "selector": selector, **{key: {"type": "integer"} for key in rollouts.RANGES},
         "status": {"type": "string", "enum": list(rollouts.STATUSES)},
         "created_at": _INT, "finished_at": _TIME,
@@ -256,10 +257,13 @@ def rollout_schemas() -> dict:
                   "description": "frozen at creation, by node_id"}},
         "An operation applied in waves of max_parallel nodes; it stops starting nodes once "
         "more than max_failures have failed (0: at the first failure)")
-    request = {"type": "object", "required": ["operation", "agent_id"],
-               "additionalProperties": False, "properties": {
+    request = {"type": "object", "additionalProperties": False,
+               "description": "operation and agent_id (selector optional), or policy alone: "
+               "the policy's nodes pinned at an older version move to its newest",
+               "properties": {
                    "operation": {"type": "string", "enum": list(rollouts.OPERATIONS)},
                    "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
+                   "policy": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
                    "selector": selector, **bounded}}
     return {"Rollout": rollout, "RolloutNode": node, "RolloutRequest": request,
             "RolloutResponse": _obj({"rollout": _ref("Rollout")}),
