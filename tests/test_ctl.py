@@ -202,7 +202,8 @@ def test_token_from_the_default_file(fleet, tmp_path):
 
 @pytest.mark.parametrize("args", [["logs", NODE], ["agents", "--status", "sleeping"],
                                   ["logs", NODE, "a", "-n", "0"], ["bogus"], [],
-                                  ["rollout", "restart", "a"], ["nodes", "--label", "nolabel"]])
+                                  ["rollout", "restart", "a"], ["nodes", "--label", "nolabel"],
+                                  ["rollout", "policy", "edge", "--label", "role=edge"]])
 def test_bad_usage_exits_2(args):
     """Bad usage exits 2 with argparse's message, before any request."""
     result = ctl(*args, url="http://127.0.0.1:1")
@@ -384,6 +385,13 @@ def test_rollout_polls_until_it_ends_and_prints_each_node(fake_api):
     states = iter(["failed"])
     failed = ctl("rollout", "restart", "web", "--label", "role=edge", url=server.url)
     assert failed.returncode == 1 and "rollout 7 failed" in failed.stderr
+
+    states, posted[:] = iter(["succeeded"]), []
+    policy = ctl("rollout", "policy", "edge", "--max-parallel", "1", "--max-failures", "0",
+                 url=server.url)
+    assert policy.returncode == 0, policy.stderr
+    assert posted == [{"policy": "edge", "max_parallel": 1, "max_failures": 0}]
+    assert policy.stdout.splitlines()[0] == "rollout 7: policy edge on its 2 pinned nodes"
 
 
 def test_reload_and_policies_follow_the_contract(fake_api):

@@ -253,7 +253,10 @@ def test_only_the_lease_holder_drives(world):
     ({"operation": "restart", "agent_id": "web", "selector": {"labels": {"a": 1}}}, "selector"),
     ({"operation": "restart", "agent_id": "web", "selector": ["a"]}, "selector"),
     ({"operation": "restart", "agent_id": "web", "colour": 1}, "colour"),
-    ({"policy": "edge"}, "policy"),
+    ({"policy": "a b"}, "policy"),
+    ({"policy": "edge", "operation": "restart"}, "operation"),
+    ({"policy": "edge", "selector": {"labels": {}}}, "selector"),
+    ({"policy": "edge", "max_parallel": 0}, "max_parallel"),
 ])
 def test_bad_bodies_name_the_key(body, key):
     """Each bad body is InvalidArgument naming its key."""

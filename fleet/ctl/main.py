@@ -29,7 +29,11 @@ DEFAULT_TIMEOUT = 60.0      # above the manager's operate_timeout (30 s)
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run one ctl command; the exit status."""
-    args = build_parser().parse_args(argv)   # bad usage: SystemExit(2)
+    parser = build_parser()
+    args = parser.parse_args(argv)   # bad usage: SystemExit(2)
+    if args.command == "rollout" and (args.operation == "policy") == bool(args.label):
+        parser.error("rollout policy takes no --label; rollout start|stop|restart needs "
+                     "at least one --label K=V")
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
                             format="fleet ctl: %(message)s")
@@ -158,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                  command("audit", commands.audit, "operations done, newest first"))
     command("reload", commands.reload, "make a node reread its config").add_argument(
         "node", metavar="NODE")
-    _add_rollout(command("rollout", rollout, "apply an operation to the nodes of a selector"))
+    _add_rollout(command("rollout", rollout, "apply an operation to the nodes of a selector, "
+                         "or a held policy's newest version to its pinned nodes"))
     command("policies", commands.policies, "list policies")
     return parser
 
@@ -197,10 +202,12 @@ def _add_logs(logs: argparse.ArgumentParser) -> None:
 
 
 def _add_rollout(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("operation", choices=("restart", "start", "stop"))
-    parser.add_argument("agent", metavar="AGENT")
-    parser.add_argument("--label", action="append", type=_label, required=True, metavar="K=V",
-                        help="nodes with this label (repeat to require several)")
+    parser.add_argument("operation", choices=("restart", "start", "stop", "policy"),
+                        help="policy: move a held policy's pinned nodes to its newest version")
+    parser.add_argument("agent", metavar="AGENT|POLICY")
+    parser.add_argument("--label", action="append", type=_label, default=[], metavar="K=V",
+                        help="nodes with this label (repeat to require several); "
+                             "required, except for policy")
     parser.add_argument("--max-parallel", type=lambda t: _int_in(t, 1, 1000), default=5,
                         help="nodes at a time, 1..1000 (default 5)")
     parser.add_argument("--max-failures", type=lambda t: _int_in(t, 0, 100000), default=1,

@@ -19,9 +19,7 @@ def selector(labels: list[str]) -> dict:
 def rollout(ctl: Ctl, args) -> int:
     """POST /api/v1/rollouts, poll it about every second printing progress, then the
     per-node summary. Exit 0 if it succeeded, 1 otherwise; Ctrl-C stops watching only."""
-    body = {"operation": args.operation, "agent_id": args.agent,
-            "selector": {"labels": selector(args.label)},
-            "max_parallel": args.max_parallel, "max_failures": args.max_failures}
+    body = _body(args)
     if args.wait_seconds is not None:
         body["wait_seconds"] = args.wait_seconds
     answer = ctl.client.post(API + "/rollouts", body)
@@ -29,7 +27,9 @@ def rollout(ctl: Ctl, args) -> int:
     if ctl.json:
         ctl.dump(answer, compact=True)
     else:
-        ctl.say(f"rollout {current['id']}: {args.operation} {args.agent} on nodes with "
+        ctl.say(f"rollout {current['id']}: policy {args.agent} on its "
+                f"{len(current.get('nodes') or [])} pinned nodes" if args.operation == "policy"
+                else f"rollout {current['id']}: {args.operation} {args.agent} on nodes with "
                 f"{', '.join(args.label)}")
     try:
         current = _watch(ctl, current)
@@ -42,6 +42,18 @@ def rollout(ctl: Ctl, args) -> int:
     if current["status"] != "succeeded":
         raise CtlError(f"rollout {current['id']} {current['status']}: {progress(current)}")
     return 0
+
+
+def _body(args) -> dict:
+    """The POST body: a policy rollout names the policy, an operation its agent and
+    labels (main has checked that --label is given for an operation only)."""
+    if args.operation == "policy":
+        body = {"policy": args.agent}
+    else:
+        body = {"operation": args.operation, "agent_id": args.agent,
+                "selector": {"labels": selector(args.label)}}
+    body.update(max_parallel=args.max_parallel, max_failures=args.max_failures)
+    return body
 
 
 def _watch(ctl: Ctl, current: dict) -> dict:

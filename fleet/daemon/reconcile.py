@@ -5,7 +5,8 @@ Each agent falls in one case, decided by `plan()` alone (no process is touched):
   added     not supervised yet: started (if autostart)
   removed   no longer defined: stopped and forgotten (its state record removed)
   changed   its definition differs: a live process whose command, cwd or env
-            (config_hash) changed restarts; other differences apply in place
+            (config_hash) changed restarts; other differences apply in place;
+            a fatal agent with a changed command is started again
   flagged   as changed, but `restart_on_change = false`: the live process keeps
             running and reports `config_changed` until an operator restarts it
   (same)    untouched, same process.
@@ -81,8 +82,17 @@ def _change(supervisor: Supervisor, config: AgentConfig, cause: str,
     """Give a supervised agent its new definition; restart it if its process must."""
     runner = supervisor.runner(config.id)
     old_hash = runner.program.config.config_hash()
-    alive = runner.snapshot().state in ALIVE
+    state = runner.snapshot().state
+    alive = state in ALIVE
     runner.reconfigure(config)
+    if state == State.FATAL and old_hash != config.config_hash() and config.autostart:
+        # A new command for an agent that gave up (a broken version fixed): try it.
+        _event(supervisor, config.id, f"changed by {cause}: starting (was fatal)")
+        try:
+            runner.operate("start", cause=restart_cause, detail=cause)
+        except FleetError as exc:
+            log.error("%s: start after %s failed: %s", config.id, cause, exc.message)
+        return Change(config.id, "changed")
     if old_hash == config.config_hash() or not alive:
         how = "applied to its next start" if not alive else \
             "applied in place (command, cwd and env unchanged)"

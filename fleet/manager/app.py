@@ -26,6 +26,7 @@ from fleet.manager.api.routes import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.parts import ManagerParts, build_manager
 from fleet.manager.policies import PolicyService
+from fleet.manager.policy_rollouts import PolicyPins
 from fleet.manager.rollout_engine import RolloutEngine
 from fleet.manager.rollouts import RolloutService, RolloutStore
 from fleet.manager.store.lease import Lease, holder_name
@@ -113,8 +114,10 @@ class Manager:
                                      timeout=cfg.daemon_timeout,
                                      operate_timeout=cfg.operate_timeout)
         rollout_store = RolloutStore(db)
+        self._pins = PolicyPins(db, self.parts.policies, self.parts.nodes)
         self.rollouts = RolloutEngine(rollout_store, self.parts.nodes, self.pool,
-                                      Lease(db, "rollouts", holder_name(), cfg.lease_ttl))
+                                      Lease(db, "rollouts", holder_name(), cfg.lease_ttl),
+                                      pins=self._pins)
         self._app.target = self._make_app(db, rollout_store)
         self.parts.start()
         self.rollouts.start()
@@ -139,7 +142,8 @@ class Manager:
                                metrics=self.metrics, metrics_public=self.config.metrics_public,
                                policies=PolicyService(self.parts.policies, audit),
                                rollouts=RolloutService(rollout_store, self.parts.nodes, db,
-                                                       audit, self.rollouts.wake))
+                                                       audit, self.rollouts.wake,
+                                                       pins=self._pins))
         app = self.metrics.instrument(self.routes)
         return _named(app, str(os.getpid())) if self.worker else app
 

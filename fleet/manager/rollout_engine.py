@@ -23,6 +23,10 @@ holder died) resumes where the last one stopped: a node found in flight is
 never operated again, only waited for anew (its deadline is moved to
 now + wait_seconds), and a restart that never reached the daemon fails as "pid
 unchanged". A rollout of a kind this manager cannot drive is marked interrupted.
+
+A policy rollout's wave releases pins instead of operating, and a node in flight is
+checked by fleet.manager.policy_rollouts.PolicyPins.check (node.old_pid holds the
+version the node was pinned at).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from typing import Callable, Optional
 
 from fleet import errors
 from fleet.manager.nodes import NodeStore
+from fleet.manager.policy_rollouts import PolicyPins
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.rollouts import OPERATIONS, RolloutStore
 from fleet.manager.store.lease import Lease
@@ -50,8 +55,9 @@ class RolloutEngine:
 
     def __init__(self, store: RolloutStore, nodes: NodeStore, pool: DaemonClientPool,
                  lease: Lease, tick: float = TICK_SECONDS,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, pins: Optional[PolicyPins] = None):
         self._store = store
+        self._pins = pins            # policy rollouts release pins; None: not driven here
         self._nodes = nodes          # node addresses and the stored agent rows
         self._pool = pool            # the daemon clients, shared with the HTTP API
         self._lease = lease
@@ -124,10 +130,15 @@ class RolloutEngine:
                 log.warning("rollout %d not advanced: %s", rollout_id, exc.message)
 
     def _take_over(self, now: float) -> None:
-        """Nodes found in flight get a fresh wait: their last driver may have died."""
+        """Nodes found in flight get a fresh wait: their last driver may have died (and
+        a policy node's pin is released again, in case it died before doing so)."""
         for rollout_id in self._store.active():
-            row, _ = self._store.load(rollout_id)
+            row, nodes = self._store.load(rollout_id)
             self._store.extend_running(rollout_id, _ms(now + row.wait_seconds))
+            if row.policy and self._pins is not None:
+                for node in nodes:
+                    if node.status == "running":
+                        self._pins.release(node.node_id, row.policy)
 
     def _advance(self, rollout_id: int, now: float) -> None:
         row, nodes = self._store.load(rollout_id)
@@ -136,7 +147,7 @@ class RolloutEngine:
             if not self._store.set_status(rollout_id, ("pending",), "running", at):
                 return
             row.status = "running"
-        if row.operation not in OPERATIONS:
+        if (self._pins is None) if row.policy else (row.operation not in OPERATIONS):
             self._store.set_status(rollout_id, ("pending", "running"), "interrupted", at)
             return
         for node in nodes:
@@ -159,6 +170,8 @@ class RolloutEngine:
 
     def _check(self, row: Rollout, node: RolloutNode, at: int) -> str:
         """A node in flight: its new status (written when it changed)."""
+        if row.policy:
+            return self._check_policy(row, node, at)
         try:
             agent = self._nodes.get_agent(node.node_id, row.agent_id)
         except errors.NotFound as exc:
@@ -172,12 +185,37 @@ class RolloutEngine:
                              f"{row.wait_seconds}s: {describe(agent, node.old_pid)}", at)
         return "running"
 
+    def _check_policy(self, row: Rollout, node: RolloutNode, at: int) -> str:
+        """A policy node in flight: old_pid holds the version it was pinned at."""
+        status, message = self._pins.check(node.node_id, row.policy, node.old_pid,
+                                           node.started_at or 0)
+        if status == "running" and at >= (node.deadline or 0):
+            return self._end(row, node, "failed", f"not applied and healthy after "
+                             f"{row.wait_seconds}s: {message}", at)
+        return status if status == "running" else self._end(row, node, status, message, at)
+
+    def _release_wave(self, row: Rollout, wave: list[RolloutNode], now: float) -> None:
+        """A policy wave: each node marked running (old_pid := its pinned version), then
+        its pin released; its next heartbeat gets the newest version."""
+        at, deadline = _ms(now), _ms(now + row.wait_seconds)
+        released = []
+        for node in wave:
+            pinned = self._pins.pin_version(node.node_id, row.policy)
+            if self._store.begin_node(row.id, node.node_id, at, deadline, pinned):
+                self._pins.release(node.node_id, row.policy)
+                released.append(node.node_id)
+        log.info("rollout %d: wave of %d: policy %s released on %s", row.id, len(released),
+                 row.policy, ", ".join(released))
+
     def _end(self, row: Rollout, node: RolloutNode, status: str, message: str, at: int) -> str:
         self._store.end_node(row.id, node.node_id, status, message, at)
         return status
 
     def _start_wave(self, row: Rollout, wave: list[RolloutNode], now: float) -> None:
         """Mark each node running and operated, then operate them all in parallel."""
+        if row.policy:
+            self._release_wave(row, wave, now)
+            return
         at, deadline = _ms(now), _ms(now + row.wait_seconds)
         calls = []
         for node in wave:

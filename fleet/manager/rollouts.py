@@ -7,6 +7,10 @@ rollout is `pending`. The engine (fleet.manager.rollout_engine) drives it to its
 end; every change is one short transaction here, so a manager that dies leaves
 a rollout another one can resume.
 
+A policy rollout (`{"policy": NAME}`, no operation, agent_id or selector) takes
+the nodes pinned for the policy at an older version than its newest
+(fleet.manager.policy_rollouts); 404 for an unknown policy, 409 when none is pinned.
+
 Rollout statuses: pending -> running -> succeeded | failed, cancelled from
 pending or running; interrupted when a manager cannot drive it (a kind this
 release does not know). A node's: pending -> running -> succeeded | failed, or
@@ -33,6 +37,7 @@ from fleet.values import valid_agent_id
 from fleet.manager import paging
 from fleet.manager.audit import AuditLog
 from fleet.manager.nodes import NodeStore
+from fleet.manager.policy_rollouts import PolicyPins
 from fleet.manager.store.db import now_ms, storage_faults
 from fleet.manager.store.models import Agent, Rollout, RolloutNode
 
@@ -61,6 +66,7 @@ class RolloutSpec:
     max_parallel: int = DEFAULTS["max_parallel"]
     max_failures: int = DEFAULTS["max_failures"]
     wait_seconds: int = DEFAULTS["wait_seconds"]
+    policy: Optional[str] = None     # a policy rollout: operation and agent_id are ""
 
 
 def parse_spec(body: Any) -> RolloutSpec:
@@ -70,22 +76,39 @@ def parse_spec(body: Any) -> RolloutSpec:
     for key in body:
         if key not in KEYS:
             raise errors.InvalidArgument(f"unknown key {str(key)[:64]!r}")
+    numbers = _numbers(body)
     if body.get("policy") is not None:
-        raise errors.InvalidArgument("policy: rollouts of a policy are not supported by "
-                                     "this manager; give operation and agent_id")
+        return RolloutSpec("", "", {}, policy=_policy_name(body), **numbers)
     operation = body.get("operation")
     if operation not in OPERATIONS:
         raise errors.InvalidArgument(f"operation must be one of {', '.join(OPERATIONS)}")
     agent_id = body.get("agent_id")
     if not isinstance(agent_id, str) or not valid_agent_id(agent_id):
         raise errors.InvalidArgument("agent_id must be 1 to 64 of A-Z a-z 0-9 _ -")
+    return RolloutSpec(operation, agent_id, _labels(body.get("selector", {})), **numbers)
+
+
+def _numbers(body: dict) -> dict:
     numbers = {}
     for key, (low, high) in RANGES.items():
         value = body.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise errors.InvalidArgument(f"{key} must be an integer from {low} to {high}")
         numbers[key] = value
-    return RolloutSpec(operation, agent_id, _labels(body.get("selector", {})), **numbers)
+    return numbers
+
+
+def _policy_name(body: dict) -> str:
+    """The policy of a policy rollout's body, which must not name operation, agent_id
+    or selector (its nodes are the policy's pinned ones)."""
+    for key in ("operation", "agent_id", "selector"):
+        if key in body:
+            raise errors.InvalidArgument(f"{key}: a policy rollout takes no {key} (its nodes "
+                                         "are those pinned at an older version)")
+    name = body["policy"]
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise errors.InvalidArgument("policy must be 1 to 64 of A-Z a-z 0-9 _ -")
+    return name
 
 
 def _labels(selector: Any) -> dict:
@@ -117,7 +140,7 @@ class RolloutStore:
         now = now_ms(self._clock)
         with self._db.connection_context(), self._db.atomic():
             rollout_id = Rollout.insert(
-                operation=spec.operation, agent_id=spec.agent_id, policy=None,
+                operation=spec.operation, agent_id=spec.agent_id, policy=spec.policy,
                 selector={"labels": spec.labels}, max_parallel=spec.max_parallel,
                 max_failures=spec.max_failures, wait_seconds=spec.wait_seconds,
                 status="pending", actor=actor, created_at=now).execute(self._db)
@@ -273,8 +296,10 @@ class RolloutService:
     """The HTTP API's rollouts: create (nodes frozen), list, get, cancel; audited."""
 
     def __init__(self, store: RolloutStore, nodes: NodeStore, db: peewee.Database,
-                 audit: Optional[AuditLog] = None, on_change: Callable[[], None] = lambda: None):
+                 audit: Optional[AuditLog] = None, on_change: Callable[[], None] = lambda: None,
+                 pins: Optional[PolicyPins] = None):
         self._store = store
+        self._pins = pins              # policy rollouts: None, refused
         self._nodes = nodes
         self._db = db
         self._audit = audit            # records creation and cancel; None: not recorded
@@ -285,6 +310,8 @@ class RolloutService:
         InvalidArgument naming the key at fault; NotFound naming the selector when no
         node matches it with the agent (like an operate of an unknown agent)."""
         spec = parse_spec(body)
+        if spec.policy is not None:
+            return self._create_policy(spec, actor)
         wanted = [f"{k}={v}" for k, v in sorted(spec.labels.items())]
         node_ids = [n["node_id"] for n in self._nodes.list_nodes()
                     if all(n["labels"].get(k) == v for k, v in spec.labels.items())]
@@ -298,6 +325,28 @@ class RolloutService:
                      f"{len(node_ids)} nodes ({', '.join(wanted) or 'every node'})")
         log.info("rollout %d created: %s %s on %d nodes by=%s", rollout["id"], spec.operation,
                  spec.agent_id, len(node_ids), actor or "-")
+        self._on_change()
+        return rollout
+
+    def _create_policy(self, spec: RolloutSpec, actor: str) -> dict:
+        """A policy rollout over the nodes pinned at an older version than the newest.
+        NotFound for an unknown policy, Conflict when no node is pinned."""
+        if self._pins is None:
+            raise errors.InvalidArgument("policy: rollouts of a policy are not kept here")
+        head = self._pins.head(spec.policy)
+        if head is None:
+            raise errors.NotFound(f"policy {spec.policy!r} not found")
+        node_ids = self._pins.pinned(spec.policy, head.version)
+        if not node_ids:
+            raise errors.Conflict(f"policy {spec.policy}: no node is pinned at a version "
+                                  f"older than v{head.version}; nothing to roll out")
+        spec = dataclasses.replace(spec, labels=dict(head.labels))
+        rollout = self._store.create(spec, node_ids, actor)
+        self._record(actor, None, "rollout",
+                     f"rollout {rollout['id']}: policy {spec.policy} v{head.version} on "
+                     f"{len(node_ids)} pinned nodes")
+        log.info("rollout %d created: policy %s v%d on %d nodes by=%s", rollout["id"],
+                 spec.policy, head.version, len(node_ids), actor or "-")
         self._on_change()
         return rollout
 

@@ -248,7 +248,8 @@ def rollout_schemas() -> dict:
         "id": _INT, "operation": {"type": "string", "enum": list(rollouts.OPERATIONS),
                                   "nullable": True},
         "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN, "nullable": True},
-        "policy": {"type": "string", "nullable": True, "description": "always null here"},
+        "policy": {"type": "string", "nullable": True,
+                   "description": "a policy rollout's policy (operation and agent_id null)"},
         "selector": selector, **{key: {"type": "integer"} for key in rollouts.RANGES},
         "status": {"type": "string", "enum": list(rollouts.STATUSES)},
         "created_at": _INT, "finished_at": _TIME,
@@ -256,11 +257,16 @@ def rollout_schemas() -> dict:
                   "description": "frozen at creation, by node_id"}},
         "An operation applied in waves of max_parallel nodes; it stops starting nodes once "
         "more than max_failures have failed (0: at the first failure)")
-    request = {"type": "object", "required": ["operation", "agent_id"],
-               "additionalProperties": False, "properties": {
-                   "operation": {"type": "string", "enum": list(rollouts.OPERATIONS)},
-                   "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
-                   "selector": selector, **bounded}}
+    request = {"oneOf": [
+        {"type": "object", "required": ["operation", "agent_id"],
+         "additionalProperties": False, "properties": {
+             "operation": {"type": "string", "enum": list(rollouts.OPERATIONS)},
+             "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
+             "selector": selector, **bounded}},
+        {"type": "object", "required": ["policy"], "additionalProperties": False,
+         "description": "a policy rollout: the policy's nodes pinned at an older version "
+                        "move to its newest", "properties": {
+             "policy": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, **bounded}}]}
     return {"Rollout": rollout, "RolloutNode": node, "RolloutRequest": request,
             "RolloutResponse": _obj({"rollout": _ref("Rollout")}),
             "RolloutList": _obj({"rollouts": {"type": "array", "items": _ref("Rollout")},
@@ -440,8 +446,9 @@ def paths() -> dict:
         **openapi_policies.paths(_op),
         "/api/v1/rollouts": {
             "post": _op("createRollout", "Start a rollout over the nodes of a selector that "
-                        "have the agent (frozen now, by node_id); 404 when none", "RolloutResponse",
-                        "400 404 413",
+                        "have the agent (frozen now, by node_id); 404 when none. A policy "
+                        "rollout: its pinned nodes; 404 unknown policy, 409 none pinned",
+                        "RolloutResponse", "400 404 409 413",
                         body="RolloutRequest", status="202"),
             "get": _op("listRollouts", "Rollouts, newest first, a page at a time",
                        "RolloutList", "400", ("Limit", "RolloutCursor"))},
