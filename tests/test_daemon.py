@@ -238,7 +238,9 @@ def test_restarted_daemon_adopts_stops_removed_agents_and_flags_changed_config(t
         wait_for(lambda: not alive(pids["drop"]), timeout=5)
         second.supervisor.operate("edit", "restart")
         assert not snap(second, "edit").config_changed
-        assert psutil.Process(snap(second, "edit").pid).cmdline()[-1].endswith("3599)")
+        # The pid exists from the spawn; its argv shows once its exec has set it up.
+        argv = wait_for(lambda: psutil.Process(snap(second, "edit").pid).cmdline(), timeout=5)
+        assert argv[-1].endswith("3599)")
     finally:
         second.stop()
     assert not [p for p in pids.values() if alive(p)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import urllib.parse
 from typing import Optional
@@ -34,6 +35,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "rollout" and (args.operation == "policy") == bool(args.label):
         parser.error("rollout policy takes no --label; rollout start|stop|restart needs "
                      "at least one --label K=V")
+    # Ctrl-C stops ctl even when it was started with SIGINT ignored (a background job
+    # of a non-interactive shell inherits SIG_IGN, and Python then installs nothing).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
                             format="fleet ctl: %(message)s")
