@@ -88,10 +88,7 @@ def _change(supervisor: Supervisor, config: AgentConfig, cause: str,
     if state == State.FATAL and old_hash != config.config_hash() and config.autostart:
         # A new command for an agent that gave up (a broken version fixed): try it.
         _event(supervisor, config.id, f"changed by {cause}: starting (was fatal)")
-        try:
-            runner.operate("start", cause=restart_cause, detail=cause)
-        except FleetError as exc:
-            log.error("%s: start after %s failed: %s", config.id, cause, exc.message)
+        _operate(runner, "start", config.id, cause, restart_cause)
         return Change(config.id, "changed")
     if old_hash == config.config_hash() or not alive:
         how = "applied to its next start" if not alive else \
@@ -103,13 +100,19 @@ def _change(supervisor: Supervisor, config: AgentConfig, cause: str,
                f"changed by {cause}: not restarted (restart_on_change = false)")
         return Change(config.id, "flagged")
     _event(supervisor, config.id, f"changed by {cause}: restarting")
-    try:
-        runner.operate("restart", cause=restart_cause, detail=cause)
-    except FleetError as exc:
-        log.error("%s: restart after %s failed: %s", config.id, cause, exc.message)
+    _operate(runner, "restart", config.id, cause, restart_cause)
     return Change(config.id, "changed")
 
 
 def _event(supervisor: Supervisor, agent_id: str, message: str) -> None:
     log.info("%s: %s", agent_id, message)
     supervisor.events.record(agent_id, "reload", message)
+
+
+def _operate(runner, operation: str, agent_id: str, cause: str, restart_cause: str) -> None:
+    """Start or restart an agent for a reload or policy; a failure is logged, not raised
+    (the other agents' changes still apply)."""
+    try:
+        runner.operate(operation, cause=restart_cause, detail=cause)
+    except FleetError as exc:
+        log.error("%s: %s after %s failed: %s", agent_id, operation, cause, exc.message)

@@ -22,7 +22,7 @@ import functools
 import logging
 import time
 import urllib.parse
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import peewee
 
@@ -154,6 +154,12 @@ def close_database(db: peewee.Database) -> None:
 
 # ---- migrations ---------------------------------------------------------------
 
+def _execute_all(db: peewee.Database, statements: Sequence[str]) -> None:
+    """Run a migration's statements in order (inside migrate()'s transaction)."""
+    for statement in statements:
+        db.execute_sql(statement)
+
+
 def _migration_1(db: peewee.Database, backend: Backend) -> None:
     """node and agent tables (DESIGN.md, "Storage")."""
     statements = [
@@ -175,8 +181,7 @@ def _migration_1(db: peewee.Database, backend: Backend) -> None:
             last_sync_time BIGINT)""",
         "CREATE UNIQUE INDEX agent_node_id_agent_id ON agent (node_id, agent_id)",
     ]
-    for statement in statements:
-        db.execute_sql(statement)
+    _execute_all(db, statements)
 
 
 def _migration_2(db: peewee.Database, backend: Backend) -> None:
@@ -189,8 +194,7 @@ def _migration_2(db: peewee.Database, backend: Backend) -> None:
         "CREATE INDEX audit_time ON audit (time)",
         "CREATE INDEX audit_node_id_time ON audit (node_id, time)",
     ]
-    for statement in statements:
-        db.execute_sql(statement)
+    _execute_all(db, statements)
 
 
 def _migration_3(db: peewee.Database, backend: Backend) -> None:
@@ -200,8 +204,7 @@ def _migration_3(db: peewee.Database, backend: Backend) -> None:
         "ALTER TABLE agent ADD COLUMN config_changed BOOLEAN NOT NULL DEFAULT FALSE",
         "ALTER TABLE node ADD COLUMN stopped_at BIGINT",
     ]
-    for statement in statements:
-        db.execute_sql(statement)
+    _execute_all(db, statements)
 
 
 def _migration_4(db: peewee.Database, backend: Backend) -> None:
@@ -220,8 +223,7 @@ def _migration_4(db: peewee.Database, backend: Backend) -> None:
         "CREATE INDEX event_node_time ON event (node_id, time, id)",
         "CREATE INDEX event_kind_time ON event (kind, time, id)",
     ]
-    for statement in statements:
-        db.execute_sql(statement)
+    _execute_all(db, statements)
 
 
 def _migration_5(db: peewee.Database, backend: Backend) -> None:
@@ -255,8 +257,7 @@ def _migration_7(db: peewee.Database, backend: Backend) -> None:
         """CREATE TABLE node_resources (node_id VARCHAR(128) NOT NULL PRIMARY KEY,
             time BIGINT NOT NULL, sample TEXT NOT NULL)""",
     ]
-    for statement in statements:
-        db.execute_sql(statement)
+    _execute_all(db, statements)
 
 
 # (version, function): append only; a released migration never changes.
@@ -284,8 +285,7 @@ def _migration_9(db: peewee.Database, backend: Backend) -> None:
             PRIMARY KEY (node_id, policy))""",
         "CREATE INDEX policy_pin_policy ON policy_pin (policy, node_id)",
     ]
-    for statement in statements:
-        db.execute_sql(statement)
+    _execute_all(db, statements)
 
 
 def _migration_10(db: peewee.Database, backend: Backend) -> None:
@@ -306,8 +306,7 @@ def _migration_10(db: peewee.Database, backend: Backend) -> None:
             PRIMARY KEY (rollout_id, node_id))""",
         "CREATE INDEX rollout_node_status ON rollout_node (status, rollout_id)",
     ]
-    for statement in statements:
-        db.execute_sql(statement)
+    _execute_all(db, statements)
 
 
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
