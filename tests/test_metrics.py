@@ -1,6 +1,7 @@
 """Tests of fleet.daemon.metrics: the Ring and the /proc Sampler."""
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def spawn():
     def start(code):
         child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
         children.append(child)
+        wait_for(lambda: _has_run(child.pid))
         return child
 
     yield start
@@ -45,6 +47,13 @@ def spawn():
         except ProcessLookupError:
             pass
         child.wait(timeout=10)
+
+
+def _has_run(pid):
+    """True once ``pid`` runs its new image (it has memory mapped) or has exited:
+    right after exec a process has no page yet, and the sampler rightly skips it."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    return fields[0] == b"Z" or int(fields[21]) > 0
 
 
 def sample_until(sampler, agent_id, predicate, timeout=10.0):
