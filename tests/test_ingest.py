@@ -8,13 +8,14 @@ import pytest
 
 from fleet import errors
 from fleet.manager.store import db as dbmod
+from fleet.manager.store.backends import backend_of
 from fleet.manager.ingest import IngestWriter, Report, ReportService, agent_row
 from fleet.manager.store.models import Agent, Node
 from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
 from helpers import wait_for
-from tests.pg import WriteLock, postgresql_only
+from tests.pg import WriteLock, postgresql_only, sqlite_only
 
 RUNNING = pb.AGENT_STATUS_RUNNING
 
@@ -191,6 +192,29 @@ def test_locked_database_unavailable_then_recovers(manager, exclusive_lock):
     result = manager.sync(2, [state("a", pid=2), state("c", pid=2)], full=True)
     assert result.success
     assert {k: v[2] for k, v in manager.rows().items()} == {"a": 2, "c": 2}
+
+
+@sqlite_only
+def test_a_writer_waits_its_turn_behind_another_writer(db_url):
+    """On SQLite a report waits while another worker's writer holds the turn, for longer
+    than the busy timeout, and is stored once it is free (not failed: database locked)."""
+    m = Manager(db_url, lock_timeout_ms=200)
+    m.nodes.register(NodeFacts("n1", boot_id=1))
+    turn = backend_of(m.db).writer_turn(m.db)     # another worker's writer ...
+    lock = WriteLock(m.url)
+    results = []
+    with turn:
+        lock.take()                               # ... in a long transaction
+        sender = threading.Thread(target=lambda: results.append(m.sync(1, [state("a")])))
+        sender.start()
+        wait_for(lambda: m.writer._queue.qsize() == 0)
+        sender.join(1.0)                          # five busy timeouts
+        assert sender.is_alive() and not results
+        lock.release()
+    sender.join(5)
+    assert results and results[0].success and m.rows()["a"][2] == 100
+    lock.close()
+    m.writer.stop()
 
 
 def test_failure_mid_batch_rolls_back_everything(manager, monkeypatch):
@@ -397,6 +421,8 @@ def test_two_reports_of_one_agent_in_one_batch_apply_in_order(db_url):
     assert (m.writer.batches, m.writer.reports) == (2, 4)
     rows = m.rows()
     assert rows["a"] == ("", RUNNING, 3, 1, 3) and set(rows) == {"a", "only1", "only2", "only3"}
+    with m.db.connection_context():
+        assert (Node.get(Node.node_id == "n1").boot_id, Node.get(Node.node_id == "n1").seq) == (1, 3)
     m.writer.stop()
 
 

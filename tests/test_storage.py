@@ -1,4 +1,5 @@
 """Storage: opening databases, migrations, the registry, and NodeStore reads and writes."""
+import contextlib
 import sqlite3
 import sys
 import threading
@@ -130,6 +131,58 @@ def test_postgresql_bulk_rows_go_in_rounds_of_distinct_keys_in_key_order():
     rows = [("b", 1), ("a", 1), ("b", 2), ("a", 2), ("b", 3)]
     assert dbmod.distinct_rounds(rows, 1) == [[("a", 1), ("b", 1)], [("a", 2), ("b", 2)],
                                               [("b", 3)]]
+
+
+@sqlite_only
+@pytest.mark.parametrize("count", [1, 2, 3, 1023, 1024, 2600])
+def test_sqlite_bulk_upsert_in_multirow_statements_equals_one_row_at_a_time(database, count):
+    """SQLite's upsert_many binds many rows per statement (few steps, so few trips to get
+    the GIL back) and ends exactly as executemany of the one-row statement would: rows
+    applied in their order, a key repeated in one batch included."""
+    backend = SQLiteBackend()
+    sql = agent_upsert(backend, REPORT_COLUMNS)
+    rows = [(f"n{i % 7}", f"a{i % 450}", "t", "1", pb.AGENT_STATUS_RUNNING, i, None, 0, -1, 0,
+             "healthy", None, 1, i, 1, "", None, 1, False, "") for i in range(count)]
+    reference = sqlite3.connect(":memory:")
+    reference.execute("CREATE TABLE agent (node_id, agent_id, type DEFAULT '', version, status, "
+                      "pid, start_time, restart_count, last_exit_code, last_exit_signal, health, "
+                      "last_heartbeat, boot_id DEFAULT 0, seq DEFAULT 0, last_sync_time, "
+                      "last_error, next_retry_time, changed_at, config_changed, health_message, "
+                      "UNIQUE (node_id, agent_id))")
+    reference.executemany(sql, rows)
+    statements = []
+    with database.atomic():
+        database.connection().set_trace_callback(statements.append)
+        backend.upsert_many(database.cursor(), sql, rows, key=2)
+        database.connection().set_trace_callback(None)
+    stored = database.execute_sql("SELECT node_id, agent_id, pid, seq FROM agent "
+                                  "ORDER BY node_id, agent_id").fetchall()
+    assert stored == reference.execute("SELECT node_id, agent_id, pid, seq FROM agent "
+                                       "ORDER BY node_id, agent_id").fetchall()
+    assert len(stored) == min(count, 7 * 450) and len(statements) <= 12
+    assert len(statements) == bin(count % 1024).count("1") + count // 1024
+
+
+@sqlite_only
+def test_sqlite_writers_take_turns_on_a_file_lock(database, tmp_path):
+    """A group-commit writer waits its turn on a flock beside the database file, however
+    long another process's writer holds it, instead of failing on SQLite's busy timeout
+    (whose polling sleeps left two workers' writers waiting on each other's sleeps)."""
+    backend = SQLiteBackend()
+    mine, other = backend.writer_turn(database), backend.writer_turn(database)
+    assert mine.path == database.database + "-writer.lock"
+    assert isinstance(backend.writer_turn(open_database("sqlite:///:memory:")),
+                      type(contextlib.nullcontext()))
+    entered = threading.Event()
+    with other:         # another open file: to flock, as good as another process
+        waiter = threading.Thread(target=lambda: (mine.__enter__(), entered.set()))
+        waiter.start()
+        assert not entered.wait(0.5)
+    assert entered.wait(5)
+    mine.__exit__(None, None, None)
+    waiter.join()
+    mine.close()
+    other.close()
 
 
 def test_register_creates_and_updates_node(store, clock):

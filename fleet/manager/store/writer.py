@@ -88,31 +88,34 @@ class IngestWriter:
         self._state = "new"                 # new | running | stopped
         self._thread: Optional[threading.Thread] = None
         self._sql = self._statements(self._backend)
+        self._turn = self._backend.writer_turn(db)   # other processes' writers wait
         self.backlog = backlog or Backlog(DEFAULT_MAX_ROWS)
         # Committed transactions and the reports in them (written by the thread only).
         self.batches = 0
         self.reports = 0
 
     @staticmethod
-    def _statements(backend: Backend) -> dict[str, str]:
+    def _statements(backend: Backend) -> dict:
         # Built once: the hot path only binds parameters.
         from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert  # ingest imports this
+        newer = "(boot_id < ? OR (boot_id = ? AND seq < ?))"
         return {
             "upsert": agent_upsert(backend, REPORT_COLUMNS),
             "events": events.insert_sql(backend),
-            # Any message says the node runs, except a clean stop's last report.
-            "touch": backend.sql("UPDATE node SET last_seen = CASE WHEN last_seen IS NULL "
-                                 "OR last_seen < ? THEN ? ELSE last_seen END, stopped_at = ? "
-                                 "WHERE node_id = ?"),
-            "advance": backend.sql("UPDATE node SET boot_id = ?, seq = ? WHERE node_id = ? "
-                                   "AND (boot_id < ? OR (boot_id = ? AND seq < ?))"),
+            # One statement per node and batch: any message says the node runs
+            # (except a clean stop's last report), and a report's (boot_id, seq)
+            # moves the node's on if newer (a heartbeat passes NULLs: no move).
+            "node": backend.sql(
+                "UPDATE node SET last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? "
+                "THEN ? ELSE last_seen END, stopped_at = ?, "
+                f"boot_id = CASE WHEN {newer} THEN ? ELSE boot_id END, "
+                f"seq = CASE WHEN {newer} THEN ? ELSE seq END WHERE node_id = ?"),
             "delete_older": backend.sql("DELETE FROM agent WHERE node_id = ? "
                                         "AND (boot_id < ? OR (boot_id = ? AND seq < ?))"),
-            "orphan_events": backend.sql(
-                "DELETE FROM event WHERE node_id = ? AND NOT EXISTS "
-                "(SELECT 1 FROM node WHERE node.node_id = event.node_id)"),
-            "orphans": backend.sql("DELETE FROM agent WHERE node_id = ? AND NOT EXISTS "
-                                   "(SELECT 1 FROM node WHERE node.node_id = agent.node_id)"),
+            "orphans": {table: backend.sql(
+                f"DELETE FROM {table} WHERE node_id = ? AND NOT EXISTS "
+                f"(SELECT 1 FROM node WHERE node.node_id = {table}.node_id)")
+                for table in ("agent", "event")},
         }
 
     def start(self) -> None:
@@ -203,7 +206,7 @@ class IngestWriter:
     def _write(self, batch: list[_Pending]) -> None:
         try:
             self._connect()
-            with self._db.atomic(), DRIVER_ERRORS:
+            with self._turn, self._db.atomic(), DRIVER_ERRORS:
                 gone = self._apply(self._db.cursor(), [p.report for p in batch])
         except STORAGE_FAULTS as exc:       # locked, disk full, connection lost
             log.warning("state write of %d reports failed: %s", len(batch), exc)
@@ -231,25 +234,29 @@ class IngestWriter:
         too: the batch's node rows first (by node_id), then their agents and
         events (by key). Transactions of several managers on one PostgreSQL
         database then never wait for each other in a cycle (a deadlock).
+
+        Few statements, each for many rows: on SQLite every statement lets go of
+        the GIL and queues to get it back (fleet.manager.store.backends).
         """
         backend, sql = self._backend, self._sql
         reports = sorted(reports, key=lambda r: r.node_id)   # stable: a node's stay in order
         rows: list[tuple] = []
         event_rows: list[tuple] = []
-        touches, advances, nodes, event_nodes = [], [], {}, {}
+        nodes: dict[str, list] = {}     # node_id -> [received, stopped_at, newest (boot, seq)]
         for r in reports:
             rows += r.rows
             event_rows += r.events
-            if r.events:
-                event_nodes[r.node_id] = (r.node_id,)
-            touches.append((r.received, r.received, r.received if r.stopping else None,
-                            r.node_id))
-            nodes[r.node_id] = (r.node_id,)
-            if r.seq is not None:
-                advances.append((r.boot_id, r.seq, r.node_id, r.boot_id, r.boot_id, r.seq))
-        backend.execute_many(cursor, sql["touch"], touches)
-        if advances:
-            backend.execute_many(cursor, sql["advance"], advances)
+            node = nodes.setdefault(r.node_id, [r.received, None, None])
+            node[0] = max(node[0], r.received)
+            node[1] = r.received if r.stopping else None    # the last report's word
+            if r.seq is not None and (node[2] is None or (r.boot_id, r.seq) > node[2]):
+                node[2] = (r.boot_id, r.seq)
+        node_rows = []
+        for node_id, (received, stopped, newest) in nodes.items():
+            boot, seq = newest or (None, None)
+            node_rows.append((received, received, stopped, boot, boot, seq, boot,
+                              boot, boot, seq, seq, node_id))
+        backend.execute_many(cursor, sql["node"], node_rows)
         if rows:
             backend.upsert_many(cursor, sql["upsert"], rows, key=2)   # (node_id, agent_id)
         if event_rows:
@@ -257,11 +264,11 @@ class IngestWriter:
         for r in reports:
             if r.full and r.seq is not None:
                 self._delete_unmentioned(cursor, r)
+        gone = self._missing(cursor, list(nodes))
         # A node deleted while its report was queued must not get rows back.
-        backend.execute_many(cursor, sql["orphans"], list(nodes.values()))
-        if event_nodes:
-            backend.execute_many(cursor, sql["orphan_events"], list(event_nodes.values()))
-        return self._missing(cursor, list(nodes))
+        for table, statement in sql["orphans"].items():
+            backend.execute_many(cursor, statement, [(node_id,) for node_id in sorted(gone)])
+        return gone
 
     def _missing(self, cursor, node_ids: list[str]) -> set[str]:
         """Which of `node_ids` have no node row."""
