@@ -58,7 +58,9 @@ from bench_ingest import (DEADLINE, TOKEN_ENV, node_states, spawn, stop_all,  # 
 from fleet.v1 import fleet_pb2 as pb  # noqa: E402
 
 CONFIGS = {"sqlite-1": ("sqlite", 1, 1), "sqlite-2": ("sqlite", 2, 1),   # engine, workers,
-           "pg-1": ("postgresql", 1, 1), "pg-2": ("postgresql", 1, 2)}   # managers
+           "pg-1": ("postgresql", 1, 1), "pg-2": ("postgresql", 1, 2),   # managers
+           # bench/null_manager.py: the gRPC server alone, storing nothing (the floor)
+           "null-1": ("null", 1, 1), "null-2": ("null", 2, 1)}
 TARGET_P99_MS = 250.0
 SYNC = "/fleet.v1.ManagerService/SyncAgentStates"
 
@@ -255,6 +257,28 @@ def launch_managers(workdir: pathlib.Path, db_url: str, workers: int, count: int
     return managers
 
 
+def launch_null_managers(workdir: pathlib.Path, workers: int, procs: list) -> Managers:
+    """`workers` null managers (bench/null_manager.py) sharing one port, as workers do."""
+    cluster_token = secrets.token_hex(16)
+    env = dict(os.environ, **{TOKEN_ENV: cluster_token})
+    managers = Managers([], [], cluster_token)
+    port = 0
+    for w in range(workers):
+        log = workdir / f"null{w}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, str(BENCH / "null_manager.py"),
+                                     "--port", str(port), "--token-env", TOKEN_ENV,
+                                     "--reuse-port"], stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=out, env=env, cwd=ROOT, start_new_session=True)
+        procs.append(proc)
+        managers.procs.append(proc)
+        address = wait_for_listening(proc, log, "grpc")
+        port = int(address.rsplit(":", 1)[1])
+        if not managers.grpc:
+            managers.grpc.append(address)
+    return managers
+
+
 def launch_clients(managers: Managers, nodes: int, args, procs: list) -> list:
     """The simulator processes; process p talks to manager p % count. Waits for 'ready'."""
     per = nodes // args.procs
@@ -341,12 +365,15 @@ def one_cell(config: str, nodes: int, server, args) -> dict:
     procs: list = []
     name = None
     try:
-        if engine == "sqlite":
-            url = f"sqlite:///{workdir / 'fleet.db'}"
+        if engine == "null":
+            managers = launch_null_managers(workdir, workers, procs)
         else:
-            name = server.create_database()
-            url = server.url(name)
-        managers = launch_managers(workdir, url, workers, count, procs)
+            if engine == "sqlite":
+                url = f"sqlite:///{workdir / 'fleet.db'}"
+            else:
+                name = server.create_database()
+                url = server.url(name)
+            managers = launch_managers(workdir, url, workers, count, procs)
         clients = launch_clients(managers, nodes, args, procs)
         pg = server if engine == "postgresql" else None
         figures = {"saturation": one_load(clients, f"saturation {args.duration}", managers,
@@ -473,7 +500,7 @@ def run_table(args) -> None:
 
 def raw_rates(server, args) -> None:
     """Print the raw upsert rate of each engine in the table."""
-    engines = {CONFIGS[c][0] for c in args.configs}
+    engines = {CONFIGS[c][0] for c in args.configs} - {"null"}
     for engine in sorted(engines):
         with tempfile.TemporaryDirectory(prefix="fleet-raw-") as tmp:
             if engine == "sqlite":
