@@ -163,6 +163,29 @@ def test_sqlite_bulk_upsert_in_multirow_statements_equals_one_row_at_a_time(data
     assert len(statements) == bin(count % 1024).count("1") + count // 1024
 
 
+@postgresql_only
+def test_postgresql_report_updates_stay_on_their_page(database):
+    """Agent pages keep room (migration 11), so a report's update of its agents is a
+    HOT update on PostgreSQL: a new row version on the same page, no index entry."""
+    backend = PostgresBackend()
+    sql = agent_upsert(backend, REPORT_COLUMNS)
+    rows = [(f"n{i // 20}", f"a{i % 20}", "t", "1", pb.AGENT_STATUS_RUNNING, i, None, 0, -1, 0,
+             "healthy", None, 1, 1, 1, "", None, 1, False, "") for i in range(2000)]
+    assert database.execute_sql("SELECT reloptions FROM pg_class WHERE relname = 'agent'"
+                                ).fetchone()[0] == ["fillfactor=50"]
+    for seq in range(1, 5):
+        with database.atomic():
+            backend.upsert_many(database.cursor(), sql,
+                                [r[:13] + (seq,) + r[14:] for r in rows], key=2)
+
+    def counts():
+        database.execute_sql("SELECT pg_stat_clear_snapshot()")
+        return database.execute_sql("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                                    "WHERE relname = 'agent'").fetchone()
+    updated, hot = wait_for(lambda: counts()[0] >= 6000 and counts())
+    assert hot >= 0.95 * updated
+
+
 @sqlite_only
 def test_sqlite_writers_take_turns_on_a_file_lock(database, tmp_path):
     """A group-commit writer waits its turn on a flock beside the database file, however

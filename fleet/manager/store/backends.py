@@ -89,6 +89,11 @@ class Backend:
     def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
         """How long this thread's connection waits for a lock before failing."""
 
+    def room_for_updates(self, table: str, percent: int) -> list[str]:
+        """Statements keeping `percent` of each page of `table` free for new versions of
+        its rows (none where the engine has no such setting)."""
+        return []
+
     def writer_turn(self, db: peewee.Database) -> ContextManager:
         """What a group-commit writer holds around each of its transactions, so that
         the writers of several processes on one database take turns without
@@ -173,6 +178,12 @@ class PostgresBackend(Backend):
 
     def set_lock_timeout(self, db: peewee.Database, millis: int) -> None:
         db.execute_sql(f"SET lock_timeout = {int(millis)}")
+
+    def room_for_updates(self, table: str, percent: int) -> list[str]:
+        # An update that changes no indexed column and finds room on its row's page
+        # is a HOT update: no new entry in any index. Pages written before keep
+        # their fill until rewritten (VACUUM FULL); new ones leave the room.
+        return [f"ALTER TABLE {table} SET (fillfactor = {100 - int(percent)})"]
 
 
 # Host parameters one SQLite statement may bind (SQLITE_MAX_VARIABLE_NUMBER's default).

