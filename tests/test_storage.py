@@ -186,6 +186,47 @@ def test_postgresql_report_updates_stay_on_their_page(database):
     assert hot >= 0.95 * updated
 
 
+@postgresql_only
+def test_postgresql_connections_are_pooled_but_the_writers_is_never_passed_on(db_url):
+    """A connection_context() hands its PostgreSQL connection back to a pool, and the next
+    one, in any thread, gets the same server backend (no new server process and
+    authentication per registration or HTTP read); the writer's connection, which
+    carries its lock timeout, is closed for good instead of being passed on."""
+    from fleet.manager.store.writer import IngestWriter, Report
+    db = open_database(db_url)
+    migrate(db)
+
+    def session():
+        with db.connection_context():
+            return db.execute_sql("SELECT pg_backend_pid(), current_setting('lock_timeout')"
+                                  ).fetchone()
+    first = session()
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(session()))
+    other.start()
+    other.join()
+    assert session() == first and seen == [first] and first[1] == "0"
+    writer = IngestWriter(db, lock_timeout_ms=1234)
+    writer.start()
+    with pytest.raises(errors.NotFound):           # no such node: the write still ran
+        writer.submit(Report("ghost", 1, None, False, [], (), 1))
+    writer.stop()
+    assert writer.batches == 1
+    settings, both = [], threading.Barrier(2)
+
+    def hold():                                     # two connections out of the pool at once
+        with db.connection_context():
+            settings.append(db.execute_sql("SELECT current_setting('lock_timeout')").fetchone()[0])
+            both.wait(5)
+    holders = [threading.Thread(target=hold) for _ in range(2)]
+    for holder in holders:
+        holder.start()
+    for holder in holders:
+        holder.join()
+    assert settings == ["0", "0"]
+    dbmod.close_database(db)
+
+
 @sqlite_only
 def test_sqlite_writers_take_turns_on_a_file_lock(database, tmp_path):
     """A group-commit writer waits its turn on a flock beside the database file, however

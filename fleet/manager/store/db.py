@@ -25,6 +25,7 @@ import urllib.parse
 from typing import Any, Callable, Sequence
 
 import peewee
+from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase  # shipped with peewee
 
 from fleet import errors
 from fleet.manager.store import models
@@ -34,6 +35,7 @@ from fleet.manager.store.backends import (  # noqa: F401 - re-exported: their ol
 log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+POOL_RECYCLE_SECONDS = 300      # a pooled PostgreSQL connection is replaced at this age
 
 
 def now_ms(clock: Callable[[], float] = time.time) -> int:
@@ -143,12 +145,28 @@ def _open_postgres(url: str) -> peewee.PostgresqlDatabase:
         params["host"] = parts.hostname
     if parts.port:
         params["port"] = parts.port
-    return peewee.PostgresqlDatabase(name, **params)
+    # Pooled: a connection_context() hands its connection back instead of closing
+    # it. Opening one is a new server process and an authentication (milliseconds),
+    # and every registration, HTTP read and node-metrics batch opens one.
+    return PooledPostgresqlDatabase(name, max_connections=None,
+                                    stale_timeout=POOL_RECYCLE_SECONDS, **params)
 
 
 def close_database(db: peewee.Database) -> None:
-    """Close the calling thread's connection, if open (others close their own)."""
+    """Close the calling thread's connection, if open (others close their own), and
+    the idle connections of a pool."""
     if not db.is_closed():
+        db.close()
+    if isinstance(db, PooledDatabase):
+        db.close_idle()
+
+
+def discard_connection(db: peewee.Database) -> None:
+    """Close the calling thread's connection for good: a pooled one whose session was
+    changed (a lock timeout) or broke is not handed to the next thread."""
+    if isinstance(db, PooledDatabase):
+        db.manual_close()
+    elif not db.is_closed():
         db.close()
 
 

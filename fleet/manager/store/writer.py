@@ -29,6 +29,7 @@ from fleet.manager import events
 from fleet.manager.store.backends import Backend, backend_of
 from fleet.manager.store.backlog import DEFAULT_MAX_ROWS, Backlog
 from fleet.manager.store.db import DRIVER_ERRORS  # the raw cursor: peewee's kinds of errors
+from fleet.manager.store.db import discard_connection
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +303,8 @@ class IngestWriter:
             self._backend.set_lock_timeout(self._db, self._lock_timeout_ms)
 
     def _close(self) -> None:
+        # Never back to a pool: the connection carries the writer's lock timeout.
         try:
-            if not self._db.is_closed():
-                self._db.close()
+            discard_connection(self._db)
         except Exception:  # noqa: BLE001 - closing a broken connection may fail too
             log.debug("closing the writer's connection failed", exc_info=True)
