@@ -10,9 +10,9 @@ daemon-simulator processes, each owning nodes/procs nodes and reporting over rea
 gRPC with the cluster token, closed loop, `--threads` calls in flight per process.
 Then, in the same run, one real daemon (`fleet.py --role daemon`) with one `sleep`
 agent joins, and `--operations` restarts of that agent are timed over the HTTP API
-on one keep-alive connection. Last, the raw rate of the SQLite executemany upsert
-alone is measured. Prints agent states stored per second, report latency p50/p99,
-HTTP operate restart median/p95 and the raw upsert rate.
+on one keep-alive connection. Last, the raw rate of the SQLite upsert (the
+writer's upsert_many) alone is measured. Prints agent states stored per second,
+report latency p50/p99, HTTP operate restart median/p95 and the raw upsert rate.
 Targets: >= 20,000 states/s, p99 <= 250 ms, operate restart over HTTP <= 25 ms median.
 
 `--workers 1,2` compares `[manager] workers` counts instead: for each of
@@ -342,7 +342,8 @@ def measure_operate(manager: Manager, count: int) -> tuple[list[float], list[str
 
 
 def raw_upsert_rate(workdir: pathlib.Path, nodes: int, agents: int) -> float:
-    """Rows/s of the prepared agent upsert via executemany, 20,000 rows per transaction."""
+    """Rows/s of the agent upsert through the writer's upsert_many, 20,000 rows per
+    transaction."""
     from fleet.manager.store.db import backend_of, migrate, open_database
     from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert
 
@@ -387,7 +388,7 @@ def run(args) -> None:
         stop_all(procs, workdir / "state")
     report_ingest(args, ingest, stored_rows(workdir / "fleet.db"))
     report_operate(*operate)
-    print(f"raw SQLite executemany upsert: "
+    print(f"raw SQLite upsert (upsert_many): "
           f"{raw_upsert_rate(workdir, args.nodes, args.agents):,.0f} rows/s")
     shutil.rmtree(workdir, ignore_errors=True)
 

@@ -1,8 +1,8 @@
 """The scale table: ingest on SQLite and PostgreSQL, 1 and 2 manager processes, by fleet size.
 
     python bench/bench_scale.py [--sizes 1000,5000,10000] [--agents 20]
-        [--configs sqlite-1,sqlite-2,pg-1,pg-2] [--duration 10] [--period 10] [--repeat 1]
-        [--procs 4] [--threads 8] [--raw-nodes 2000]
+        [--configs sqlite-1,sqlite-2,pg-1,pg-2,null-1,null-2] [--duration 10]
+        [--period 10] [--repeat 1] [--procs 4] [--threads 8] [--raw-nodes 2000]
 
 For every configuration × size, on a fresh database: real managers
 (`fleet.py --role manager`, tokens configured, ports picked free), then the
@@ -17,7 +17,9 @@ connection per thread) register every node and load the managers twice:
 
 Configurations: `sqlite-1`, `sqlite-2` (`[manager] workers = 1 | 2` on one SQLite
 file), `pg-1`, `pg-2` (one or two separate manager processes on one PostgreSQL
-database; the simulator processes split over them). PostgreSQL is a throwaway
+database; the simulator processes split over them), and `null-1`, `null-2`
+(bench/null_manager.py once or twice on one port: fleet's gRPC server storing
+nothing, the floor of the stack on this machine). PostgreSQL is a throwaway
 server started as tests/pg.py does (initdb in a temporary directory, a free
 loopback port, fsync off) and removed at the end. In the same run, the raw rate
 of the writer's own agent upsert statement is measured on each engine

@@ -12,10 +12,10 @@ import grpc
 import pytest
 
 from fleet import config as configuration
-from fleet.manager import policystore
+from fleet.manager.changes import policystore
 from fleet.manager.app import Manager
-from fleet.manager.policies import agent_problem
-from fleet.manager.policystore import PolicyStore
+from fleet.manager.changes.policies import agent_problem
+from fleet.manager.changes.policystore import PolicyStore
 from fleet.manager.store import db as dbmod
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb

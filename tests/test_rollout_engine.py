@@ -5,8 +5,8 @@ import contextlib
 import pytest
 
 from fleet import errors
-from fleet.manager.rollout_engine import RolloutEngine
-from fleet.manager.rollouts import RolloutSpec, RolloutStore, parse_spec
+from fleet.manager.changes.rollout_engine import RolloutEngine
+from fleet.manager.changes.rollouts import RolloutSpec, RolloutStore, parse_spec
 from fleet.manager.store.db import migrate, open_database
 from fleet.manager.store.lease import Lease
 

@@ -164,6 +164,29 @@ def test_sqlite_bulk_upsert_in_multirow_statements_equals_one_row_at_a_time(data
 
 
 @postgresql_only
+def test_postgresql_bulk_upsert_goes_through_copy_and_stores_every_value_exactly(database):
+    """Many rows go to PostgreSQL through COPY into a staging table, not as literals in
+    the statement: every value comes back as sent (tabs, newlines, backslashes, \\N,
+    quotes, non-ASCII, NULLs, booleans, 64-bit integers), and a key repeated in the
+    batch ends as its last row left it, as with one statement per row."""
+    backend = PostgresBackend()
+    sql = agent_upsert(backend, REPORT_COLUMNS)
+    tricky = ["tab\there", "new\nline\r", "back\\slash \\N", "quote ' \"", "ünïcødé ☃", "",
+              "\\."]
+    rows = [(f"n{i % 5}", f"a{i % 120}", "t", tricky[i % 7], pb.AGENT_STATUS_RUNNING, 2**62 + i,
+             None if i % 2 else i, 0, -1, 0, "healthy", None, 1, i, 1, tricky[(i + 1) % 7],
+             None, 1, bool(i % 3), tricky[(i + 2) % 7]) for i in range(300)]
+    with database.atomic():
+        backend.upsert_many(database.cursor(), sql, rows, key=2)   # keys repeat: 3 rounds
+        staged = database.execute_sql("SELECT count(*) FROM pg_tables WHERE tablename LIKE %s",
+                                      ("fleet_in_agent_%",)).fetchone()[0]
+    assert staged == 1
+    expected = {row[:2]: row for row in rows}                       # seq grows: the last wins
+    stored = database.execute_sql(f"SELECT {', '.join(REPORT_COLUMNS)} FROM agent").fetchall()
+    assert {tuple(row[:2]): tuple(row) for row in stored} == expected
+
+
+@postgresql_only
 def test_postgresql_report_updates_stay_on_their_page(database):
     """Agent pages keep room (migration 11), so a report's update of its agents is a
     HOT update on PostgreSQL: a new row version on the same page, no index entry."""

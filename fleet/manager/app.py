@@ -25,10 +25,10 @@ from fleet.manager.views import FleetViews
 from fleet.manager.api.routes import make_app
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.parts import ManagerParts, build_manager
-from fleet.manager.policies import PolicyService
-from fleet.manager.policy_rollouts import PolicyPins
-from fleet.manager.rollout_engine import RolloutEngine
-from fleet.manager.rollouts import RolloutService, RolloutStore
+from fleet.manager.changes.policies import PolicyService
+from fleet.manager.changes.policy_rollouts import PolicyPins
+from fleet.manager.changes.rollout_engine import RolloutEngine
+from fleet.manager.changes.rollouts import RolloutService, RolloutStore
 from fleet.manager.store.lease import Lease, holder_name
 from fleet.manager.tokens import ApiAuth, ManagerTokens, create_token_files, resolve_tokens
 from fleet.manager.api.server import HttpServer, serve_http

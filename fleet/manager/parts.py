@@ -11,7 +11,7 @@ from fleet.manager.events import EventStore
 from fleet.manager.ingest import IngestWriter, ReportService
 from fleet.manager.nodemetrics import NodeMetricsStore
 from fleet.manager.nodes import NodeStore
-from fleet.manager.policystore import PolicyStore
+from fleet.manager.changes.policystore import PolicyStore
 from fleet.manager.retention import PURGE_INTERVAL, Purger
 from fleet.manager.servicer import ManagerServicer
 from fleet.manager.store.backlog import DEFAULT_MAX_ROWS, Backlog

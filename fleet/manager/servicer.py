@@ -14,7 +14,7 @@ import grpc
 from fleet.manager.ingest import ReportService
 from fleet.manager.nodemetrics import NodeMetricsStore
 from fleet.manager.nodes import NodeFacts, NodeStore
-from fleet.manager.policystore import PolicyStore
+from fleet.manager.changes.policystore import PolicyStore
 from fleet.rpc import translate
 from fleet.v1 import fleet_pb2, fleet_pb2_grpc
 

@@ -12,8 +12,9 @@ import json
 import fleet
 from fleet.errors import HTTP_STATUS
 from fleet.config import ManagerConfig
-from fleet.manager import events, nodemetrics, paging, rollouts
+from fleet.manager import events, nodemetrics, paging
 from fleet.manager.api import openapi_policies, ui
+from fleet.manager.changes import rollouts
 from fleet.states import State
 
 NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # values.valid_node_id
@@ -231,7 +232,7 @@ def overview() -> dict:
 
 
 def rollout_schemas() -> dict:
-    """Rollout, its list, its request (fleet.manager.rollouts)."""
+    """Rollout, its list, its request (fleet.manager.changes.rollouts)."""
     bounded = {key: {"type": "integer", "minimum": low, "maximum": high,
                      "default": rollouts.DEFAULTS[key]}
                for key, (low, high) in rollouts.RANGES.items()}

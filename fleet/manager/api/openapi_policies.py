@@ -9,7 +9,8 @@ from __future__ import annotations
 import signal
 
 from fleet.config.agents import HEALTH_ACTIONS, RESTART_POLICIES
-from fleet.manager import paging, policies
+from fleet.manager import paging
+from fleet.manager.changes import policies
 from fleet.values import MAX_SECONDS
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                      # policystore.NAME_RE

@@ -50,8 +50,8 @@ def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
     `events`: a fleet.manager.events.EventService (None: the events endpoints 404).
     `metrics`: a fleet.manager.api.metrics.ManagerMetrics (None: /metrics 404s);
     `metrics_public`: /metrics answers without a token.
-    `policies`: a fleet.manager.policies.PolicyService (None: the policies endpoints 404).
-    `rollouts`: a fleet.manager.rollouts.RolloutService (None: the rollouts endpoints 404).
+    `policies`: a fleet.manager.changes.policies.PolicyService (None: the policies endpoints 404).
+    `rollouts`: a fleet.manager.changes.rollouts.RolloutService (None: the rollouts endpoints 404).
     """
     app = bottle.Bottle()
     app.uninstall(True)            # no JSON/template plugins: the edge plugin renders

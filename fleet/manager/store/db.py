@@ -286,7 +286,7 @@ def _migration_8(db: peewee.Database, backend: Backend) -> None:
 
 
 def _migration_9(db: peewee.Database, backend: Backend) -> None:
-    """Policies (fleet.manager.policystore): every version of each policy (a delete is a
+    """Policies (fleet.manager.changes.policystore): every version of each policy (a delete is a
     version too, deleted), each node's last reported result per policy, and the pins
     that hold a node at one version of a policy while a rollout releases it."""
     statements = [
@@ -307,7 +307,7 @@ def _migration_9(db: peewee.Database, backend: Backend) -> None:
 
 
 def _migration_10(db: peewee.Database, backend: Backend) -> None:
-    """Rollouts (fleet.manager.rollouts): one row per rollout, one per node it covers,
+    """Rollouts (fleet.manager.changes.rollouts): one row per rollout, one per node it covers,
     each state change written as it happens so another manager can resume it."""
     statements = [
         f"""CREATE TABLE rollout ({backend.auto_pk()},

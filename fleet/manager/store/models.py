@@ -112,7 +112,7 @@ class AuditEntry(BaseModel):
 
 
 class Rollout(BaseModel):
-    """One rollout (fleet.manager.rollouts): what to do, where, how fast, and how it stands."""
+    """One rollout (fleet.manager.changes.rollouts): what to do, where, how fast, and how it stands."""
 
     operation = peewee.CharField(max_length=16, default="")   # start|stop|restart
     agent_id = peewee.CharField(max_length=64, default="")

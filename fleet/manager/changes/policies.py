@@ -24,7 +24,7 @@ from fleet import errors
 from fleet.config.agents import read_agents
 from fleet.manager import paging
 from fleet.manager.audit import AuditLog
-from fleet.manager.policystore import NAME_RE, PolicyRow, PolicyStore, desired
+from fleet.manager.changes.policystore import NAME_RE, PolicyRow, PolicyStore, desired
 from fleet.manager.store.db import now_ms
 from fleet.values import valid_agent_id
 

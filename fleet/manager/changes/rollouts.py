@@ -3,13 +3,13 @@
 A rollout is created through the HTTP API (`RolloutService.create`): the body
 is checked (`parse_spec`), the nodes whose labels match the selector and that
 have the agent are frozen into `rollout_node` rows, sorted by node_id, and the
-rollout is `pending`. The engine (fleet.manager.rollout_engine) drives it to its
+rollout is `pending`. The engine (fleet.manager.changes.rollout_engine) drives it to its
 end; every change is one short transaction here, so a manager that dies leaves
 a rollout another one can resume.
 
 A policy rollout (`{"policy": NAME}`, no operation, agent_id or selector) takes
 the nodes pinned for the policy at an older version than its newest
-(fleet.manager.policy_rollouts); 404 for an unknown policy, 409 when none is pinned.
+(fleet.manager.changes.policy_rollouts); 404 for an unknown policy, 409 when none is pinned.
 
 Rollout statuses: pending -> running -> succeeded | failed, cancelled from
 pending or running; interrupted when a manager cannot drive it (a kind this
@@ -37,7 +37,7 @@ from fleet.values import valid_agent_id
 from fleet.manager import paging
 from fleet.manager.audit import AuditLog
 from fleet.manager.nodes import NodeStore
-from fleet.manager.policy_rollouts import PolicyPins
+from fleet.manager.changes.policy_rollouts import PolicyPins
 from fleet.manager.store.db import now_ms, storage_faults
 from fleet.manager.store.models import Agent, Rollout, RolloutNode
 

@@ -1,8 +1,8 @@
 """Policy rollouts: a policy's new version moved to its pinned nodes, a wave at a time.
 
 A `PUT /api/v1/policies/<name>` with `"hold": true` pins every matching node at the
-previous version (table policy_pin). A rollout of that policy (fleet.manager.rollouts,
-driven by fleet.manager.rollout_engine) takes the nodes pinned at an older version
+previous version (table policy_pin). A rollout of that policy (fleet.manager.changes.rollouts,
+driven by fleet.manager.changes.rollout_engine) takes the nodes pinned at an older version
 than the newest, sorted by node_id. A node's "operate" is releasing its pin (the
 row deleted, this manager's PolicyStore snapshot dropped so its next heartbeat
 answers the newest version). Releasing twice is harmless.
@@ -26,7 +26,7 @@ import peewee
 
 from fleet import errors
 from fleet.manager.nodes import NodeStore
-from fleet.manager.policystore import PolicyRow, PolicyStore
+from fleet.manager.changes.policystore import PolicyRow, PolicyStore
 from fleet.manager.store.db import backend_of, storage_faults
 
 log = logging.getLogger(__name__)

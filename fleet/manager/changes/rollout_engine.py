@@ -17,7 +17,7 @@ calls `step(now)`, which for each rollout with work left:
    `operated` in the database BEFORE its operate call goes to the daemon, the
    calls made in parallel. An operate that fails fails its node with the error.
 
-Every change is written at once (fleet.manager.rollouts.RolloutStore), so a
+Every change is written at once (fleet.manager.changes.rollouts.RolloutStore), so a
 manager that takes the lease over (a restart, or another manager after the
 holder died) resumes where the last one stopped: a node found in flight is
 never operated again, only waited for anew (its deadline is moved to
@@ -25,7 +25,7 @@ now + wait_seconds), and a restart that never reached the daemon fails as "pid
 unchanged". A rollout of a kind this manager cannot drive is marked interrupted.
 
 A policy rollout's wave releases pins instead of operating, and a node in flight is
-checked by fleet.manager.policy_rollouts.PolicyPins.check (node.old_pid holds the
+checked by fleet.manager.changes.policy_rollouts.PolicyPins.check (node.old_pid holds the
 version the node was pinned at).
 """
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Callable, Optional
 
 from fleet import errors
 from fleet.manager.nodes import NodeStore
-from fleet.manager.policy_rollouts import PolicyPins
+from fleet.manager.changes.policy_rollouts import PolicyPins
 from fleet.manager.pool import DaemonClientPool
-from fleet.manager.rollouts import OPERATIONS, RolloutStore
+from fleet.manager.changes.rollouts import OPERATIONS, RolloutStore
 from fleet.manager.store.lease import Lease
 from fleet.manager.store.models import Rollout, RolloutNode
 
