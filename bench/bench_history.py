@@ -27,16 +27,17 @@ sys.path.insert(0, REPO)
 
 import psutil  # noqa: E402
 
-from fleet.daemon import metrics  # noqa: E402
-from fleet.daemon.metrics import DataPoint, Sampler  # noqa: E402
+from fleet.daemon import proctree  # noqa: E402
+from fleet.daemon.metrics import Sampler  # noqa: E402
+from fleet.daemon.samples import DataPoint  # noqa: E402
 
 DAY_MS, STEP_MS = 86_400_000, 10_000
 
 
 def full_day(folder: str, agents: int) -> Sampler:
     """A sampler with a day of samples for each agent, saved in ``folder``."""
-    real = metrics._read_process
-    metrics._read_process = lambda proc, now_ms: DataPoint(
+    real = proctree.read_tree
+    proctree.read_tree = lambda proc, now_ms: DataPoint(
         now_ms, 1.5, 20 << 20, 40 << 20, now_ms, now_ms // 2, 8, 4)
     try:
         sampler = Sampler(10, history_dir=folder)
@@ -46,7 +47,7 @@ def full_day(folder: str, agents: int) -> Sampler:
         for t in range(0, DAY_MS, STEP_MS):
             sampler.sample_once(now_ms=start + t)
     finally:
-        metrics._read_process = real
+        proctree.read_tree = real
     return sampler
 
 

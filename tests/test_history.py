@@ -5,8 +5,9 @@ import os
 import grpc
 import pytest
 
-from fleet.daemon import history, metrics
-from fleet.daemon.metrics import DataPoint, Sampler, with_rates
+from fleet.daemon import history, proctree, samples
+from fleet.daemon.metrics import Sampler
+from fleet.daemon.samples import DataPoint, with_rates
 from fleet.daemon.rollups import MINUTE_COLUMNS, MINUTE_MS, MinuteRing
 from fleet.v1 import fleet_pb2 as pb
 from tests.daemon_harness import agent, running_daemon
@@ -109,7 +110,7 @@ def test_rates_are_bytes_per_second_between_samples():
 def test_sampler_rates_follow_the_watched_process(monkeypatch):
     """The sampler stores rates between its samples of one process, across a change
     published again for it; a new pid starts over."""
-    monkeypatch.setattr(metrics, "_read_process",
+    monkeypatch.setattr(proctree, "read_tree",
                         fed([(0, 0), (10_000, 2_000), (30_000, 2_000), (50, 0)]))
     sampler = Sampler(interval=10)
     sampler.watch("me", os.getpid())
@@ -129,7 +130,7 @@ def test_sampler_rates_follow_the_watched_process(monkeypatch):
 def test_a_day_answers_samples_then_minutes(monkeypatch):
     """duration 86400: the last hour's samples oldest first, then (coarsest last) the
     one-minute points before them, oldest first, each saying its resolution."""
-    monkeypatch.setattr(metrics, "_read_process", lambda proc, now_ms: sample(now_ms, cpu=1.0))
+    monkeypatch.setattr(proctree, "read_tree", lambda proc, now_ms: sample(now_ms, cpu=1.0))
     sampler = Sampler(interval=10)
     sampler.watch("me", os.getpid())
     day = 86_400_000
@@ -150,7 +151,7 @@ def test_a_day_answers_samples_then_minutes(monkeypatch):
 
 def test_minutes_fill_in_when_the_hour_has_no_samples(monkeypatch):
     """An agent stopped two hours ago: its minutes answer, up to now."""
-    monkeypatch.setattr(metrics, "_read_process", lambda proc, now_ms: sample(now_ms, cpu=1.0))
+    monkeypatch.setattr(proctree, "read_tree", lambda proc, now_ms: sample(now_ms, cpu=1.0))
     sampler = Sampler(interval=10)
     sampler.watch("me", os.getpid())
     for t in range(0, 600_000, 10_000):
@@ -162,7 +163,7 @@ def test_minutes_fill_in_when_the_hour_has_no_samples(monkeypatch):
 # ---------------------------------------------------------------- persistence
 
 def saved_sampler(folder, monkeypatch, interval=10):
-    monkeypatch.setattr(metrics, "_read_process",
+    monkeypatch.setattr(proctree, "read_tree",
                         lambda proc, now_ms: sample(now_ms, cpu=now_ms % 7, rss=4096))
     sampler = Sampler(interval=interval, history_dir=str(folder))
     sampler.watch("a", os.getpid())
@@ -196,10 +197,10 @@ def test_bad_history_file_is_ignored_with_a_warning(tmp_path, monkeypatch, caplo
     elif damage == "empty":
         data = b""
     elif damage == "slots":  # whole and checksummed, but a ring of 10 minutes
-        saved = history.decode(data, metrics._COLUMNS, MINUTE_COLUMNS)
+        saved = history.decode(data, samples.COLUMNS, MINUTE_COLUMNS)
         data = history.encode(saved._replace(minutes=[c[:10] for c in saved.minutes]))
     else:
-        cols = [metrics.array.array("d", [1.0])]
+        cols = [samples.array.array("d", [1.0])]
         data = history.encode(history.Saved(10.0, cols, -1, cols))
     path.write_bytes(data)
     again = Sampler(interval=10, history_dir=str(tmp_path))

@@ -11,8 +11,9 @@ import time
 import psutil
 import pytest
 
-from fleet.daemon import metrics
-from fleet.daemon.metrics import DataPoint, Ring, Sampler, ring_capacity
+from fleet.daemon import proctree
+from fleet.daemon.metrics import Sampler
+from fleet.daemon.samples import DataPoint, Ring, ring_capacity
 from fleet.errors import InvalidArgument
 from tests.helpers import wait_for
 
@@ -242,14 +243,14 @@ def test_proc_is_never_read_under_the_lock(monkeypatch):
     """Sampling runs outside the lock; an unwatch racing a sample discards the sample."""
     sampler = Sampler(interval=10)
     sampler.watch("me", os.getpid())
-    real = metrics._read_process
+    real = proctree.read_tree
 
     def checked(proc, now_ms):
         assert not sampler._lock.locked()
         sampler.unwatch("me")  # the agent stops while we sample it
         return real(proc, now_ms)
 
-    monkeypatch.setattr(metrics, "_read_process", checked)
+    monkeypatch.setattr(proctree, "read_tree", checked)
     assert sampler.sample_once(now_ms=1) == 0
     assert sampler.points("me", 10, now_ms=1) == []
 
@@ -259,23 +260,23 @@ def test_a_leader_with_no_memory_mapped_is_no_sample(monkeypatch):
     stored as a zero sample; the agent stays watched and the next reading counts."""
     sampler = Sampler(interval=10)
     sampler.watch("me", os.getpid())
-    real = metrics._stat_fields
+    real = proctree.stat_fields
 
     def mid_exec(pid):
         fields = list(real(pid))
         fields[21] = b"0"
         return fields
 
-    monkeypatch.setattr(metrics, "_stat_fields", mid_exec)
+    monkeypatch.setattr(proctree, "stat_fields", mid_exec)
     assert sampler.sample_once(now_ms=1000) == 0
-    monkeypatch.setattr(metrics, "_stat_fields", real)
+    monkeypatch.setattr(proctree, "stat_fields", real)
     assert sampler.sample_once(now_ms=2000) == 1
     assert [p.memory_rss > 0 for p in sampler.points("me", 10, now_ms=2000)] == [True]
 
 
 def test_access_denied_optional_figures_are_zero(monkeypatch):
     """/proc/PID/io or /proc/PID/fd refused by the OS count as 0, the sample is kept."""
-    real_read, real_stat = metrics._read_file, os.stat
+    real_read, real_stat = proctree.read_file, os.stat
 
     def read_file(path):
         if path.endswith("/io"):
@@ -287,8 +288,8 @@ def test_access_denied_optional_figures_are_zero(monkeypatch):
             raise PermissionError(13, "denied", path)
         return real_stat(path, *args, **kwargs)
 
-    monkeypatch.setattr(metrics, "_read_file", read_file)
-    monkeypatch.setattr(metrics.os, "stat", stat)
+    monkeypatch.setattr(proctree, "read_file", read_file)
+    monkeypatch.setattr(proctree.os, "stat", stat)
     sampler = Sampler(interval=10)
     sampler.watch("me", os.getpid())
     assert sampler.sample_once(now_ms=1) == 1

@@ -80,7 +80,7 @@ class MinuteRing:
         return sum(col.itemsize * len(col) for col in self._cols)
 
     def add(self, point) -> None:
-        """Fold a sample (a metrics.DataPoint) into the minute of its timestamp.
+        """Fold a sample (a samples.DataPoint) into the minute of its timestamp.
 
         A sample older than the ring (a wall clock stepped far back) is dropped.
         """
