@@ -119,11 +119,7 @@ class ReportService:
         if len(events) > agent_events.MAX_PER_REPORT:
             raise errors.InvalidArgument(f"{len(events)} events in one report; "
                                          f"at most {agent_events.MAX_PER_REPORT}")
-        known = self._registry.get(node_id)
-        if known is None:
-            raise errors.NotFound(f"node {node_id!r} is not registered")
-        if boot_id < known[0]:
-            raise errors.Conflict(f"boot {boot_id} is older than the node's boot {known[0]}")
+        known = self._registry.require(node_id, boot_id)
         # Refused before any work: a refusal must cost far less than a report.
         cost = self._writer.admit(len(states) + len(events))
         try:

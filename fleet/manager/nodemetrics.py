@@ -140,11 +140,7 @@ class NodeMetricsStore:
             fault = sample_fault(sample)
             if fault:
                 raise errors.InvalidArgument(f"sample {i}: {fault}")
-        known = self._registry.get(node_id)
-        if known is None:
-            raise errors.NotFound(f"node {node_id!r} is not registered")
-        if boot_id < known[0]:
-            raise errors.Conflict(f"boot {boot_id} is older than the node's boot {known[0]}")
+        self._registry.require(node_id, boot_id)
 
     @storage_faults
     def _write(self, node_id: str, samples: Sequence, interval: float) -> None:

@@ -351,11 +351,7 @@ class PolicyStore:
         """
         if not valid_node_id(node_id):
             raise errors.InvalidArgument(f"invalid node_id {node_id[:200]!r}")
-        known = self._registry.get(node_id)
-        if known is None:
-            raise errors.NotFound(f"node {node_id!r} is not registered")
-        if boot_id < known[0]:
-            raise errors.Conflict(f"boot {boot_id} is older than the node's boot {known[0]}")
+        self._registry.require(node_id, boot_id)
         rows = _status_rows(node_id, policy_version, results, now_ms(self._clock))
         with self._db.connection_context(), self._db.atomic():
             self._db.execute_sql(self._backend.sql(

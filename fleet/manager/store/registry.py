@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import peewee
 
+from fleet import errors
 from fleet.values import valid_node_id
 
 from fleet.manager.store import models
@@ -63,6 +64,17 @@ class Registry:
             if known is None or found > known:
                 self._nodes[node_id] = known = found
             return known
+
+    def require(self, node_id: str, boot_id: int) -> tuple[int, int]:
+        """(boot_id, seq) of a registered node a message of boot `boot_id` may speak
+        for: NotFound if it is not registered, Conflict if that boot is older than
+        the node's."""
+        known = self.get(node_id)
+        if known is None:
+            raise errors.NotFound(f"node {node_id!r} is not registered")
+        if boot_id < known[0]:
+            raise errors.Conflict(f"boot {boot_id} is older than the node's boot {known[0]}")
+        return known
 
     def __contains__(self, node_id: str) -> bool:
         return self.get(node_id) is not None
