@@ -19,12 +19,11 @@ from typing import Any, ContextManager, Sequence
 
 import peewee
 
-from fleet.manager.store import pgcopy
+from fleet.manager.store import pgjson
 
 log = logging.getLogger(__name__)
 
 SCHEMA_LOCK_KEY = 0x666C656574   # PostgreSQL advisory lock of migrations ("fleet")
-COPY_MIN_ROWS = 64               # fewer go as one statement: COPY costs two more round trips
 
 
 class Backend:
@@ -162,9 +161,9 @@ class PostgresBackend(Backend):
         from psycopg2.extras import execute_values  # only present with PostgreSQL
         # One INSERT ... ON CONFLICT DO UPDATE may not touch a row twice.
         rounds = distinct_rounds(rows, key) if key else (rows,)
-        copy_plan = pgcopy.plan(statement) if len(rows) >= COPY_MIN_ROWS else None
-        if copy_plan is not None:   # many rows: as data, not as literals to plan
-            pgcopy.write(cursor, copy_plan, rounds)
+        json_statement = pgjson.plan(cursor, statement)
+        if json_statement is not None:      # the rows as one JSON value, not as literals
+            pgjson.write(cursor, json_statement, rounds)
             return
         for part in rounds:
             execute_values(cursor, statement, part, page_size=1000)
