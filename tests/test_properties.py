@@ -280,6 +280,50 @@ def test_a_report_stores_valid_states_exactly_and_names_the_rest(reports, report
     assert reports.rows(node_id) == {s.agent_id: stored_form(node_id, s) for s in valid}
 
 
+valid_states = st.builds(
+    pb.AgentState, agent_id=st.from_regex(AGENT_ID_RULE, fullmatch=True),
+    type=st.text(max_size=10).filter(lambda t: "\x00" not in t), version=st.just("1.0"),
+    status=st.integers(1, 8), pid=st.integers(0, 2**62), start_time=int64,
+    health=st.sampled_from(HEALTHS), next_retry_time=st.integers(0, 2**62),
+    changed_at=st.integers(0, 2**62), last_error=texts, health_message=texts,
+    config_changed=st.booleans())
+
+
+def broken(field, values):
+    """A valid state with `field` set to one of `values` (most of them break a rule)."""
+    def build(state, value):
+        copy = pb.AgentState()
+        copy.CopyFrom(state)
+        setattr(copy, field, value)
+        return copy
+    return st.builds(build, valid_states, values)
+
+
+full_states = st.one_of(
+    valid_states, broken("agent_id", agent_ids), broken("type", texts),
+    broken("version", texts), broken("status", st.integers(-9, 99)),
+    broken("pid", int64), broken("next_retry_time", int64), broken("changed_at", int64),
+    broken("health", st.text(max_size=10)))
+
+
+@PROPERTY
+@given(report=st.lists(full_states, max_size=8))
+def test_the_inline_checks_of_build_rows_agree_with_state_fault(report):
+    """build_rows checks a state inline (the hot path) and asks state_fault only for
+    the reason: a state is stored as agent_row makes it exactly when state_fault
+    finds nothing (and its agent_id is not repeated), and rejected with its reason
+    otherwise."""
+    from fleet.manager.ingest import agent_row, build_rows, state_fault
+    ids = [s.agent_id for s in report]
+    rows, rejected = build_rows("n1", 2, 3, 4, report)
+    repeated = [s for s in report if ids.count(s.agent_id) > 1]
+    assert rows == [agent_row("n1", s, 2, 3, 4) for s in report
+                    if s not in repeated and state_fault(s) is None]
+    assert rejected == [(s.agent_id[:128], "agent_id appears more than once in the report"
+                         if s in repeated else state_fault(s)) for s in report
+                        if s in repeated or state_fault(s) is not None]
+
+
 @PROPERTY
 @given(node_id=st.text(max_size=200) | st.sampled_from(["", "/", "..", "a/b", "n1\n", "n\x00"]),
        report=st.lists(states, max_size=3))

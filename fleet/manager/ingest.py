@@ -165,32 +165,51 @@ class ReportService:
 
 def build_rows(node_id: str, boot_id: int, seq: int, received: int,
                states: Sequence) -> tuple[list[tuple], list[tuple[str, str]]]:
-    """(REPORT_COLUMNS tuples of the valid states, [(agent_id, reason)] of the rest)."""
+    """(REPORT_COLUMNS tuples of the valid states, [(agent_id, reason)] of the rest).
+
+    The hot path: each field is read once, and a state passing `state_fault`'s rules,
+    checked inline, skips it (tests/test_properties.py holds the two to one verdict).
+    """
     rows: list[tuple] = []
     rejected: list[tuple[str, str]] = []
     ids = [s.agent_id for s in states]
     duplicated = _duplicates(ids) if len(set(ids)) != len(ids) else ()
     for s in states:
-        agent_id = s.agent_id
-        if agent_id in duplicated:
-            reason = "agent_id appears more than once in the report"
-        else:
-            reason = state_fault(s)
-        if reason is None:
-            rows.append(agent_row(node_id, s, boot_id, seq, received))
-        else:
-            rejected.append((agent_id[:128], reason))
+        agent_id, status, pid, type_, version, health = (
+            s.agent_id, s.status, s.pid, s.type, s.version, s.health)
+        next_retry, changed = s.next_retry_time, s.changed_at
+        if (agent_id in duplicated or status not in STORED_STATUSES or pid < 0
+                or next_retry < 0 or changed < 0 or (health and health not in HEALTHS)
+                or len(type_) > MAX_TEXT or len(version) > MAX_TEXT
+                or "\x00" in type_ or "\x00" in version or not valid_agent_id(agent_id)):
+            reason = ("agent_id appears more than once in the report"
+                      if agent_id in duplicated else state_fault(s))
+            if reason is not None:
+                rejected.append((agent_id[:128], reason))
+                continue
+        last_error, message = s.last_error, s.health_message
+        rows.append((node_id, agent_id, type_, version, status, pid, s.start_time or None,
+                     s.restart_count, s.last_exit_code, s.last_exit_signal,
+                     health or "unknown", s.last_heartbeat or None, boot_id, seq, received,
+                     _message(last_error) if last_error else "", next_retry or None,
+                     changed or None, bool(s.config_changed),
+                     _message(message) if message else ""))
     return rows, rejected
 
 
 def agent_row(node_id: str, s, boot_id: int, seq: int, received: int) -> tuple:
-    """The REPORT_COLUMNS tuple of one valid AgentState or AgentInfo (0 times: NULL)."""
+    """The REPORT_COLUMNS tuple of one valid AgentState or AgentInfo (0 times: NULL),
+    as build_rows makes them."""
     return (node_id, s.agent_id, s.type, s.version, s.status, s.pid, s.start_time or None,
             s.restart_count, s.last_exit_code, s.last_exit_signal, s.health or "unknown",
-            s.last_heartbeat or None, boot_id, seq, received,
-            s.last_error[:MAX_ERROR].replace("\x00", "\ufffd"), s.next_retry_time or None,
-            s.changed_at or None, bool(s.config_changed),
-            s.health_message[:MAX_ERROR].replace("\x00", "\ufffd"))
+            s.last_heartbeat or None, boot_id, seq, received, _message(s.last_error),
+            s.next_retry_time or None, s.changed_at or None, bool(s.config_changed),
+            _message(s.health_message))
+
+
+def _message(text: str) -> str:
+    """A last_error or health_message as stored: cut to MAX_ERROR, NUL replaced."""
+    return text[:MAX_ERROR].replace("\x00", "\ufffd")
 
 
 def state_fault(s) -> Optional[str]:

@@ -12,6 +12,7 @@ import fcntl
 import functools
 import itertools
 import logging
+import operator
 import os
 import re
 import sqlite3
@@ -244,16 +245,20 @@ def distinct_rounds(rows: Sequence[tuple], key: int) -> list[list[tuple]]:
     """`rows` in lists sorted by key (a row's first `key` values) in which no key
     repeats: the n-th row of a key goes to the n-th list, so applying the lists
     one after another applies each key's rows in their order."""
+    key_of = operator.itemgetter(*range(key))
+    keys = list(map(key_of, rows))
+    if len(set(keys)) == len(keys):         # the usual batch: every key once
+        return [sorted(rows, key=key_of)]
     rounds: list[list[tuple]] = []
-    seen: dict[tuple, int] = {}
-    for row in rows:
-        index = seen.get(row[:key], 0)
-        seen[row[:key]] = index + 1
+    seen: dict = {}
+    for row, row_key in zip(rows, keys):
+        index = seen.get(row_key, 0)
+        seen[row_key] = index + 1
         if index == len(rounds):
             rounds.append([])
         rounds[index].append(row)
     for part in rounds:
-        part.sort(key=lambda row: row[:key])
+        part.sort(key=key_of)
     return rounds
 
 
