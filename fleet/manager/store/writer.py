@@ -17,6 +17,7 @@ heartbeat (no rows) is never refused: it only touches its node.
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -41,6 +42,18 @@ SUBMIT_TIMEOUT = 4.0            # seconds; below the daemons' 5 s deadline
 STORAGE_FAULTS = (peewee.OperationalError, peewee.InterfaceError)
 
 
+_NEWER = "(node.boot_id < v.boot OR (node.boot_id = v.boot AND node.seq < v.seq))"
+_NODES_JSON = (
+    "SELECT 1 FROM node WHERE node_id = ANY(%s) ORDER BY node_id FOR UPDATE; "
+    "UPDATE node SET last_seen = CASE WHEN node.last_seen IS NULL OR node.last_seen < "
+    "v.received THEN v.received ELSE node.last_seen END, stopped_at = v.stopped, "
+    f"boot_id = CASE WHEN {_NEWER} THEN v.boot ELSE node.boot_id END, "
+    f"seq = CASE WHEN {_NEWER} THEN v.seq ELSE node.seq END "
+    "FROM (SELECT e->>0 AS node_id, (e->>1)::bigint AS received, (e->>2)::bigint AS stopped, "
+    "(e->>3)::bigint AS boot, (e->>4)::bigint AS seq FROM jsonb_array_elements(%s::jsonb) e) v "
+    "WHERE node.node_id = v.node_id RETURNING node.node_id")
+
+
 class Report:
     """One validated report, ready to write; a heartbeat is one with seq None."""
 
@@ -62,16 +75,30 @@ class Report:
 
 
 class _Pending:
-    """A submitted report and its outcome, set once by the writer."""
+    """A submitted report and its outcome, set once by the writer.
 
-    __slots__ = ("report", "cost", "done", "error", "cancelled")
+    Its caller waits on a lock the writer releases: an Event would cost a Condition,
+    a second lock and their bookkeeping per report, under the GIL.
+    """
+
+    __slots__ = ("report", "cost", "_done", "error", "cancelled")
 
     def __init__(self, report: Report, cost: int):
         self.report = report
         self.cost = cost          # what Backlog.admit reserved for it; 0 for a heartbeat
-        self.done = threading.Event()
+        self._done = threading.Lock()
+        self._done.acquire()      # held until finished
         self.error: Optional[errors.FleetError] = None
         self.cancelled = False    # the caller gave up: skip it if not yet written
+
+    def wait(self, timeout: float) -> bool:
+        """Block until finished (True) or `timeout` seconds passed (False)."""
+        return self._done.acquire(timeout=timeout)
+
+    def finish(self, error: Optional[errors.FleetError]) -> None:
+        """Set the outcome and wake the caller (once: the writer finishes each once)."""
+        self.error = error
+        self._done.release()
 
 
 class IngestWriter:
@@ -111,6 +138,9 @@ class IngestWriter:
                 "THEN ? ELSE last_seen END, stopped_at = ?, "
                 f"boot_id = CASE WHEN {newer} THEN ? ELSE boot_id END, "
                 f"seq = CASE WHEN {newer} THEN ? ELSE seq END WHERE node_id = ?"),
+            # PostgreSQL: the batch's nodes in one statement from one JSON value, their
+            # rows locked in node_id order first; it answers the node_ids it found.
+            "nodes_json": _NODES_JSON if backend.name == "postgresql" else None,
             "delete_older": backend.sql("DELETE FROM agent WHERE node_id = ? "
                                         "AND (boot_id < ? OR (boot_id = ? AND seq < ?))"),
             "orphans": {table: backend.sql(
@@ -158,7 +188,7 @@ class IngestWriter:
         if not running:
             self.backlog.release(cost, committed=False)
             raise errors.Unavailable("the manager is not accepting reports (shutting down)")
-        if not pending.done.wait(timeout):
+        if not pending.wait(timeout):
             pending.cancelled = True        # a late write is harmless: reports are idempotent
             raise errors.Unavailable("database write timed out; retry")
         if pending.error is not None:
@@ -252,12 +282,7 @@ class IngestWriter:
             node[1] = r.received if r.stopping else None    # the last report's word
             if r.seq is not None and (node[2] is None or (r.boot_id, r.seq) > node[2]):
                 node[2] = (r.boot_id, r.seq)
-        node_rows = []
-        for node_id, (received, stopped, newest) in nodes.items():
-            boot, seq = newest or (None, None)
-            node_rows.append((received, received, stopped, boot, boot, seq, boot,
-                              boot, boot, seq, seq, node_id))
-        backend.execute_many(cursor, sql["node"], node_rows)
+        gone = self._touch_nodes(cursor, nodes)
         if rows:
             backend.upsert_many(cursor, sql["upsert"], rows, key=2)   # (node_id, agent_id)
         if event_rows:
@@ -265,11 +290,28 @@ class IngestWriter:
         for r in reports:
             if r.full and r.seq is not None:
                 self._delete_unmentioned(cursor, r)
-        gone = self._missing(cursor, list(nodes))
         # A node deleted while its report was queued must not get rows back.
         for table, statement in sql["orphans"].items():
             backend.execute_many(cursor, statement, [(node_id,) for node_id in sorted(gone)])
         return gone
+
+    def _touch_nodes(self, cursor, nodes: dict[str, list]) -> set[str]:
+        """Each node of the batch seen at `received` (stopped at `stopped_at`) and moved
+        on to its newest (boot, seq), in node_id order; the node_ids with no node row."""
+        node_ids = sorted(nodes)
+        if self._sql["nodes_json"]:
+            values = [(node_id, *nodes[node_id][:2], *(nodes[node_id][2] or (None, None)))
+                      for node_id in node_ids]
+            cursor.execute(self._sql["nodes_json"], (node_ids, json.dumps(values)))
+            return set(node_ids) - {row[0] for row in cursor.fetchall()}
+        node_rows = []
+        for node_id in node_ids:
+            received, stopped, newest = nodes[node_id]
+            boot, seq = newest or (None, None)
+            node_rows.append((received, received, stopped, boot, boot, seq, boot,
+                              boot, boot, seq, seq, node_id))
+        self._backend.execute_many(cursor, self._sql["node"], node_rows)
+        return self._missing(cursor, node_ids)
 
     def _missing(self, cursor, node_ids: list[str]) -> set[str]:
         """Which of `node_ids` have no node row."""
@@ -294,8 +336,7 @@ class IngestWriter:
     def _finish(self, batch: Iterable[_Pending], error: Optional[errors.FleetError]) -> None:
         for pending in batch:
             self.backlog.release(pending.cost, committed=error is None)
-            pending.error = error
-            pending.done.set()
+            pending.finish(error)
 
     def _connect(self) -> None:
         if self._db.is_closed():
