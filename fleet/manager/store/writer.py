@@ -17,7 +17,6 @@ heartbeat (no rows) is never refused: it only touches its node.
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -40,18 +39,6 @@ SUBMIT_TIMEOUT = 4.0            # seconds; below the daemons' 5 s deadline
 # The database failing to operate: UNAVAILABLE, the daemon retries. Anything else
 # (a constraint, bad SQL, a bug in this module) is INTERNAL with a logged traceback.
 STORAGE_FAULTS = (peewee.OperationalError, peewee.InterfaceError)
-
-
-_NEWER = "(node.boot_id < v.boot OR (node.boot_id = v.boot AND node.seq < v.seq))"
-_NODES_JSON = (
-    "SELECT 1 FROM node WHERE node_id = ANY(%s) ORDER BY node_id FOR UPDATE; "
-    "UPDATE node SET last_seen = CASE WHEN node.last_seen IS NULL OR node.last_seen < "
-    "v.received THEN v.received ELSE node.last_seen END, stopped_at = v.stopped, "
-    f"boot_id = CASE WHEN {_NEWER} THEN v.boot ELSE node.boot_id END, "
-    f"seq = CASE WHEN {_NEWER} THEN v.seq ELSE node.seq END "
-    "FROM (SELECT e->>0 AS node_id, (e->>1)::bigint AS received, (e->>2)::bigint AS stopped, "
-    "(e->>3)::bigint AS boot, (e->>4)::bigint AS seq FROM jsonb_array_elements(%s::jsonb) e) v "
-    "WHERE node.node_id = v.node_id RETURNING node.node_id")
 
 
 class Report:
@@ -138,9 +125,6 @@ class IngestWriter:
                 "THEN ? ELSE last_seen END, stopped_at = ?, "
                 f"boot_id = CASE WHEN {newer} THEN ? ELSE boot_id END, "
                 f"seq = CASE WHEN {newer} THEN ? ELSE seq END WHERE node_id = ?"),
-            # PostgreSQL: the batch's nodes in one statement from one JSON value, their
-            # rows locked in node_id order first; it answers the node_ids it found.
-            "nodes_json": _NODES_JSON if backend.name == "postgresql" else None,
             "delete_older": backend.sql("DELETE FROM agent WHERE node_id = ? "
                                         "AND (boot_id < ? OR (boot_id = ? AND seq < ?))"),
             "orphans": {table: backend.sql(
@@ -299,11 +283,6 @@ class IngestWriter:
         """Each node of the batch seen at `received` (stopped at `stopped_at`) and moved
         on to its newest (boot, seq), in node_id order; the node_ids with no node row."""
         node_ids = sorted(nodes)
-        if self._sql["nodes_json"]:
-            values = [(node_id, *nodes[node_id][:2], *(nodes[node_id][2] or (None, None)))
-                      for node_id in node_ids]
-            cursor.execute(self._sql["nodes_json"], (node_ids, json.dumps(values)))
-            return set(node_ids) - {row[0] for row in cursor.fetchall()}
         node_rows = []
         for node_id in node_ids:
             received, stopped, newest = nodes[node_id]
