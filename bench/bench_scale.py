@@ -34,6 +34,7 @@ CPU, and the generator's own CPU beside them.
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import dataclasses
 import json
@@ -281,17 +282,23 @@ def launch_null_managers(workdir: pathlib.Path, workers: int, procs: list) -> Ma
     return managers
 
 
-def launch_clients(managers: Managers, nodes: int, args, procs: list) -> list:
+def launch_clients(managers: Managers, nodes: int, args, procs: list,
+                   workdir: pathlib.Path) -> list:
     """The simulator processes; process p talks to manager p % count. Waits for 'ready'."""
     per = nodes // args.procs
     env = dict(os.environ, **{TOKEN_ENV: managers.cluster_token})
     clients = []
     for p in range(args.procs):
         address = managers.grpc[p % len(managers.grpc)]
-        command = [sys.executable, __file__, "--client", address, "--first", str(p * per),
-                   "--count", str(per), "--total", str(per * args.procs),
-                   "--agents", str(args.agents), "--threads", str(args.threads),
-                   "--full-every", str(args.full_every)]
+        if args.generator == "h2":
+            spec = h2_spec(workdir / f"daemons{p}.json", address, p * per, per,
+                           per * args.procs, args)
+            command = [sys.executable, str(BENCH / "h2_daemons.py"), str(spec)]
+        else:
+            command = [sys.executable, __file__, "--client", address, "--first", str(p * per),
+                       "--count", str(per), "--total", str(per * args.procs),
+                       "--agents", str(args.agents), "--threads", str(args.threads),
+                       "--full-every", str(args.full_every)]
         clients.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env=env, cwd=ROOT,
                                         start_new_session=True, close_fds=True))
@@ -300,6 +307,20 @@ def launch_clients(managers: Managers, nodes: int, args, procs: list) -> list:
         if c.stdout.readline().strip() != "ready":
             raise RuntimeError("a simulated daemon failed to start (registration?)")
     return clients
+
+
+def h2_spec(path: pathlib.Path, address: str, first: int, count: int, total: int,
+            args) -> pathlib.Path:
+    """bench/h2_daemons.py's input: its nodes' requests, serialized here once."""
+    nodes = Nodes(first, count, args.agents, args.full_every)
+    spec = {"address": address, "token_env": TOKEN_ENV, "threads": args.threads,
+            "full_every": args.full_every, "deadline": DEADLINE, "first": first,
+            "total": total,
+            "register": [base64.b64encode(pb.RegisterNodeRequest(
+                node_id=n, boot_id=1).SerializeToString()).decode() for n in nodes.ids],
+            "sync": [base64.b64encode(body).decode() for body in nodes.bodies]}
+    path.write_text(json.dumps(spec))
+    return path
 
 
 def tree(pids: list[int]) -> list[psutil.Process]:
@@ -376,7 +397,7 @@ def one_cell(config: str, nodes: int, server, args) -> dict:
                 name = server.create_database()
                 url = server.url(name)
             managers = launch_managers(workdir, url, workers, count, procs)
-        clients = launch_clients(managers, nodes, args, procs)
+        clients = launch_clients(managers, nodes, args, procs, workdir)
         pg = server if engine == "postgresql" else None
         figures = {"saturation": one_load(clients, f"saturation {args.duration}", managers,
                                           pg, args.agents),
@@ -531,6 +552,9 @@ def main() -> None:
     parser.add_argument("--full-every", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--raw-nodes", type=int, default=2000)
+    parser.add_argument("--generator", choices=("grpc", "h2"), default="grpc",
+                        help="the simulated daemons: grpcio (this file), or raw HTTP/2 "
+                             "frames from one thread (bench/h2_daemons.py, needs hpack)")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
