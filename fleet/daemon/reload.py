@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
-import os
 import select
 import threading
 from typing import Callable
@@ -28,6 +27,7 @@ from fleet.daemon import reconcile
 from fleet.daemon.policies import PolicyKeeper, merge
 from fleet.daemon.reconcile import Change
 from fleet.daemon.supervisor import Supervisor
+from fleet.daemon.wakepipe import WakePipe
 from fleet.errors import ConfigError, Conflict, FleetError, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Reloader:
         self._closing = False
         self._hangup = False                  # set by the SIGHUP handler
         self._policy_news = False             # set by the syncer
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakes = WakePipe()
         self._thread = threading.Thread(target=self._run, name="fleet-reload", daemon=True)
 
     def agents(self) -> tuple[AgentConfig, ...]:
@@ -68,12 +68,12 @@ class Reloader:
     def request(self) -> None:
         """From the SIGHUP handler: a flag and a byte, nothing that can block."""
         self._hangup = True
-        self._wake()
+        self._wakes.wake()
 
     def policy_news(self) -> None:
         """From the syncer: the manager names another policy version (or a report is due)."""
         self._policy_news = True
-        self._wake()
+        self._wakes.wake()
 
     def reload(self) -> list[Change]:
         """Reread the config and apply it, on the worker; the changes made.
@@ -86,7 +86,7 @@ class Reloader:
             if self._closing:
                 raise Conflict("the daemon is shutting down: no reload")
             self._jobs.append(job)
-        self._wake()
+        self._wakes.wake()
         return job.result()
 
     def close(self) -> None:
@@ -96,28 +96,20 @@ class Reloader:
             jobs, self._jobs = self._jobs, []
         for job in jobs:
             job.set_exception(Conflict("the daemon is shutting down: no reload"))
-        self._wake()
+        self._wakes.wake()
         if self._thread.is_alive():
             self._thread.join(JOIN_SECONDS)
-        if not self._thread.is_alive() and self._wake_r >= 0:
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
-            self._wake_r = self._wake_w = -1
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass   # a wake is pending already (the pipe is full), or closed
+        if not self._thread.is_alive():
+            self._wakes.close()
 
     # ---- the worker ----
 
     def _run(self) -> None:
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wakes.fd, select.POLLIN)
         while True:
             poller.poll()
-            self._drain()
+            self._wakes.drain()
             with self._jobs_lock:
                 if self._closing:
                     return
@@ -126,13 +118,6 @@ class Reloader:
                 self._work(jobs)
             except Exception:  # noqa: BLE001 - log and keep serving reloads
                 log.exception("reload worker error")
-
-    def _drain(self) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
 
     def _work(self, jobs: list[concurrent.futures.Future]) -> None:
         for job in jobs:

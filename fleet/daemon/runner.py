@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import select
 import threading
 from typing import Callable
 
 from fleet.daemon.program import PendingEvent, Program, Snapshot
 from fleet.daemon.statedir import AgentRecord
+from fleet.daemon.wakepipe import WakePipe
 from fleet.errors import Conflict, InvalidArgument
 from fleet.states import State
 
@@ -39,7 +39,7 @@ class Runner:
         self.settle = settle
         self.ops_lock = threading.Lock()  # serialises operations on this agent
         self._publish_lock = threading.Lock()  # keeps publications in state order
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakes = WakePipe()
         self._closed = False
         self.refuse_operations = False    # set at shutdown
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -63,15 +63,11 @@ class Runner:
         self.wake()
         if self._thread.is_alive():
             self._thread.join(5)
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
-        self._wake_r = self._wake_w = -1
+        self._wakes.close()
 
     def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # a wake is pending already, or we are closed
+        """Make the thread look at its program again (an operation changed it)."""
+        self._wakes.wake()
 
     # ---- operations ----
 
@@ -209,7 +205,7 @@ class Runner:
     def _wait(self, pidfd: int, deadline: float | None) -> bool:
         """Block until the process exits, a wake, or the deadline; True if it exited."""
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wakes.fd, select.POLLIN)
         if pidfd >= 0:
             poller.register(pidfd, select.POLLIN)
         timeout = None
@@ -218,18 +214,11 @@ class Runner:
         events = poller.poll(timeout)
         exited = False
         for fd, _ in events:
-            if fd == self._wake_r:
-                self._drain()
+            if fd == self._wakes.fd:
+                self._wakes.drain()
             elif fd == pidfd:
                 exited = True
         return exited
-
-    def _drain(self) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
 
     def _handle(self, pidfd: int, exited: bool) -> None:
         program = self.program
