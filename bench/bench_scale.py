@@ -56,6 +56,7 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 import psutil  # noqa: E402
 
+import loads  # noqa: E402
 from bench_ingest import (DEADLINE, TOKEN_ENV, node_states, spawn, stop_all,  # noqa: E402
                           wait_for_listening, write_private)
 from fleet.v1 import fleet_pb2 as pb  # noqa: E402
@@ -169,27 +170,22 @@ def client(addresses: list[str], first: int, count: int, total: int, args) -> No
     for r in registrars:
         r.join()
     calls = [_with_metadata(c, metadata) for c in calls]
-    print("ready", flush=True)
-    for line in sys.stdin:
-        shape, *numbers = line.split()
-        out = {"latencies": [], "errors": []}
-        cpu, began = time.process_time(), time.perf_counter()
-        if shape == "saturation":
-            until = time.monotonic() + float(numbers[0])
-            senders = [threading.Thread(target=closed_loop, args=(
-                lambda body, c=calls[t]: c(body, timeout=DEADLINE), nodes,
-                range(t, count, args.threads), until, out)) for t in range(args.threads)]
-            for s in senders:
-                s.start()
-            for s in senders:
-                s.join()
-        else:
-            duration, period = float(numbers[0]), float(numbers[1])
-            offsets = [(first + i) / total * period for i in range(count)]
-            open_loop(calls, nodes, offsets, period, duration, out)
-        out["cpu"] = time.process_time() - cpu
-        out["elapsed"] = time.perf_counter() - began
-        print(json.dumps(out), flush=True)
+
+    def saturation(seconds: float, out: dict) -> None:
+        until = time.monotonic() + seconds
+        senders = [threading.Thread(target=closed_loop, args=(
+            lambda body, c=calls[t]: c(body, timeout=DEADLINE), nodes,
+            range(t, count, args.threads), until, out)) for t in range(args.threads)]
+        for s in senders:
+            s.start()
+        for s in senders:
+            s.join()
+
+    def steady(duration: float, period: float, out: dict) -> None:
+        offsets = [(first + i) / total * period for i in range(count)]
+        open_loop(calls, nodes, offsets, period, duration, out)
+
+    loads.serve(saturation, steady)
     for c in channels:
         c.close()
 

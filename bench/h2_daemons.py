@@ -39,6 +39,8 @@ import time
 
 import hpack  # the HPACK decoder of the h2 project (Huffman, static table)
 
+import loads  # bench/: the protocol with bench_scale.py
+
 SYNC = "/fleet.v1.ManagerService/SyncAgentStates"
 REGISTER = "/fleet.v1.ManagerService/RegisterNode"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -421,18 +423,7 @@ def main() -> None:
     spec = json.loads(open(sys.argv[1]).read())
     daemons = Daemons(spec)
     daemons.register()
-    print("ready", flush=True)
-    for line in sys.stdin:
-        shape, *numbers = line.split()
-        out = {"latencies": [], "errors": []}
-        cpu, began = time.process_time(), time.perf_counter()
-        if shape == "saturation":
-            daemons.saturation(float(numbers[0]), out)
-        else:
-            daemons.steady(float(numbers[0]), float(numbers[1]), out)
-        out["cpu"] = time.process_time() - cpu
-        out["elapsed"] = time.perf_counter() - began
-        print(json.dumps(out), flush=True)
+    loads.serve(daemons.saturation, daemons.steady)
 
 
 if __name__ == "__main__":
