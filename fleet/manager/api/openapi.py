@@ -13,12 +13,11 @@ import fleet
 from fleet.errors import HTTP_STATUS
 from fleet.config import ManagerConfig
 from fleet.manager import events, nodemetrics, paging
-from fleet.manager.api import openapi_policies, ui
-from fleet.manager.changes import rollouts
+from fleet.manager.api import openapi_policies, openapi_rollouts, ui
+from fleet.manager.api.openapi_base import (AGENT_ID_PATTERN, INT, NEXT, NODE_ID_PATTERN, STR,
+                                            TIME, obj, ref)
 from fleet.states import State
 
-NODE_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"   # values.valid_node_id
-AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                          # values.valid_agent_id
 AGENT_STATUSES = [s.api_name for s in State if s is not State.UNSPECIFIED]
 HEALTHS = ["healthy", "unhealthy", "unknown"]
 AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete", "reload", "policy_put",
@@ -32,13 +31,6 @@ SCOPES_NOTE = (
     "delete nodes and write policies. "
     "api_token, the generated fleet-api.token and a token without a scope are admin. "
     "A valid token below what an endpoint needs gets 403 permission_denied.")
-
-_INT = {"type": "integer", "format": "int64"}
-_TIME = {"type": "integer", "format": "int64", "nullable": True,
-         "description": "Unix milliseconds; null when unset"}
-_STR = {"type": "string"}
-_NEXT = {"type": "string", "nullable": True,
-         "description": "pass as cursor for the next page; null on the last"}
 
 ERRORS = {  # status: (error code, when)
     "400": ("invalid_argument", "Bad parameter or body"),
@@ -55,18 +47,6 @@ ERRORS = {  # status: (error code, when)
 }
 
 
-def _obj(properties: dict, description: str = "") -> dict:
-    schema = {"type": "object", "required": list(properties), "properties": properties,
-              "additionalProperties": False}
-    if description:
-        schema["description"] = description
-    return schema
-
-
-def _ref(name: str, kind: str = "schemas") -> dict:
-    return {"$ref": f"#/components/{kind}/{name}"}
-
-
 def _node_metric_schemas() -> tuple[dict, dict]:
     """The Node JSON's `resources` and a point of a node's metrics."""
     num = {"type": "number"}
@@ -74,20 +54,20 @@ def _node_metric_schemas() -> tuple[dict, dict]:
         "cpu": {**num, "minimum": 0, "maximum": 100,
                 "description": "percent of the whole machine (a bucket: its mean)"},
         "load1": num, "load5": num, "load15": num,
-        "memory_used": {**_INT, "description": "bytes: MemTotal - MemAvailable"},
-        "memory_total": _INT, "swap_used": _INT, "swap_total": _INT,
-        "disk_used": {**_INT, "description": "bytes, summed over the real mounts"},
-        "disk_total": _INT,
+        "memory_used": {**INT, "description": "bytes: MemTotal - MemAvailable"},
+        "memory_total": INT, "swap_used": INT, "swap_total": INT,
+        "disk_used": {**INT, "description": "bytes, summed over the real mounts"},
+        "disk_total": INT,
         "disk_read_rate": {**num, "description": "bytes/s, whole disks"},
         "disk_write_rate": {**num, "description": "bytes/s, whole disks"},
         "net_rx_rate": {**num, "description": "bytes/s, every interface but lo"},
         "net_tx_rate": {**num, "description": "bytes/s, every interface but lo"}}
-    disk = _obj({"mount": _STR, "used": _INT, "total": _INT}, "One real mount (one per device)")
-    node_resources = _obj({
-        "time": {**_INT, "description": "Unix ms of the sample"}, **figures,
+    disk = obj({"mount": STR, "used": INT, "total": INT}, "One real mount (one per device)")
+    node_resources = obj({
+        "time": {**INT, "description": "Unix ms of the sample"}, **figures,
         "disks": {"type": "array", "items": disk}}, "A sample of a node's machine")
-    node_point = _obj({
-        "time": {**_INT, "description": "Unix ms: the sample, or the start of its bucket"},
+    node_point = obj({
+        "time": {**INT, "description": "Unix ms: the sample, or the start of its bucket"},
         **figures,
         "cpu_max": {**num, "description": "the bucket's peak cpu; a sample's own cpu"},
         "resolution_seconds": {**num, "description": "the daemon's metrics_interval for a "
@@ -99,90 +79,90 @@ def _node_metric_schemas() -> tuple[dict, dict]:
 def schemas() -> dict:
     """The component schemas: Node, Agent, MetricPoint, AuditEntry, Error and the bodies."""
     node_resources, node_point = _node_metric_schemas()
-    node = _obj({
-        "node_id": {"type": "string", "pattern": NODE_ID_PATTERN}, "hostname": _STR, "ip": _STR,
-        "advertise_address": _STR, "os": _STR, "arch": _STR,
-        "labels": {"type": "object", "additionalProperties": _STR},
-        "daemon_version": _STR, "status": {"type": "string", "enum": ["online", "offline"]},
-        "registered_at": _INT, "last_seen": _TIME,
+    node = obj({
+        "node_id": {"type": "string", "pattern": NODE_ID_PATTERN}, "hostname": STR, "ip": STR,
+        "advertise_address": STR, "os": STR, "arch": STR,
+        "labels": {"type": "object", "additionalProperties": STR},
+        "daemon_version": STR, "status": {"type": "string", "enum": ["online", "offline"]},
+        "registered_at": INT, "last_seen": TIME,
         "resources": {**node_resources, "nullable": True,
                       "description": "the latest sample of the machine; null before the first"}},
         "A node running a fleet daemon")
-    agent = _obj({
-        "node_id": _STR, "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
-        "type": _STR, "version": _STR, "status": {"type": "string", "enum": AGENT_STATUSES},
-        "pid": {**_INT, "description": "0 when no process"}, "start_time": _TIME,
-        "restart_count": _INT, "last_exit_code": {**_INT, "description": "-1: none"},
-        "last_exit_signal": {**_INT, "description": "0: none"}, "last_error": _STR,
-        "next_retry_time": {**_TIME, "description": "Unix ms when a BACKOFF agent starts again; null when unset"},
+    agent = obj({
+        "node_id": STR, "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
+        "type": STR, "version": STR, "status": {"type": "string", "enum": AGENT_STATUSES},
+        "pid": {**INT, "description": "0 when no process"}, "start_time": TIME,
+        "restart_count": INT, "last_exit_code": {**INT, "description": "-1: none"},
+        "last_exit_signal": {**INT, "description": "0: none"}, "last_error": STR,
+        "next_retry_time": {**TIME, "description": "Unix ms when a BACKOFF agent starts again; null when unset"},
         "health": {"type": "string", "enum": ["healthy", "unhealthy", "unknown"]},
-        "health_message": {**_STR, "description": "why it is not healthy, in words; "
+        "health_message": {**STR, "description": "why it is not healthy, in words; "
                            "empty when healthy"},
-        "changed_at": {**_TIME, "description": "Unix ms of the daemon's last state change; null when unknown"},
+        "changed_at": {**TIME, "description": "Unix ms of the daemon's last state change; null when unknown"},
         "config_changed": {"type": "boolean",
                            "description": "its config differs from the running process's"},
-        "last_heartbeat": _TIME, "last_sync_time": _TIME}, "An agent as last stored")
+        "last_heartbeat": TIME, "last_sync_time": TIME}, "An agent as last stored")
     num = {"type": "number"}
-    point = _obj({
-        "timestamp": {**_INT, "description": "Unix ms: the sample, or the start of its minute"},
+    point = obj({
+        "timestamp": {**INT, "description": "Unix ms: the sample, or the start of its minute"},
         "cpu": {**num, "description": "percent of one core (a minute: its mean)"},
-        "memory_rss": _INT, "memory_vms": _INT,
-        "disk_read_bytes": {**_INT, "description": "cumulative; 0 in a one-minute point"},
-        "disk_write_bytes": {**_INT, "description": "cumulative; 0 in a one-minute point"},
-        "open_files": _INT, "threads": _INT,
-        "process_count": {**_INT, "description": "processes summed into the point"},
+        "memory_rss": INT, "memory_vms": INT,
+        "disk_read_bytes": {**INT, "description": "cumulative; 0 in a one-minute point"},
+        "disk_write_bytes": {**INT, "description": "cumulative; 0 in a one-minute point"},
+        "open_files": INT, "threads": INT,
+        "process_count": {**INT, "description": "processes summed into the point"},
         "disk_read_rate": {**num, "description": "bytes/s since the previous sample"},
         "disk_write_rate": {**num, "description": "bytes/s since the previous sample"},
         "cpu_max": {**num, "description": "a minute's peak cpu; a sample's own cpu"},
-        "memory_rss_max": {**_INT, "description": "a minute's peak rss; a sample's own rss"},
+        "memory_rss_max": {**INT, "description": "a minute's peak rss; a sample's own rss"},
         "resolution_seconds": {**num, "description": "metrics_interval for a sample, 60 for "
                                "a one-minute point (mean and max over that minute; counts "
                                "are the minute's maximum)"}},
         "A resource sample, or a one-minute rollup")
-    error = _obj({"error": _obj({
+    error = obj({"error": obj({
         "code": {"type": "string", "enum": sorted({code for code, _ in ERRORS.values()})},
-        "message": _STR})})
+        "message": STR})})
     return {
-        **rollout_schemas(),
+        **openapi_rollouts.schemas(),
         "Node": node, "Agent": agent, "MetricPoint": point, "Error": error,
         "NodeResources": node_resources, "NodeMetricPoint": node_point,
-        "NodeMetrics": _obj({"points": {"type": "array", "items": _ref("NodeMetricPoint"),
+        "NodeMetrics": obj({"points": {"type": "array", "items": ref("NodeMetricPoint"),
                                         "maxItems": nodemetrics.MAX_POINTS, "description": (
             "Oldest first: raw samples for a range within the hour when they are at most "
             "1,000, else buckets of whole minutes, as few minutes as keep the answer "
             "within 1,000 points")}}),
-        "NodeList": _obj({"nodes": {"type": "array", "items": _ref("Node")},
-                          "next_cursor": _NEXT}),
-        "NodeResponse": _obj({"node": _ref("Node")}),
-        "Deleted": _obj({"node_id": _STR, "deleted": {"type": "boolean"}}),
-        "AgentList": _obj({"agents": {"type": "array", "items": _ref("Agent")}}),
-        "AgentPage": _obj({"agents": {"type": "array", "items": _ref("Agent")},
-                           "next_cursor": _NEXT}),
+        "NodeList": obj({"nodes": {"type": "array", "items": ref("Node")},
+                          "next_cursor": NEXT}),
+        "NodeResponse": obj({"node": ref("Node")}),
+        "Deleted": obj({"node_id": STR, "deleted": {"type": "boolean"}}),
+        "AgentList": obj({"agents": {"type": "array", "items": ref("Agent")}}),
+        "AgentPage": obj({"agents": {"type": "array", "items": ref("Agent")},
+                           "next_cursor": NEXT}),
         "Overview": overview(),
-        "AgentResponse": _obj({"agent": _ref("Agent")}),
-        "ReloadResult": _obj({
-            "agents": {"type": "array", "items": _ref("Agent")},
-            "changes": {"type": "array", "items": _obj({
-                "agent_id": _STR,
+        "AgentResponse": obj({"agent": ref("Agent")}),
+        "ReloadResult": obj({
+            "agents": {"type": "array", "items": ref("Agent")},
+            "changes": {"type": "array", "items": obj({
+                "agent_id": STR,
                 "change": {"type": "string",
                            "enum": ["added", "removed", "changed", "flagged"]}})}},
             "Every agent after the reload, and what it changed (flagged: changed "
             "but not restarted, restart_on_change = false)"),
         "OperateRequest": {"type": "object", "required": ["operation"], "properties": {
             "operation": {"type": "string", "enum": ["start", "stop", "restart"]}}},
-        "Logs": _obj({"lines": {"type": "array", "items": _STR},
+        "Logs": obj({"lines": {"type": "array", "items": STR},
                       "truncated": {"type": "boolean"},
-                      "next_offset": {**_INT, "minimum": 0, "description": (
+                      "next_offset": {**INT, "minimum": 0, "description": (
                           "byte offset where the read ended (the log's size without "
                           "offset): pass it as offset to get only newer lines")}}),
-        "Metrics": _obj({"points": {"type": "array", "items": _ref("MetricPoint"), "description": (
+        "Metrics": obj({"points": {"type": "array", "items": ref("MetricPoint"), "description": (
             "The samples of the last hour (at metrics_interval), oldest first, then "
             "(coarsest last) one-minute points before them, oldest first")}}),
-        "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}),
-        "Index": _obj({"name": _STR, "api": _STR, "openapi": _STR}),
-        "AuditEntry": _obj({
-            "id": _INT, "time": {**_INT, "description": "when it began, Unix milliseconds"},
-            "actor": {**_STR, "description": "the API token's name (never the token)"},
+        "Health": obj({"status": {"type": "string", "enum": ["ok"]}}),
+        "Index": obj({"name": STR, "api": STR, "openapi": STR}),
+        "AuditEntry": obj({
+            "id": INT, "time": {**INT, "description": "when it began, Unix milliseconds"},
+            "actor": {**STR, "description": "the API token's name (never the token)"},
             "node_id": {"type": "string", "pattern": "^$|" + NODE_ID_PATTERN,
                         "description": "empty for a fleet-wide change (a policy's, a rollout's)"},
             "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN, "nullable": True,
@@ -190,88 +170,45 @@ def schemas() -> dict:
             "operation": {"type": "string", "enum": AUDIT_OPERATIONS},
             "result": {"type": "string", "enum": AUDIT_RESULTS,
                        "description": "ok, or the error code"},
-            "message": {**_STR, "description": "the error message; empty when ok, but for "
+            "message": {**STR, "description": "the error message; empty when ok, but for "
                         "a policy change (its diff) and a rollout (which one)"},
-            "duration_ms": {**_INT, "minimum": 0}}, "One operation, as audited"),
-        "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")},
-                           "next_cursor": _NEXT}),
-        "Event": _obj({
+            "duration_ms": {**INT, "minimum": 0}}, "One operation, as audited"),
+        "AuditList": obj({"entries": {"type": "array", "items": ref("AuditEntry")},
+                           "next_cursor": NEXT}),
+        "Event": obj({
             "node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
             "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
-            "time": {**_INT, "description": "when the daemon recorded it, Unix milliseconds"},
+            "time": {**INT, "description": "when the daemon recorded it, Unix milliseconds"},
             "kind": {"type": "string", "enum": list(events.KINDS)},
-            "message": {**_STR, "description": "why, in words; a restart's names its cause "
+            "message": {**STR, "description": "why, in words; a restart's names its cause "
                                                "(cause=operator|health|limit|policy)"},
-            "pid": {**_INT, "description": "0 when no process"},
-            "exit_code": {**_INT, "description": "-1: none"},
-            "exit_signal": {**_INT, "description": "0: none"}}, "One entry of an agent's history"),
-        "EventList": _obj({
-            "events": {"type": "array", "items": _ref("Event")},
+            "pid": {**INT, "description": "0 when no process"},
+            "exit_code": {**INT, "description": "-1: none"},
+            "exit_signal": {**INT, "description": "0: none"}}, "One entry of an agent's history"),
+        "EventList": obj({
+            "events": {"type": "array", "items": ref("Event")},
             "next_cursor": {"type": "string", "nullable": True,
                             "description": "pass as cursor for the next page; null on the last"}}),
-        **openapi_policies.schemas(_ref),
+        **openapi_policies.schemas(ref),
     }
 
 
 def overview() -> dict:
     """The Overview schema: every status and health key is present, 0 when none."""
     counts = {"type": "integer", "format": "int64", "minimum": 0}
-    restart = _obj({"node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
+    restart = obj({"node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
                     "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
                     "restarts": {**counts, "minimum": 1}})
-    return _obj({
-        "nodes": _obj({"total": counts, "online": counts, "offline": counts}),
-        "agents": _obj({"total": counts,
-                        "status": _obj({name: counts for name in AGENT_STATUSES}),
-                        "health": _obj({name: counts for name in HEALTHS})}),
+    return obj({
+        "nodes": obj({"total": counts, "online": counts, "offline": counts}),
+        "agents": obj({"total": counts,
+                        "status": obj({name: counts for name in AGENT_STATUSES}),
+                        "health": obj({name: counts for name in HEALTHS})}),
         "top_restarts": {"type": "array", "items": restart, "maxItems": 10, "description": (
             "The agents with the most restarts in the last hour, most first: `restart` "
             "events, and `started` events that follow neither `stopped` nor `restart` "
             "(an agent's first start is not a restart)")}},
         "Nodes by status, agents by status and health, the agents restarting most")
-
-
-def rollout_schemas() -> dict:
-    """Rollout, its list, its request (fleet.manager.changes.rollouts)."""
-    bounded = {key: {"type": "integer", "minimum": low, "maximum": high,
-                     "default": rollouts.DEFAULTS[key]}
-               for key, (low, high) in rollouts.RANGES.items()}
-    selector = {"type": "object", "additionalProperties": False, "properties": {
-        "labels": {"type": "object", "additionalProperties": _STR,
-                   "maxProperties": rollouts.MAX_LABELS}},
-        "description": "nodes carrying every label; {} or no labels: every node"}
-    node = _obj({"node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
-                 "status": {"type": "string", "enum": list(rollouts.NODE_STATUSES)},
-                 "message": {**_STR, "description": "the result or why it failed or was "
-                             "skipped"},
-                 "started_at": _TIME, "finished_at": _TIME}, "One node of a rollout")
-    rollout = _obj({
-        "id": _INT, "operation": {"type": "string", "enum": list(rollouts.OPERATIONS),
-                                  "nullable": True},
-        "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN, "nullable": True},
-        "policy": {"type": "string", "nullable": True,
-                   "description": "a policy rollout's policy (operation and agent_id null)"},
-        "selector": selector, **{key: {"type": "integer"} for key in rollouts.RANGES},
-        "status": {"type": "string", "enum": list(rollouts.STATUSES)},
-        "created_at": _INT, "finished_at": _TIME,
-        "nodes": {"type": "array", "items": _ref("RolloutNode"),
-                  "description": "frozen at creation, by node_id"}},
-        "An operation applied in waves of max_parallel nodes; it stops starting nodes once "
-        "more than max_failures have failed (0: at the first failure)")
-    request = {"oneOf": [
-        {"type": "object", "required": ["operation", "agent_id"],
-         "additionalProperties": False, "properties": {
-             "operation": {"type": "string", "enum": list(rollouts.OPERATIONS)},
-             "agent_id": {"type": "string", "pattern": AGENT_ID_PATTERN},
-             "selector": selector, **bounded}},
-        {"type": "object", "required": ["policy"], "additionalProperties": False,
-         "description": "a policy rollout: the policy's nodes pinned at an older version "
-                        "move to its newest", "properties": {
-             "policy": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, **bounded}}]}
-    return {"Rollout": rollout, "RolloutNode": node, "RolloutRequest": request,
-            "RolloutResponse": _obj({"rollout": _ref("Rollout")}),
-            "RolloutList": _obj({"rollouts": {"type": "array", "items": _ref("Rollout")},
-                                 "next_cursor": _NEXT})}
 
 
 def parameters() -> dict:
@@ -334,9 +271,6 @@ def parameters() -> dict:
         "AgentCursor": cursor(paging.AGENT_CURSOR),
         "FleetAgentCursor": cursor(paging.FLEET_AGENT_CURSOR),
         "AuditCursor": cursor(paging.TIME_ID_CURSOR),
-        "RolloutCursor": cursor(rollouts.ID_CURSOR),
-        "RolloutId": {"name": "rollout_id", "in": "path", "required": True,
-                      "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
         "AgentStatus": query("status", {"type": "string", "enum": [""] + AGENT_STATUSES},
                              "Only agents in this status (empty: every agent)"),
         "Type": query("type", {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00]*$"},
@@ -350,6 +284,7 @@ def parameters() -> dict:
         "Kind": query("kind", {"type": "string", "enum": [""] + list(events.KINDS)},
                       "Only events of this kind (empty: every kind)"),
         **openapi_policies.parameters(),
+        **openapi_rollouts.parameters(),
     }
 
 
@@ -358,7 +293,7 @@ def responses() -> dict:
     found = {}
     for status, (code, when) in ERRORS.items():
         found[code] = {"description": when,
-                       "content": {"application/json": {"schema": _ref("Error")}}}
+                       "content": {"application/json": {"schema": ref("Error")}}}
     found["unauthenticated"]["headers"] = {
         "WWW-Authenticate": {"schema": {"type": "string", "example": 'Bearer realm="fleet"'}}}
     return found
@@ -368,17 +303,17 @@ def _op(op_id: str, summary: str, schema: str, errors: str = "", params=(), body
         public: bool = False, status: str = "200") -> dict:
     """One operation: `status` with `schema`, the error statuses listed in `errors`."""
     operation = {"operationId": op_id, "summary": summary,
-                 "parameters": [_ref(p, "parameters") for p in params],
+                 "parameters": [ref(p, "parameters") for p in params],
                  "responses": {status: {"description": "OK", "content": {
-                     "application/json": {"schema": _ref(schema)}}}}}
+                     "application/json": {"schema": ref(schema)}}}}}
     statuses = errors.split() + ([] if public else ["401", "403", "500"])
     for status in sorted(set(statuses)):
-        operation["responses"][status] = _ref(ERRORS[status][0], "responses")
+        operation["responses"][status] = ref(ERRORS[status][0], "responses")
     if public:
         operation["security"] = []
     if body:
         operation["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": _ref(body)}},
+            "application/json": {"schema": ref(body)}},
             "description": "Parsed as JSON whatever the Content-Type; at most 64 KiB"}
     if not operation["parameters"]:
         del operation["parameters"]
@@ -445,20 +380,7 @@ def paths() -> dict:
             "overview", "Nodes by status, agents by status and health, top restarts",
             "Overview")},
         **openapi_policies.paths(_op),
-        "/api/v1/rollouts": {
-            "post": _op("createRollout", "Start a rollout over the nodes of a selector that "
-                        "have the agent (frozen now, by node_id); 404 when none. A policy "
-                        "rollout: its pinned nodes; 404 unknown policy, 409 none pinned",
-                        "RolloutResponse", "400 404 409 413",
-                        body="RolloutRequest", status="202"),
-            "get": _op("listRollouts", "Rollouts, newest first, a page at a time",
-                       "RolloutList", "400", ("Limit", "RolloutCursor"))},
-        "/api/v1/rollouts/{rollout_id}": {"get": _op(
-            "getRollout", "One rollout and each node's result", "RolloutResponse", "404",
-            ("RolloutId",))},
-        "/api/v1/rollouts/{rollout_id}/cancel": {"post": _op(
-            "cancelRollout", "Cancel a rollout: pending nodes are skipped, a node in flight "
-            "finishes", "RolloutResponse", "404 409", ("RolloutId",))},
+        **openapi_rollouts.paths(_op),
     }
 
 
@@ -480,7 +402,7 @@ def dashboard_paths() -> dict:
         content = {kind: {"schema": {"type": "string"}} for kind in media}
         operation = {"operationId": op_id, "summary": summary, "security": [],
                      "responses": {"200": {"description": "The file", "content": content},
-                                   "304": fresh, "404": _ref("not_found", "responses")}}
+                                   "304": fresh, "404": ref("not_found", "responses")}}
         if params:
             operation["parameters"] = list(params)
         return operation
@@ -501,9 +423,9 @@ def _metrics_op() -> dict:
     operation = {"operationId": "prometheusMetrics", "summary": (
         "Prometheus metrics (text format 0.0.4); no token needed with "
         "[manager] metrics_public = true"), "responses": {"200": {
-            "description": "The exposition", "content": {"text/plain": {"schema": _STR}}}}}
+            "description": "The exposition", "content": {"text/plain": {"schema": STR}}}}}
     for status in ("401", "403", "404", "500"):
-        operation["responses"][status] = _ref(ERRORS[status][0], "responses")
+        operation["responses"][status] = ref(ERRORS[status][0], "responses")
     return operation
 
 

@@ -10,11 +10,11 @@ import signal
 
 from fleet.config.agents import HEALTH_ACTIONS, RESTART_POLICIES
 from fleet.manager import paging
+from fleet.manager.api.openapi_base import AGENT_ID_PATTERN
 from fleet.manager.changes import policies
 from fleet.values import MAX_SECONDS
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                      # policystore.NAME_RE
-AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"                  # values.valid_agent_id
 _TEXT = {"type": "string", "pattern": r"^[^\x00]*$"}
 _STRING = {"type": "string"}
 
