@@ -92,10 +92,10 @@ def request_block(path: str, authority: str, token: str, deadline: float) -> byt
 
 
 class Call:
-    __slots__ = ("stream", "began", "done", "data", "slot")
+    __slots__ = ("stream", "began", "done", "data")
 
-    def __init__(self, stream: int, began: float, done, slot):
-        self.stream, self.began, self.done, self.slot = stream, began, done, slot
+    def __init__(self, stream: int, began: float, done):
+        self.stream, self.began, self.done = stream, began, done
         self.data = False
 
 
@@ -125,11 +125,11 @@ class Connection:
             ">HIHI", HEADER_TABLE_SIZE, 0, INITIAL_WINDOW_SIZE, BIG_WINDOW))
             + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", BIG_WINDOW - 65535)))
 
-    def call(self, path: str, message: bytes, began: float, done, slot=None) -> None:
+    def call(self, path: str, message: bytes, began: float, done) -> None:
         """Start a call; done(call, error or None) runs when it ends."""
         stream = self.next_stream
         self.next_stream += 2
-        self.calls[stream] = Call(stream, began, done, slot)
+        self.calls[stream] = Call(stream, began, done)
         body = b"\x00" + struct.pack(">I", len(message)) + message
         self.windows[stream] = self.stream_window
         self.write(frame(HEADERS, END_HEADERS, stream, self.blocks[path]))
@@ -371,7 +371,7 @@ class Daemons:
                 return
             busy[0] += 1
             self.connections[t].call(SYNC, self.report(i), time.perf_counter(),
-                                     lambda call, error: done(t, i, call, error), slot=t)
+                                     lambda call, error: done(t, i, call, error))
             self.loop.at(time.perf_counter() + self.spec["deadline"],
                          lambda c=self.connections[t], s=self.connections[t].next_stream - 2:
                          c.cancel(s))
