@@ -16,11 +16,12 @@ import operator
 import os
 import re
 import sqlite3
-from typing import Any, ContextManager, Sequence
+from typing import Any, ContextManager, Optional, Sequence
 
 import peewee
 
 from fleet.manager.store import pgjson
+from fleet.manager.store.checkpoint import Checkpointer, relieve
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,15 @@ class Backend:
         spinning (a reusable context manager; nothing where the engine needs nothing)."""
         return contextlib.nullcontext()
 
+    def checkpointer(self, db: peewee.Database, turn: ContextManager) -> Optional[Checkpointer]:
+        """What copies the engine's log back into the database beside a writer that
+        holds `turn` (None where the engine does that itself)."""
+        return None
+
+    def relieve_writer(self, db: peewee.Database) -> None:
+        """Leave the checkpoints of this thread's connection, the writer's, to the
+        checkpointer()."""
+
 
 class SQLiteBackend(Backend):
     name = "sqlite"
@@ -148,6 +158,12 @@ class SQLiteBackend(Backend):
         if not path or path == ":memory:" or path.startswith("file:"):
             return contextlib.nullcontext()
         return FileTurn(path + "-writer.lock")
+
+    def checkpointer(self, db: peewee.Database, turn: ContextManager) -> Optional[Checkpointer]:
+        return Checkpointer(db.database, turn) if isinstance(turn, FileTurn) else None
+
+    def relieve_writer(self, db: peewee.Database) -> None:
+        relieve(db.connection())
 
 
 class PostgresBackend(Backend):

@@ -8,7 +8,8 @@ caller. A failed transaction fails every report in it and leaves nothing
 half-applied: with Unavailable when the database failed to operate (the daemon
 retries), with an internal error (INTERNAL, the traceback logged here)
 otherwise. SQLite has one writer at a time, so one thread that batches is
-faster than many that queue for the lock.
+faster than many that queue for the lock; on SQLite a checkpointer thread beside
+it copies the log back into the database (fleet.manager.store.checkpoint).
 
 The queue is bounded (fleet.manager.store.backlog): a report is admitted before
 its rows are built and leaves the count when its batch ends; past the bound it
@@ -104,6 +105,7 @@ class IngestWriter:
         self._thread: Optional[threading.Thread] = None
         self._sql = self._statements(self._backend)
         self._turn = self._backend.writer_turn(db)   # other processes' writers wait
+        self._checkpointer = self._backend.checkpointer(db, self._turn)
         self.backlog = backlog or Backlog(DEFAULT_MAX_ROWS)
         # Committed transactions and the reports in them (written by the thread only).
         self.batches = 0
@@ -141,6 +143,8 @@ class IngestWriter:
             self._state = "running"
             self._thread = threading.Thread(target=self._run, name="fleet-ingest", daemon=True)
             self._thread.start()
+            if self._checkpointer is not None:
+                self._checkpointer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what was submitted, then end the thread; later submits fail."""
@@ -152,6 +156,8 @@ class IngestWriter:
             self._queue.put(None)           # the thread drains up to here and exits
         self._thread.join(timeout)
         self._fail_leftovers()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
 
     def admit(self, rows: int) -> int:
         """Room in the queue for a report of `rows` states and events: the cost to pass
@@ -321,6 +327,8 @@ class IngestWriter:
         if self._db.is_closed():
             self._db.connect()
             self._backend.set_lock_timeout(self._db, self._lock_timeout_ms)
+            if self._checkpointer is not None:
+                self._backend.relieve_writer(self._db)
 
     def _close(self) -> None:
         # Never back to a pool: the connection carries the writer's lock timeout.
