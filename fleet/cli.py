@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     manager.add_argument("--workers", help="manager processes sharing both ports")
     manager.add_argument("--worker-of", dest="worker_of", type=int, default=0,
                          help=argparse.SUPPRESS)   # set by the parent of workers
+    manager.add_argument("--writer-fd", dest="writer_fd", type=int, default=0,
+                         help=argparse.SUPPRESS)   # likewise, on SQLite (store.relay)
     daemon = parser.add_argument_group("daemon")
     daemon.add_argument("--manager", action="append", help="manager address (repeatable)")
     daemon.add_argument("--listen", help="daemon gRPC address, HOST:PORT")
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     from fleet import roles  # imports only what the role needs
     try:
         if config.role == "manager" and (args.worker_of or config.manager.workers > 1):
-            return roles.run_workers(config, shutdown.requested, argv, args.worker_of)
+            return roles.run_workers(config, shutdown.requested, argv, args.worker_of,
+                                     args.writer_fd)
         return roles.run(config, shutdown.wait, lambda: load_config(args))
     except ConfigError as exc:   # a token file beside the database, read before anything starts
         return config_errors(exc)

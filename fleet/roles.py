@@ -55,9 +55,10 @@ def run_daemon(config: Config, wait: Callable[[], None], label: str = "grpc",
 
 
 def run_workers(config: Config, stop: threading.Event, argv: Sequence[str],
-                worker_of: int) -> int:
+                worker_of: int, writer_fd: int = 0) -> int:
     """`[manager] workers` > 1: the parent of the workers, or (worker_of: the
-    parent's pid) one of them, which stops when `stop` is set or its parent is gone."""
+    parent's pid) one of them, which stops when `stop` is set or its parent is gone;
+    `writer_fd`: its end of the pair to the parent writing its reports."""
     from fleet.manager import workers
     if not worker_of:
         return workers.run_workers(config.manager, workers.worker_command(argv), stop)
@@ -66,12 +67,15 @@ def run_workers(config: Config, stop: threading.Event, argv: Sequence[str],
     def wait() -> None:
         while not stop.wait(1.0):
             pass
-    return run_manager(config, wait, worker=True)
+    return run_manager(config, wait, worker=True, writer_fd=writer_fd,
+                       on_writer_lost=stop.set)
 
 
-def run_manager(config: Config, wait: Callable[[], None], worker: bool = False) -> int:
+def run_manager(config: Config, wait: Callable[[], None], worker: bool = False,
+                writer_fd: int = 0, on_writer_lost: Callable[[], None] | None = None) -> int:
     from fleet.manager.app import Manager
-    manager = Manager(config.manager, worker=worker)
+    manager = Manager(config.manager, worker=worker, writer_fd=writer_fd,
+                      on_writer_lost=on_writer_lost)
     try:
         manager.start()
     except BaseException:

@@ -164,9 +164,21 @@ def test_node_registered_through_one_worker_reports_through_the_other(cluster):
         assert second.stub.Heartbeat(pb.HeartbeatRequest(node_id="n1", boot_id=1),
                                      metadata=AUTH, timeout=10).reregister is False
         assert Api(http_port).stored("n1") == {"a": ("running", 4242)}
+        # The parent wrote it (on SQLite the workers relay their reports to it): only
+        # the parent ever took the writers' turn.
+        turn = f"{cluster.db_path}-writer.lock"
+        assert opened(parent.pid, turn)
+        assert not any(opened(pid, turn) for pid in workers)
+        assert "their state reports written here" in parent.read()
     finally:
         first.close()
         second.close()
+
+
+def opened(pid, path):
+    """Whether process `pid` has `path` open."""
+    fds = f"/proc/{pid}/fd"
+    return any(os.readlink(os.path.join(fds, fd)) == path for fd in os.listdir(fds))
 
 
 def test_sigkill_of_a_worker_is_replaced_and_daemons_keep_reporting(cluster):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Callable, Iterable
 
 from fleet.config import ManagerConfig
@@ -29,7 +30,9 @@ from fleet.manager.changes.policies import PolicyService
 from fleet.manager.changes.policy_rollouts import PolicyPins
 from fleet.manager.changes.rollout_engine import RolloutEngine
 from fleet.manager.changes.rollouts import RolloutService, RolloutStore
+from fleet.manager.store.backlog import Backlog
 from fleet.manager.store.lease import Lease, holder_name
+from fleet.manager.store.relay import RelayedWriter
 from fleet.manager.tokens import ApiAuth, ManagerTokens, create_token_files, resolve_tokens
 from fleet.manager.api.server import HttpServer, serve_http
 from fleet.rpc import as_client, create_server
@@ -53,9 +56,12 @@ def prepare_storage(config: ManagerConfig) -> None:
 
 
 class Manager:
-    def __init__(self, config: ManagerConfig, worker: bool = False):
+    def __init__(self, config: ManagerConfig, worker: bool = False, writer_fd: int = 0,
+                 on_writer_lost: Callable[[], None] | None = None):
         self.config = config
         self.worker = worker               # one of several processes sharing the ports
+        self.writer_fd = writer_fd         # a worker whose parent writes its reports ...
+        self.on_writer_lost = on_writer_lost   # ... and what it does when that link fails
         self.cluster_token = ""
         self.grpc_port = 0                 # the ports actually bound
         self.http_port = 0
@@ -105,7 +111,11 @@ class Manager:
         self.parts = build_manager(db, offline_after=cfg.offline_after,
                                    events_retention=cfg.events_retention,
                                    node_metrics_retention=cfg.node_metrics_retention,
-                                   ingest_queue=cfg.ingest_queue)
+                                   ingest_queue=cfg.ingest_queue,
+                                   writer=RelayedWriter(socket.socket(fileno=self.writer_fd),
+                                                        Backlog(cfg.ingest_queue),
+                                                        self.on_writer_lost)
+                                   if self.writer_fd else None)
         self.parts.servicer.add_to(self._grpc)
         self._serving = ServingStatus(pb.DESCRIPTOR.services_by_name["ManagerService"].full_name)
         self._serving.add_to(self._grpc)

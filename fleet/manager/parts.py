@@ -4,6 +4,7 @@ ManagerService servicer over them."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import peewee
 
@@ -18,6 +19,7 @@ from fleet.manager.store.backlog import DEFAULT_MAX_ROWS, Backlog
 from fleet.manager.store.db import close_database
 from fleet.manager.store.lease import Lease, holder_name
 from fleet.manager.store.registry import Registry
+from fleet.manager.store.relay import RelayedWriter
 
 
 @dataclasses.dataclass
@@ -26,7 +28,7 @@ class ManagerParts:
 
     db: peewee.Database
     registry: Registry
-    writer: IngestWriter
+    writer: IngestWriter | RelayedWriter
     nodes: NodeStore
     reports: ReportService
     servicer: ManagerServicer
@@ -52,14 +54,16 @@ def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interva
                   heartbeat_interval: float = 0.0,
                   events_retention: float = 604800.0,
                   node_metrics_retention: float = 604800.0,
-                  ingest_queue: int = DEFAULT_MAX_ROWS) -> ManagerParts:
+                  ingest_queue: int = DEFAULT_MAX_ROWS,
+                  writer: Optional[RelayedWriter] = None) -> ManagerParts:
     """Wire registry, writer, stores and servicer over a migrated database.
 
     `ingest_queue`: the bound of the writer's queue in states (and events); past
-    it a report is refused (errors.Overloaded).
+    it a report is refused (errors.Overloaded). `writer`: a worker's link to the
+    parent that writes its reports (fleet.manager.store.relay), instead of its own.
     """
     registry = Registry.load(db)
-    writer = IngestWriter(db, backlog=Backlog(ingest_queue))
+    writer = writer or IngestWriter(db, backlog=Backlog(ingest_queue))
     nodes = NodeStore(db, registry, offline_after)
     reports = ReportService(registry, writer)
     node_metrics = NodeMetricsStore(db, registry, node_metrics_retention)

@@ -1,10 +1,14 @@
 """`[manager] workers = N`: N manager processes sharing the HTTP and gRPC ports.
 
-The parent serves nothing. It holds both ports (fleet.listen.reserve: bound
+The parent serves no request. It holds both ports (fleet.listen.reserve: bound
 with SO_REUSEPORT, never listening, so port 0 becomes a real port that stays
 reserved across worker restarts), writes the token files and migrates the
 database once, then starts N workers: the command that started it, with
-`--http`/`--grpc` set to the held ports and the hidden `--worker-of PID`. Each
+`--http`/`--grpc` set to the held ports and the hidden `--worker-of PID`. On a
+SQLite file it also writes the workers' state reports, which they relay to it
+over a private socket pair (`--writer-fd`, fleet.manager.store.relay): SQLite
+has one writer at a time, and in the parent no gRPC thread competes with that
+writer for the GIL. Each
 worker is a whole manager (fleet.manager.app, worker=True) binding both ports
 with SO_REUSEPORT; the kernel spreads new connections over the listening ones.
 
@@ -29,6 +33,7 @@ from typing import Callable, Optional, Sequence
 from fleet.config import ManagerConfig
 from fleet.listen import reserve
 from fleet.manager.app import prepare_storage
+from fleet.manager.store import relay
 from fleet.values import join_address, split_address
 
 log = logging.getLogger(__name__)
@@ -135,15 +140,21 @@ def run_workers(config: ManagerConfig, command: Sequence[str],
         prepare_storage(config)
         grpc, http = (join_address(split_address(address)[0], sock.getsockname()[1])
                       for address, sock in zip((config.grpc, config.http), held))
-        workers = WorkerSet(list(command) + ["--grpc", grpc, "--http", http,
-                                             "--worker-of", str(os.getpid())],
-                            config.workers)
-        log.info("manager: %d workers on http=%s grpc=%s", config.workers, http, grpc)
-        while not stop.is_set():
-            workers.check(time.monotonic())
-            stop.wait(CHECK_SECONDS)
-        log.info("stopping %d workers", config.workers)
-        workers.stop()
+        host = relay.host_for(config.db)        # SQLite: this process writes the reports
+        try:
+            workers = WorkerSet(list(command) + ["--grpc", grpc, "--http", http,
+                                                 "--worker-of", str(os.getpid())],
+                                config.workers, spawn=host.spawn if host else subprocess.Popen)
+            log.info("manager: %d workers on http=%s grpc=%s%s", config.workers, http, grpc,
+                     ", their state reports written here" if host else "")
+            while not stop.is_set():
+                workers.check(time.monotonic())
+                stop.wait(CHECK_SECONDS)
+            log.info("stopping %d workers", config.workers)
+            workers.stop()
+        finally:
+            if host is not None:
+                host.stop()
         log.info("stopped")
         return 0
     finally:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import peewee
 
@@ -62,29 +62,42 @@ class Report:
         self.events = events      # fleet.manager.events.COLUMNS tuples
 
 
-class _Pending:
-    """A submitted report and its outcome, set once by the writer.
+class Pending:
+    """A report in the writer's queue; `finish` is told its outcome, once, by the writer."""
 
-    Its caller waits on a lock the writer releases: an Event would cost a Condition,
+    __slots__ = ("report", "cost", "cancelled")
+
+    def __init__(self, report: Report, cost: int = 0):
+        self.report = report
+        self.cost = cost          # what Backlog.admit reserved for it; 0 for a heartbeat
+        self.cancelled = False    # the caller gave up: skip it if not yet written
+
+    def finish(self, error: Optional[errors.FleetError]) -> None:
+        """The report was committed (error None) or failed with `error`."""
+        raise NotImplementedError
+
+
+class _Waiting(Pending):
+    """A submitted report whose caller waits for its outcome.
+
+    The caller waits on a lock the writer releases: an Event would cost a Condition,
     a second lock and their bookkeeping per report, under the GIL.
     """
 
-    __slots__ = ("report", "cost", "_done", "error", "cancelled")
+    __slots__ = ("_done", "error")
 
     def __init__(self, report: Report, cost: int):
-        self.report = report
-        self.cost = cost          # what Backlog.admit reserved for it; 0 for a heartbeat
+        super().__init__(report, cost)
         self._done = threading.Lock()
         self._done.acquire()      # held until finished
         self.error: Optional[errors.FleetError] = None
-        self.cancelled = False    # the caller gave up: skip it if not yet written
 
     def wait(self, timeout: float) -> bool:
         """Block until finished (True) or `timeout` seconds passed (False)."""
         return self._done.acquire(timeout=timeout)
 
     def finish(self, error: Optional[errors.FleetError]) -> None:
-        """Set the outcome and wake the caller (once: the writer finishes each once)."""
+        """Set the outcome and wake the caller."""
         self.error = error
         self._done.release()
 
@@ -96,10 +109,11 @@ class IngestWriter:
                  lock_timeout_ms: int = WRITER_LOCK_TIMEOUT_MS,
                  backlog: Optional[Backlog] = None):
         self._db = db
+        self.db = db
         self._backend = backend_of(db)
         self._max_rows = max_batch_rows
         self._lock_timeout_ms = lock_timeout_ms
-        self._queue: "queue.SimpleQueue[Optional[_Pending]]" = queue.SimpleQueue()
+        self._queue: "queue.SimpleQueue[Optional[Pending]]" = queue.SimpleQueue()
         self._lock = threading.Lock()       # guards _state against submit/stop races
         self._state = "new"                 # new | running | stopped
         self._thread: Optional[threading.Thread] = None
@@ -110,6 +124,8 @@ class IngestWriter:
         # Committed transactions and the reports in them (written by the thread only).
         self.batches = 0
         self.reports = 0
+        # Called by the thread once every report of a batch was finished.
+        self.after_batch: Optional[Callable[[], None]] = None
 
     @staticmethod
     def _statements(backend: Backend) -> dict:
@@ -170,19 +186,24 @@ class IngestWriter:
         `cost`: what admit() answered for it (released here, whatever happens); 0 for
         a report not admitted (a heartbeat).
         """
-        pending = _Pending(report, cost)
-        with self._lock:
-            running = self._state == "running"
-            if running:
-                self._queue.put(pending)
-        if not running:
-            self.backlog.release(cost, committed=False)
-            raise errors.Unavailable("the manager is not accepting reports (shutting down)")
+        pending = _Waiting(report, cost)
+        self.enqueue(pending)
         if not pending.wait(timeout):
             pending.cancelled = True        # a late write is harmless: reports are idempotent
             raise errors.Unavailable("database write timed out; retry")
         if pending.error is not None:
             raise pending.error
+
+    def enqueue(self, pending: Pending) -> None:
+        """Queue a report without waiting for it: the thread finishes `pending`.
+        Unavailable (its cost released) once the writer stopped."""
+        with self._lock:
+            running = self._state == "running"
+            if running:
+                self._queue.put(pending)
+        if not running:
+            self.backlog.release(pending.cost, committed=False)
+            raise errors.Unavailable("the manager is not accepting reports (shutting down)")
 
     def _fail_leftovers(self) -> None:
         while True:
@@ -204,9 +225,9 @@ class IngestWriter:
         finally:
             self._close()
 
-    def _collect(self) -> tuple[list[_Pending], bool]:
+    def _collect(self) -> tuple[list[Pending], bool]:
         """The waiting reports (at least one, up to the row bound); False at the end."""
-        batch: list[_Pending] = []
+        batch: list[Pending] = []
         rows = 0
         pending = self._queue.get()
         while True:
@@ -224,7 +245,7 @@ class IngestWriter:
             except queue.Empty:
                 return batch, True
 
-    def _write(self, batch: list[_Pending]) -> None:
+    def _write(self, batch: list[Pending]) -> None:
         try:
             self._connect()
             with self._turn, self._db.atomic(), DRIVER_ERRORS:
@@ -318,10 +339,12 @@ class IngestWriter:
             params += list(r.keep)
         cursor.execute(sql, params)
 
-    def _finish(self, batch: Iterable[_Pending], error: Optional[errors.FleetError]) -> None:
+    def _finish(self, batch: Iterable[Pending], error: Optional[errors.FleetError]) -> None:
         for pending in batch:
             self.backlog.release(pending.cost, committed=error is None)
             pending.finish(error)
+        if self.after_batch is not None:
+            self.after_batch()
 
     def _connect(self) -> None:
         if self._db.is_closed():
