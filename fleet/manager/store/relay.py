@@ -33,7 +33,7 @@ from fleet import errors
 from fleet.manager.store.backends import backend_of
 from fleet.manager.store.backlog import DEFAULT_MAX_ROWS, Backlog
 from fleet.manager.store.db import close_database, open_database
-from fleet.manager.store.writer import SUBMIT_TIMEOUT, IngestWriter, Pending, Report
+from fleet.manager.store.writer import SUBMIT_TIMEOUT, IngestWriter, Pending, Report, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ def frame(value) -> bytes:
     """`value` as one frame."""
     body = marshal.dumps(value)
     return HEADER.pack(len(body)) + body
+
+
+def frames(sock: socket.socket):
+    """The value of each frame read from `sock`, until it ends (ValueError for a
+    frame past MAX_FRAME)."""
+    with sock.makefile("rb", buffering=1 << 16) as stream:
+        while (value := read_frame(stream)) is not None:
+            yield value
 
 
 def read_frame(stream):
@@ -136,12 +144,8 @@ class RelayHost:
             link.close()
 
     def _serve(self, link: "_Link") -> None:
-        stream = link.sock.makefile("rb", buffering=1 << 16)
         try:
-            while True:
-                value = read_frame(stream)
-                if value is None:
-                    return
+            for value in frames(link.sock):
                 ident, node_id, boot_id, seq, full, rows, keep, received, stopping, \
                     events = value
                 relayed = _Relayed(Report(node_id, boot_id, seq, full, rows, keep, received,
@@ -154,7 +158,6 @@ class RelayHost:
         except (OSError, ValueError, EOFError, TypeError) as exc:
             log.warning("relay: dropping a worker's link: %s", exc)
         finally:
-            stream.close()
             link.close()
             with self._lock:
                 self._links.discard(link)
@@ -216,25 +219,6 @@ class _Relayed(Pending):
 
 # ---- in a worker ----------------------------------------------------------------
 
-class _Awaited:
-    """A relayed report whose caller waits for the parent's answer."""
-
-    __slots__ = ("cost", "_done", "error")
-
-    def __init__(self, cost: int):
-        self.cost = cost
-        self._done = threading.Lock()
-        self._done.acquire()
-        self.error: Optional[errors.FleetError] = None
-
-    def finish(self, error: Optional[errors.FleetError]) -> None:
-        self.error = error
-        self._done.release()
-
-    def wait(self, timeout: float) -> bool:
-        return self._done.acquire(timeout=timeout)
-
-
 class RelayedWriter:
     """IngestWriter's part that ReportService uses, in a worker: reports are written
     by the parent, over `sock`.
@@ -251,7 +235,7 @@ class RelayedWriter:
         self._on_lost = on_lost
         self._send = threading.Lock()
         self._lock = threading.Lock()        # guards _waiting and _state
-        self._waiting: dict[int, _Awaited] = {}
+        self._waiting: dict[int, Waiting] = {}
         self._ids = itertools.count(1)
         self._state = "new"                  # new | running | stopped
         self._thread: Optional[threading.Thread] = None
@@ -284,7 +268,7 @@ class RelayedWriter:
 
     def submit(self, report: Report, timeout: float = SUBMIT_TIMEOUT, cost: int = 0) -> None:
         """Block until the parent committed `report`; as IngestWriter.submit."""
-        awaited = _Awaited(cost)
+        awaited = Waiting(report, cost)
         ident = next(self._ids)
         message = frame((ident, report.node_id, report.boot_id, report.seq, report.full,
                          report.rows, list(report.keep), report.received, report.stopping,
@@ -317,19 +301,13 @@ class RelayedWriter:
             awaited.finish(error)
 
     def _read(self) -> None:
-        stream = self._sock.makefile("rb", buffering=1 << 16)
         try:
-            while True:
-                answers = read_frame(stream)
-                if answers is None:
-                    break
+            for answers in frames(self._sock):
                 for ident, code, message in answers:
                     self._settle(ident, None if not code else
                                  ANSWERS.get(code, errors.FleetError)(message))
         except (OSError, ValueError, EOFError) as exc:
             log.warning("relay: the link to the parent failed: %s", exc)
-        finally:
-            stream.close()
         with self._lock:
             stopping, self._state = self._state == "stopped", "stopped"
         self._fail_waiting("the manager's writer is gone; retry")

@@ -77,7 +77,7 @@ class Pending:
         raise NotImplementedError
 
 
-class _Waiting(Pending):
+class Waiting(Pending):
     """A submitted report whose caller waits for its outcome.
 
     The caller waits on a lock the writer releases: an Event would cost a Condition,
@@ -186,7 +186,7 @@ class IngestWriter:
         `cost`: what admit() answered for it (released here, whatever happens); 0 for
         a report not admitted (a heartbeat).
         """
-        pending = _Waiting(report, cost)
+        pending = Waiting(report, cost)
         self.enqueue(pending)
         if not pending.wait(timeout):
             pending.cancelled = True        # a late write is harmless: reports are idempotent
