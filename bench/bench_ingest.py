@@ -342,15 +342,15 @@ def measure_operate(manager: Manager, count: int) -> tuple[list[float], list[str
 
 
 def raw_upsert_rate(workdir: pathlib.Path, nodes: int, agents: int) -> float:
-    """Rows/s of the agent upsert through the writer's upsert_many, 20,000 rows per
-    transaction."""
+    """Rows/s of the writer's agent upsert (fleet.manager.ingest.AgentUpsert), 20,000
+    rows per transaction."""
     from fleet.manager.store.db import backend_of, migrate, open_database
-    from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert
+    from fleet.manager.ingest import REPORT_COLUMNS, AgentUpsert
 
     db = open_database(f"sqlite:///{workdir / 'raw.db'}")
     migrate(db)
     backend = backend_of(db)
-    sql = agent_upsert(backend, REPORT_COLUMNS)
+    upsert = AgentUpsert(backend, REPORT_COLUMNS)
     rows = [(f"bench-{n:05d}", f"agent-{a:03d}", "t", "1", 3, 1000 + a, 1, 0, -1, 0, "healthy",
              1, 1, 1, 1, "", None, 1, False, "") for n in range(nodes) for a in range(agents)]
     done, began = 0, time.perf_counter()
@@ -358,7 +358,7 @@ def raw_upsert_rate(workdir: pathlib.Path, nodes: int, agents: int) -> float:
         batch = [r[:13] + (seq,) + r[14:] for r in rows]
         for start in range(0, len(batch), 20000):
             with db.atomic():
-                backend.upsert_many(db.cursor(), sql, batch[start:start + 20000])
+                upsert.run(db.cursor(), batch[start:start + 20000])
             done += len(batch[start:start + 20000])
     db.close()
     return done / (time.perf_counter() - began)

@@ -415,16 +415,16 @@ def one_cell(config: str, nodes: int, server, args) -> dict:
 # ---- the raw upsert rate -----------------------------------------------------------
 
 def raw_upsert_rate(url: str, nodes: int, agents: int) -> float:
-    """Rows/s of the writer's agent upsert (its statement, its upsert_many, key=2),
-    executed directly: one insert pass, then two update passes timed, 20,000 rows per
+    """Rows/s of the writer's agent upsert (fleet.manager.ingest.AgentUpsert), executed
+    directly: one insert pass, then two update passes timed, 20,000 rows per
     transaction."""
-    from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert
+    from fleet.manager.ingest import REPORT_COLUMNS, AgentUpsert
     from fleet.manager.store.db import backend_of, migrate, open_database
 
     db = open_database(url)
     migrate(db)
     backend = backend_of(db)
-    sql = agent_upsert(backend, REPORT_COLUMNS)
+    upsert = AgentUpsert(backend, REPORT_COLUMNS)
     rows = [(f"bench-{n:05d}", f"agent-{a:03d}", "t", "1", 3, 1000 + a, 1, 0, -1, 0, "healthy",
              1, 1, 1, 1, "", None, 1, False, "") for n in range(nodes) for a in range(agents)]
     done, began = 0, 0.0
@@ -434,7 +434,7 @@ def raw_upsert_rate(url: str, nodes: int, agents: int) -> float:
         batch = [r[:13] + (seq,) + r[14:] for r in rows]
         for start in range(0, len(batch), 20000):
             with db.atomic():
-                backend.upsert_many(db.cursor(), sql, batch[start:start + 20000], key=2)
+                upsert.run(db.cursor(), batch[start:start + 20000])
             done += len(batch[start:start + 20000]) if seq > 1 else 0
     db.close()
     return done / (time.perf_counter() - began)

@@ -1,16 +1,20 @@
 """Storage: opening databases, migrations, the registry, and NodeStore reads and writes."""
 import contextlib
+import shutil
 import sqlite3
 import sys
+import tempfile
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fleet import errors
 from fleet.manager.store import db as dbmod
 from fleet.manager.store import pgjson
 from fleet.manager.store.db import PostgresBackend, SQLiteBackend, migrate, open_database, schema_version
-from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert
+from fleet.manager.ingest import REPORT_COLUMNS, AgentUpsert, agent_upsert
 from fleet.manager.store.models import Agent, Node
 from fleet.manager.nodes import AGENT_FIELDS, NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
@@ -531,3 +535,71 @@ def test_an_operate_result_wins_over_a_report_another_manager_stored(store, data
         database.execute_sql("UPDATE node SET seq = 10 WHERE node_id = 'n1'")
         database.execute_sql("UPDATE agent SET seq = 10, pid = 112 WHERE node_id = 'n1'")
     assert store.update_agent("n1", info("a1", pid=222))["pid"] == 222
+
+
+STATUSES = (pb.AGENT_STATUS_RUNNING, pb.AGENT_STATUS_STOPPED, pb.AGENT_STATUS_BACKOFF)
+report_rows = st.lists(st.tuples(
+    st.sampled_from(["n1", "n2"]), st.sampled_from(["a", "b"]),            # the key
+    st.sampled_from(["", "t1", "t2"]), st.sampled_from(STATUSES),         # type, status
+    st.sampled_from(["healthy", "unhealthy", "unknown"]),                  # health
+    st.integers(1, 2), st.integers(1, 4), st.integers(0, 9)), max_size=8)  # boot, seq, pid
+
+
+def as_report_row(node_id, agent_id, type_, status, health, boot, seq, pid):
+    return (node_id, agent_id, type_, "1", status, pid, None, 0, -1, 0, health, None, boot, seq,
+            1, "", None, 1, False, "")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(report_rows, min_size=1, max_size=5))
+def test_sqlite_split_agent_upsert_stores_what_one_statement_does(batches):
+    """On SQLite the report upsert leaves status and health to a second statement that
+    assigns them only where they changed; any sequence of batches (keys repeated in
+    one, older rows, equal versions, a type set once) ends as the one-statement upsert
+    leaves it."""
+    where = tempfile.mkdtemp(prefix="fleet-split-")
+    split, single = (open_database(f"sqlite:///{where}/{name}.db") for name in ("split", "one"))
+    for db in (split, single):
+        migrate(db)
+    backend = SQLiteBackend()
+    upsert = AgentUpsert(backend, REPORT_COLUMNS)
+    assert upsert.keys_sql is not None and "status = excluded.status" not in upsert.sql
+    one_statement = agent_upsert(backend, REPORT_COLUMNS)
+    for batch in batches:
+        rows = [as_report_row(*row) for row in batch]
+        with split.atomic():
+            upsert.run(split.cursor(), rows)
+        with single.atomic():
+            backend.upsert_many(single.cursor(), one_statement, rows, key=2)
+    query = f"SELECT {', '.join(REPORT_COLUMNS)} FROM agent ORDER BY node_id, agent_id"
+    assert split.execute_sql(query).fetchall() == single.execute_sql(query).fetchall()
+    for db in (split, single):
+        db.close()
+    shutil.rmtree(where)
+
+
+@sqlite_only
+def test_sqlite_report_upsert_leaves_the_views_indexes_alone_when_their_keys_stay(database):
+    """A report whose states keep their status and health writes fewer pages than the
+    one-statement upsert, which rewrites the entries of the views' indexes on them
+    (agent_status_key, agent_health_key) for every row."""
+    backend = SQLiteBackend()
+    rows = [as_report_row(f"n{n:03d}", f"a{a:02d}", "t", pb.AGENT_STATUS_RUNNING, "healthy",
+                          1, 1, a) for n in range(100) for a in range(20)]
+
+    def frames_written(write):
+        database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        with database.atomic():
+            write(database.cursor())
+        return database.execute_sql("PRAGMA wal_checkpoint(NOOP)").fetchone()[1]
+
+    upsert = AgentUpsert(backend, REPORT_COLUMNS)
+    frames_written(lambda cursor: upsert.run(cursor, rows))                  # the rows exist
+    newer = [row[:13] + (2,) + row[14:] for row in rows]
+    split = frames_written(lambda cursor: upsert.run(cursor, newer))
+    newest = [row[:13] + (3,) + row[14:] for row in rows]
+    single = frames_written(lambda cursor: backend.upsert_many(
+        cursor, agent_upsert(backend, REPORT_COLUMNS), newest, key=2))
+    assert split < single * 0.75, (split, single)
+    stored = database.execute_sql("SELECT DISTINCT seq, status, health, type FROM agent").fetchall()
+    assert stored == [(3, pb.AGENT_STATUS_RUNNING, "healthy", "t")]

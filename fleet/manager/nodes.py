@@ -19,7 +19,7 @@ from fleet import errors
 from fleet.values import valid_node_id
 from fleet.manager.store.backends import backend_of
 from fleet.manager.store.db import now_ms, storage_faults
-from fleet.manager.ingest import HEALTHS, REPORT_COLUMNS, agent_row, agent_upsert, state_fault
+from fleet.manager.ingest import HEALTHS, REPORT_COLUMNS, AgentUpsert, agent_row, state_fault
 from fleet.manager.store.models import Agent, Node
 from fleet.manager.store.registry import Registry
 from fleet.states import State
@@ -63,7 +63,7 @@ class NodeStore:
         self._offline_after_ms = int(offline_after * 1000)  # seconds, from ManagerConfig
         self._clock = clock
         self._register_sql = self._build_register_sql()
-        self._pull_sql = agent_upsert(self._backend, REPORT_COLUMNS, report=False)
+        self._pull = AgentUpsert(self._backend, REPORT_COLUMNS, report=False)
 
     def _build_register_sql(self) -> str:
         columns = ("node_id",) + NODE_FACTS + ("boot_id", "seq", "registered_at", "last_seen")
@@ -228,7 +228,7 @@ class NodeStore:
             node = self._node_row(node_id, lock=True)
             rows = _pull_rows(node_id, (node.boot_id, node.seq), now, infos)
             if rows:
-                self._backend.upsert_many(self._db.cursor(), self._pull_sql, rows, key=2)
+                self._pull.run(self._db.cursor(), rows)
             if full:
                 self._delete_others(node_id, [row[1] for row in rows])
         return self.list_agents(node_id)

@@ -33,6 +33,9 @@ class Backend:
 
     name = "generic"
     param = "?"
+    # Whether an UPDATE rewrites the entries of each index on a column it assigns,
+    # even one it assigns its own value (fleet.manager.ingest.AgentUpsert).
+    rewrites_assigned_indexes = False
 
     def sql(self, text: str) -> str:
         """`text` written with `?` placeholders, in this backend's style."""
@@ -116,6 +119,7 @@ class Backend:
 
 class SQLiteBackend(Backend):
     name = "sqlite"
+    rewrites_assigned_indexes = True
 
     def auto_pk(self) -> str:
         return "id INTEGER PRIMARY KEY AUTOINCREMENT"

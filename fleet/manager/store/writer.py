@@ -130,10 +130,10 @@ class IngestWriter:
     @staticmethod
     def _statements(backend: Backend) -> dict:
         # Built once: the hot path only binds parameters.
-        from fleet.manager.ingest import REPORT_COLUMNS, agent_upsert  # ingest imports this
+        from fleet.manager.ingest import REPORT_COLUMNS, AgentUpsert  # ingest imports this
         newer = "(boot_id < ? OR (boot_id = ? AND seq < ?))"
         return {
-            "upsert": agent_upsert(backend, REPORT_COLUMNS),
+            "upsert": AgentUpsert(backend, REPORT_COLUMNS),
             "events": events.insert_sql(backend),
             # One statement per node and batch: any message says the node runs
             # (except a clean stop's last report), and a report's (boot_id, seq)
@@ -295,7 +295,7 @@ class IngestWriter:
                 node[2] = (r.boot_id, r.seq)
         gone = self._touch_nodes(cursor, nodes)
         if rows:
-            backend.upsert_many(cursor, sql["upsert"], rows, key=2)   # (node_id, agent_id)
+            sql["upsert"].run(cursor, rows)
         if event_rows:
             backend.upsert_many(cursor, sql["events"], event_rows, key=len(events.IDENTITY))
         for r in reports:
