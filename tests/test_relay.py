@@ -29,7 +29,7 @@ class Pair:
         migrate(self.db)
         self.writer = IngestWriter(self.db)
         self.writer.start()
-        self.host = relay.RelayHost(self.writer)
+        self.host = relay.RelayHost(self.writer, self.db)
         parent_end, worker_end = socket.socketpair()
         self.host.attach(parent_end)
         self.relayed = relay.RelayedWriter(worker_end)

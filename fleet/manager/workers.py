@@ -8,9 +8,9 @@ database once, then starts N workers: the command that started it, with
 SQLite file it also writes the workers' state reports, which they relay to it
 over a private socket pair (`--writer-fd`, fleet.manager.store.relay): SQLite
 has one writer at a time, and in the parent no gRPC thread competes with that
-writer for the GIL. Each
-worker is a whole manager (fleet.manager.app, worker=True) binding both ports
-with SO_REUSEPORT; the kernel spreads new connections over the listening ones.
+writer for the GIL. Each worker is a whole manager (fleet.manager.app,
+worker=True) binding both ports with SO_REUSEPORT; the kernel spreads new
+connections over the listening ones.
 
 Workers are new processes, not forks: forking a process that runs gRPC threads
 is unsafe. A worker that exits is started again after a backoff (1 s, doubling

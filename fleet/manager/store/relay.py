@@ -82,14 +82,15 @@ def host_for(url: str) -> Optional["RelayHost"]:
         return None
     writer = IngestWriter(db)
     writer.start()
-    return RelayHost(writer)
+    return RelayHost(writer, db)
 
 
 class RelayHost:
     """The parent's side: every worker's reports into one IngestWriter."""
 
-    def __init__(self, writer: IngestWriter):
+    def __init__(self, writer: IngestWriter, db=None):
         self._writer = writer
+        self._db = db                          # closed by stop(), if given
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._waiting: set[_Link] = set()     # links with answers not sent yet
@@ -114,7 +115,8 @@ class RelayHost:
         close the database."""
         self.close()
         self._writer.stop()
-        close_database(self._writer.db)
+        if self._db is not None:
+            close_database(self._db)
 
     def attach(self, sock: socket.socket) -> None:
         """Serve one worker's end of the pair from a thread of its own."""

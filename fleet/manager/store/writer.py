@@ -109,7 +109,6 @@ class IngestWriter:
                  lock_timeout_ms: int = WRITER_LOCK_TIMEOUT_MS,
                  backlog: Optional[Backlog] = None):
         self._db = db
-        self.db = db
         self._backend = backend_of(db)
         self._max_rows = max_batch_rows
         self._lock_timeout_ms = lock_timeout_ms
