@@ -30,9 +30,7 @@ from fleet.manager.changes.policies import PolicyService
 from fleet.manager.changes.policy_rollouts import PolicyPins
 from fleet.manager.changes.rollout_engine import RolloutEngine
 from fleet.manager.changes.rollouts import RolloutService, RolloutStore
-from fleet.manager.store.backlog import Backlog
 from fleet.manager.store.lease import Lease, holder_name
-from fleet.manager.store.relay import RelayedWriter
 from fleet.manager.tokens import ApiAuth, ManagerTokens, create_token_files, resolve_tokens
 from fleet.manager.api.server import HttpServer, serve_http
 from fleet.rpc import as_client, create_server
@@ -112,10 +110,9 @@ class Manager:
                                    events_retention=cfg.events_retention,
                                    node_metrics_retention=cfg.node_metrics_retention,
                                    ingest_queue=cfg.ingest_queue,
-                                   writer=RelayedWriter(socket.socket(fileno=self.writer_fd),
-                                                        Backlog(cfg.ingest_queue),
-                                                        self.on_writer_lost)
-                                   if self.writer_fd else None)
+                                   relay=socket.socket(fileno=self.writer_fd)
+                                   if self.writer_fd else None,
+                                   on_relay_lost=self.on_writer_lost)
         self.parts.servicer.add_to(self._grpc)
         self._serving = ServingStatus(pb.DESCRIPTOR.services_by_name["ManagerService"].full_name)
         self._serving.add_to(self._grpc)

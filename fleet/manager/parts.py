@@ -4,7 +4,8 @@ ManagerService servicer over them."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import socket
+from typing import Callable, Optional
 
 import peewee
 
@@ -55,15 +56,19 @@ def build_manager(db: peewee.Database, offline_after: float = 90.0, sync_interva
                   events_retention: float = 604800.0,
                   node_metrics_retention: float = 604800.0,
                   ingest_queue: int = DEFAULT_MAX_ROWS,
-                  writer: Optional[RelayedWriter] = None) -> ManagerParts:
+                  relay: Optional[socket.socket] = None,
+                  on_relay_lost: Optional[Callable[[], None]] = None) -> ManagerParts:
     """Wire registry, writer, stores and servicer over a migrated database.
 
     `ingest_queue`: the bound of the writer's queue in states (and events); past
-    it a report is refused (errors.Overloaded). `writer`: a worker's link to the
-    parent that writes its reports (fleet.manager.store.relay), instead of its own.
+    it a report is refused (errors.Overloaded). `relay`: a worker's end of the pair
+    to the parent that writes its reports (fleet.manager.store.relay), instead of a
+    writer of its own; `on_relay_lost` is called if that link fails.
     """
     registry = Registry.load(db)
-    writer = writer or IngestWriter(db, backlog=Backlog(ingest_queue))
+    backlog = Backlog(ingest_queue)
+    writer = RelayedWriter(relay, backlog, on_relay_lost) if relay is not None \
+        else IngestWriter(db, backlog=backlog)
     nodes = NodeStore(db, registry, offline_after)
     reports = ReportService(registry, writer)
     node_metrics = NodeMetricsStore(db, registry, node_metrics_retention)
