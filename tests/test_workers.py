@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from fleet import errors
+from fleet.config import ManagerConfig
 from fleet.manager.nodes import NodeFacts
 from fleet.manager.parts import build_manager
 from fleet.manager.store.db import migrate, open_database
@@ -20,7 +21,8 @@ from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
 from tests.helpers import wait_for
 from tests.procs import FLEET_PY, alive
-from tests.realfleet import AUTH, Api, agents_toml, running_state
+from tests.realfleet import API_TOKEN, AUTH, Api, agents_toml, running_state
+from tests.test_prometheus import promtool_check, value
 
 WORKERS = "workers = 2"
 
@@ -208,6 +210,73 @@ def test_sigkill_of_a_worker_is_replaced_and_daemons_keep_reporting(cluster):
     for daemon in daemons:
         assert daemon.read().count("registered node") <= 3, daemon.read()
     assert "Traceback" not in parent.read()
+
+
+def scrape_worker(http_port):
+    """(the worker's pid, its /metrics text) over a new connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+    try:
+        connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"})
+        response = connection.getresponse()
+        text = response.read().decode()
+        assert response.status == 200, text
+        return int(response.getheader("X-Fleet-Worker")), text
+    finally:
+        connection.close()
+
+
+def test_metrics_count_every_worker_whichever_answers(cluster):
+    """Reports taken by either worker are counted once in /metrics, whichever worker
+    answers the scrape, and the totals do not fall when a worker is killed and
+    replaced: workers count in one shared directory (a per-process count would show
+    3 or 4 of the 7 reports, and a reset after the kill)."""
+    parent, http_port, grpc_port = start_manager(cluster)
+    workers = wait_for(lambda: len(worker_pids(parent)) == 2 and worker_pids(parent))
+    first = Channel(grpc_port, workers)
+    second = channel_to(grpc_port, workers, first.worker, other=True)
+    try:
+        first.stub.RegisterNode(pb.RegisterNodeRequest(node_id="n1", boot_id=1, hostname="h"),
+                                metadata=AUTH, timeout=10)
+        for seq in range(1, 8):                     # 3 through one worker, 4 the other
+            channel = first if seq <= 3 else second
+            reply = channel.stub.SyncAgentStates(pb.SyncAgentStatesRequest(
+                node_id="n1", boot_id=1, seq=seq, full=True,
+                states=[running_state("a", 4242), running_state("b", 4243)]),
+                metadata=AUTH, timeout=10)
+            assert reply.accepted == 2
+    finally:
+        first.close()
+        second.close()
+    bound = 2 * ManagerConfig.ingest_queue          # each worker's queue, added up
+    scrapes = 0
+
+    def scraped_by_all(want):
+        nonlocal scrapes
+        seen = set()
+
+        def one():
+            nonlocal scrapes
+            pid, text = scrape_worker(http_port)
+            assert value(text, "fleet_reports_received_total") == 7, (pid, text)
+            assert value(text, "fleet_states_received_total") == 14
+            assert value(text, "fleet_report_duration_seconds_count") == 7
+            assert value(text, "fleet_ingest_queue_bound_states") == bound
+            assert value(text, "fleet_http_requests_total", route="/metrics", method="GET",
+                         code="200") == scrapes     # every earlier scrape, on either worker
+            assert "process_cpu_seconds_total" not in text
+            scrapes += 1
+            seen.add(pid)
+            return text if seen >= want else None
+        return wait_for(one, timeout=20, interval=0)
+
+    text = scraped_by_all(workers)
+    assert promtool_check(text) == (0, "")
+    victim = first.worker
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_for(lambda: len(worker_pids(parent)) == 2 and victim not in worker_pids(parent)
+                        and worker_pids(parent), timeout=30)
+    wait_for(lambda: parent.read().count("listening http=") == 3, timeout=30)
+    scraped_by_all(replaced)                        # nothing lost, the dead one's queue gone
 
 
 def test_sigterm_stops_every_worker_and_exits_0(cluster):

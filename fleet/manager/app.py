@@ -22,6 +22,7 @@ from fleet.manager.audit import AuditLog
 from fleet.manager.store.db import close_database, migrate, open_database
 from fleet.manager.events import EventService
 from fleet.manager.api.metrics import ManagerMetrics
+from fleet.manager.api.sharedmetrics import shared_dir
 from fleet.manager.views import FleetViews
 from fleet.manager.api.routes import make_app
 from fleet.manager.pool import DaemonClientPool
@@ -136,7 +137,8 @@ class Manager:
 
     def _make_app(self, db, rollout_store: RolloutStore) -> Callable:
         """The HTTP API over the parts, counted by this manager's metrics."""
-        self.metrics = ManagerMetrics(db, self.config.offline_after)
+        self.metrics = ManagerMetrics(db, self.config.offline_after,
+                                      shared=shared_dir() if self.worker else None)
         self.parts.servicer.on_report = self.metrics.report_received
         self.metrics.watch_ingest(self.parts.writer.backlog.stats)
         audit = AuditLog(db)
@@ -173,6 +175,8 @@ class Manager:
             self.pool.close_all()
         if self.parts is not None:
             self.parts.stop()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def _named(app: Callable, pid: str) -> Callable:

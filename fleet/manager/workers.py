@@ -17,6 +17,8 @@ is unsafe. A worker that exits is started again after a backoff (1 s, doubling
 to 30 s; back to 1 s after one ran a minute), logged. On SIGTERM/SIGINT every
 worker gets SIGTERM, those still running after STOP_SECONDS get SIGKILL, and the
 parent exits 0. A worker whose parent died stops by itself (watch_parent).
+Workers count their /metrics in one directory the parent keeps
+(fleet.manager.api.sharedmetrics), so any of them answers a scrape alike.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from typing import Callable, Optional, Sequence
 
 from fleet.config import ManagerConfig
 from fleet.listen import reserve
+from fleet.manager.api.sharedmetrics import SharedDir
 from fleet.manager.app import prepare_storage
 from fleet.manager.store import relay
 from fleet.values import join_address, split_address
@@ -68,9 +71,11 @@ class WorkerSet:
     """N worker processes of one command, kept running until stop()."""
 
     def __init__(self, command: Sequence[str], count: int,
-                 spawn: Callable[[list[str]], subprocess.Popen] = subprocess.Popen):
+                 spawn: Callable[[list[str]], subprocess.Popen] = subprocess.Popen,
+                 on_exit: Callable[[int], None] = lambda pid: None):
         self._command = list(command)
         self._spawn = spawn
+        self._on_exit = on_exit         # called with the pid of each worker that exited
         self._slots = [_Slot(i) for i in range(count)]
 
     def pids(self) -> list[int]:
@@ -90,6 +95,7 @@ class WorkerSet:
             slot.backoff = BACKOFF_MIN
         log.warning("worker %d (pid %d) exited with status %s; starting another in %.0f s",
                     slot.index, slot.proc.pid, slot.proc.returncode, slot.backoff)
+        self._on_exit(slot.proc.pid)
         slot.proc = None
         slot.restart_at = now + slot.backoff
         slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
@@ -141,10 +147,13 @@ def run_workers(config: ManagerConfig, command: Sequence[str],
         grpc, http = (join_address(split_address(address)[0], sock.getsockname()[1])
                       for address, sock in zip((config.grpc, config.http), held))
         host = relay.host_for(config.db)        # SQLite: this process writes the reports
+        metrics = SharedDir()                   # where every worker counts /metrics
+        spawn = host.spawn if host else subprocess.Popen
         try:
             workers = WorkerSet(list(command) + ["--grpc", grpc, "--http", http,
                                                  "--worker-of", str(os.getpid())],
-                                config.workers, spawn=host.spawn if host else subprocess.Popen)
+                                config.workers, spawn=lambda c: spawn(c, env=metrics.env()),
+                                on_exit=metrics.process_dead)
             log.info("manager: %d workers on http=%s grpc=%s%s", config.workers, http, grpc,
                      ", their state reports written here" if host else "")
             while not stop.is_set():
@@ -155,6 +164,7 @@ def run_workers(config: ManagerConfig, command: Sequence[str],
         finally:
             if host is not None:
                 host.stop()
+            metrics.remove()
         log.info("stopped")
         return 0
     finally:

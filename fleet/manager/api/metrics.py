@@ -15,19 +15,23 @@ It holds two kinds of series:
   code (`instrument`, a WSGI wrapper around the bottle app). The route is the
   pattern (`/api/v1/nodes/<node_id>`), never the raw path, and a path that
   matched no route counts as "unmatched": a client cannot make new series.
+  With `[manager] workers = N` these are counted across all the workers
+  (fleet.manager.api.sharedmetrics), so any worker answers a scrape alike.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import peewee
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from fleet.manager.api.sharedmetrics import INGEST_GAUGES, IngestGauges
 from fleet.manager.ingest import HEALTHS
 from fleet.manager.nodes import NODE_STATUSES
 from fleet.manager.store.backends import backend_of
@@ -51,29 +55,46 @@ class ManagerMetrics:
     """One manager's registry: the fleet collector and the process's own counters."""
 
     def __init__(self, db: peewee.Database, offline_after: float,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, shared: Optional[str] = None):
+        """`shared`: the directory all workers count in (fleet.manager.api.sharedmetrics);
+        None: this process's own counters."""
         self.registry = CollectorRegistry(auto_describe=False)
         self._fleet = FleetCollector(db, offline_after, clock)
         self.registry.register(self._fleet)
-        ProcessCollector(namespace="fleet_manager", registry=self.registry)
+        self._shared = shared
+        self._ingest_gauges: Optional[IngestGauges] = None
+        if shared:
+            MultiProcessCollector(self.registry, path=shared)
+        else:
+            ProcessCollector(namespace="fleet_manager", registry=self.registry)
+        own = None if shared else self.registry      # shared: counted in the files
         self.reports = Counter("fleet_reports_received", "SyncAgentStates reports received",
-                               registry=self.registry)
+                               registry=own)
         self.states = Counter("fleet_states_received", "Agent states carried by reports",
-                              registry=self.registry)
+                              registry=own)
         self.report_seconds = Histogram(
             "fleet_report_duration_seconds",
             "Time of a SyncAgentStates on the manager, including the commit wait",
-            buckets=REPORT_BUCKETS, registry=self.registry)
+            buckets=REPORT_BUCKETS, registry=own)
         self.http_requests = Counter(
             "fleet_http_requests", "HTTP requests by route pattern, method and status code",
-            ("route", "method", "code"), registry=self.registry)
+            ("route", "method", "code"), registry=own)
         self.operations = Counter(
             "fleet_operations", "Audited operations (start, stop, restart, sync, delete) "
-            "by result: ok or the error code", ("operation", "result"), registry=self.registry)
+            "by result: ok or the error code", ("operation", "result"), registry=own)
 
     def watch_ingest(self, stats: Callable[[], dict]) -> None:
         """Expose the writer's queue: `stats` is Backlog.stats (fleet.manager.store.backlog)."""
-        self.registry.register(_IngestCollector(stats))
+        if self._shared:
+            self._ingest_gauges = IngestGauges(stats)
+            self._ingest_gauges.start()
+        else:
+            self.registry.register(_IngestCollector(stats))
+
+    def close(self) -> None:
+        """Stop sharing the ingest queue's figures (workers only)."""
+        if self._ingest_gauges is not None:
+            self._ingest_gauges.stop()
 
     def report_received(self, seconds: float, states: int) -> None:
         """A SyncAgentStates ended after `seconds`, carrying `states` states."""
@@ -115,22 +136,14 @@ class ManagerMetrics:
 class _IngestCollector:
     """The ingest writer's queue and its refusals (backpressure), read at every scrape."""
 
-    GAUGES = (("rows", "fleet_ingest_queued_states", "States admitted, not yet committed"),
-              ("high_water_rows", "fleet_ingest_queued_states_high_water",
-               "The most states ever queued at once"),
-              ("max_rows", "fleet_ingest_queue_bound_states", "The queue's bound in states"),
-              ("reports", "fleet_ingest_queued_reports", "Reports admitted, not yet committed"),
-              ("rate", "fleet_ingest_write_rate", "States/s written while the queue was busy"),
-              ("refused", "fleet_reports_refused",
-               "Reports refused with RESOURCE_EXHAUSTED (queue full) since start"))
-
     def __init__(self, stats: Callable[[], dict]):
         self._stats = stats
 
     def collect(self) -> list:
         """One gauge per figure of the queue."""
         stats = self._stats()
-        return [GaugeMetricFamily(name, text, value=stats[key]) for key, name, text in self.GAUGES]
+        return [GaugeMetricFamily(name, text, value=stats[key])
+                for key, name, text, _ in INGEST_GAUGES]
 
 
 class FleetCollector:

@@ -96,12 +96,12 @@ class RelayHost:
         self._waiting: set[_Link] = set()     # links with answers not sent yet
         writer.after_batch = self.flush
 
-    def spawn(self, command: Sequence[str]) -> subprocess.Popen:
+    def spawn(self, command: Sequence[str], env: Optional[dict] = None) -> subprocess.Popen:
         """Start a worker: `command --writer-fd N`, N its end of a new pair."""
         mine, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(list(command) + ["--writer-fd", str(theirs.fileno())],
-                                    pass_fds=(theirs.fileno(),))
+                                    pass_fds=(theirs.fileno(),), env=env)
         except BaseException:
             mine.close()
             raise
