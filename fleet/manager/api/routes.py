@@ -10,19 +10,19 @@ and turns every failure into the error envelope
 fleet.errors.HTTP_STATUS. A bug becomes a logged traceback and a bare
 500 "internal error". Error handlers for every 4xx/5xx status replace bottle's
 HTML pages (unknown routes, wrong methods), so none ever reaches a client.
+The handlers read the request through fleet.manager.api.params.
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import bottle
 
 from fleet import errors
-from fleet.manager import paging, tokens
-from fleet.manager.api import openapi, ui
+from fleet.manager import tokens
+from fleet.manager.api import openapi, params, ui
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ STATUS_CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permissio
                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
                 429: "resource_exhausted", 500: "internal", 502: "daemon_error",
                 503: "unavailable", 504: "deadline_exceeded"}
-_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def make_app(agent_service, auth, *, max_body: int = MAX_BODY, events=None,
@@ -128,60 +127,61 @@ class _Routes:
         return _Raw(self._openapi)
 
     def list_nodes(self):
-        nodes, cursor = self._service.list_nodes(_query("status") or None, _labels(), *_page())
+        nodes, cursor = self._service.list_nodes(params.given("status"), params.labels(),
+                                                 *params.page())
         return {"nodes": nodes, "next_cursor": cursor}
 
     def get_node(self, node_id):
         return {"node": self._service.get_node(node_id)}
 
     def delete_node(self, node_id):
-        self._service.delete_node(node_id, actor=_actor())
+        self._service.delete_node(node_id, actor=params.actor())
         return {"node_id": node_id, "deleted": True}
 
     def list_agents(self, node_id):
-        agents, cursor = self._service.list_agents(node_id, _query("health") or None, *_page())
+        agents, cursor = self._service.list_agents(node_id, params.given("health"), *params.page())
         return {"agents": agents, "next_cursor": cursor}
 
     def sync(self, node_id):
-        return {"agents": self._service.sync(node_id, actor=_actor())}
+        return {"agents": self._service.sync(node_id, actor=params.actor())}
 
     def reload(self, node_id):
-        return self._service.reload(node_id, actor=_actor())
+        return self._service.reload(node_id, actor=params.actor())
 
     def operate(self, node_id, agent_id):
-        body = _json_body(self._max_body)
+        body = params.json_body(self._max_body)
         operation = body.get("operation") if isinstance(body, dict) else None
         if not isinstance(operation, str):
             raise errors.InvalidArgument('body must be {"operation": "start|stop|restart"}')
-        return {"agent": self._service.operate(node_id, agent_id, operation, actor=_actor())}
+        return {"agent": self._service.operate(node_id, agent_id, operation, actor=params.actor())}
 
     def logs(self, node_id, agent_id):
-        lines = _int_query("lines", 100)
-        grep = _query("grep") or ""
-        offset = _int_query("offset", -1) if _query("offset") is not None else None
+        lines = params.int_query("lines", 100)
+        grep = params.query("grep") or ""
+        offset = params.int_query("offset", -1) if params.query("offset") is not None else None
         return self._service.logs(node_id, agent_id, lines, grep, offset)
 
     def metrics(self, node_id, agent_id):
-        duration = _int_query("duration", 3600)
+        duration = params.int_query("duration", 3600)
         return {"points": self._service.metrics(node_id, agent_id, duration)}
 
     def node_metrics(self, node_id):
-        duration = _int_query("duration", 3600)
+        duration = params.int_query("duration", 3600)
         return {"points": self._service.node_metrics(node_id, duration)}
 
     def audit(self):
-        entries, cursor = self._service.audit(_query("node") or None, *_page())
+        entries, cursor = self._service.audit(params.given("node"), *params.page())
         return {"entries": entries, "next_cursor": cursor}
 
     def agent_events(self, node_id, agent_id):
         events, cursor = self._event_service().agent_events(
-            node_id, agent_id, _since(), *_page())
+            node_id, agent_id, params.since(), *params.page())
         return {"events": events, "next_cursor": cursor}
 
     def events(self):
         events, cursor = self._event_service().events(
-            _query("node") or None, _query("agent") or None, _query("kind") or None,
-            _since(), *_page())
+            params.given("node"), params.given("agent"), params.given("kind"),
+            params.since(), *params.page())
         return {"events": events, "next_cursor": cursor}
 
     def refused(self, callback: Callable, kwargs: dict, actor: str, message: str) -> None:
@@ -189,7 +189,7 @@ class _Routes:
         that failed; other routes, and an operate whose body names no operation,
         are not operations and leave no row."""
         if callback == self.operate:
-            body = _json_body(self._max_body)
+            body = params.json_body(self._max_body)
             operation = body.get("operation") if isinstance(body, dict) else None
         else:
             operation = {self.sync: "sync", self.delete_node: "delete",
@@ -207,15 +207,15 @@ class _Routes:
         return _Body(*self.exposition.exposition())
     def fleet_agents(self):
         agents, cursor = self._service.fleet_agents(
-            _query("status") or None, _query("health") or None, _query("type") or None,
-            _query("node") or None, _labels(), *_page())
+            params.given("status"), params.given("health"), params.given("type"),
+            params.given("node"), params.labels(), *params.page())
         return {"agents": agents, "next_cursor": cursor}
 
     def overview(self):
         return self._service.overview()
 
     def list_policies(self):
-        policies, cursor = self._policy_service().list(*_page())
+        policies, cursor = self._policy_service().list(*params.page())
         return {"policies": policies, "next_cursor": cursor}
 
     def get_policy(self, name):
@@ -223,28 +223,28 @@ class _Routes:
 
     def put_policy(self, name):
         service = self._policy_service()
-        return {"policy": service.put(name, _json_body(self._max_body), actor=_actor())}
+        return {"policy": service.put(name, params.json_body(self._max_body), actor=params.actor())}
 
     def delete_policy(self, name):
-        return self._policy_service().delete(name, actor=_actor())
+        return self._policy_service().delete(name, actor=params.actor())
 
     def _policy_service(self):
         if self.policies is None:
             raise errors.NotFound("policies are not served here")
         return self.policies
     def create_rollout(self):
-        body = _json_body(self._max_body)
-        return _Accepted({"rollout": self._rollout_service().create(body, actor=_actor())})
+        body = params.json_body(self._max_body)
+        return _Accepted({"rollout": self._rollout_service().create(body, actor=params.actor())})
 
     def list_rollouts(self):
-        rollouts, cursor = self._rollout_service().list(*_page())
+        rollouts, cursor = self._rollout_service().list(*params.page())
         return {"rollouts": rollouts, "next_cursor": cursor}
 
     def get_rollout(self, rollout_id):
         return {"rollout": self._rollout_service().get(rollout_id)}
 
     def cancel_rollout(self, rollout_id):
-        return {"rollout": self._rollout_service().cancel(rollout_id, actor=_actor())}
+        return {"rollout": self._rollout_service().cancel(rollout_id, actor=params.actor())}
 
     def _rollout_service(self):
         if self.rollouts is None:
@@ -327,80 +327,6 @@ class _Edge:
             except errors.FleetError:
                 pass                       # a malformed body: no operation to audit
             raise
-
-
-# ---- requests ----
-
-def _actor() -> str:
-    """The name of the API token of this request (for the audit log)."""
-    return bottle.request.environ.get("fleet.token_name", "")
-
-
-def _decode(name: str, raw: str) -> str:
-    # bottle hands out query values latin-1 decoded; recover the UTF-8 text.
-    try:
-        return raw.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        raise errors.InvalidArgument(f"query parameter {name} is not UTF-8") from None
-
-
-def _query(name: str) -> Optional[str]:
-    raw = bottle.request.query.get(name)
-    return None if raw is None else _decode(name, raw)
-
-
-def _int_query(name: str, default: int) -> int:
-    text = _query(name)
-    if text is None:
-        return default
-    if not _INTEGER.fullmatch(text.strip()):
-        raise errors.InvalidArgument(f"{name} must be an integer, not {text[:32]!r}")
-    return int(text)
-
-
-def _labels() -> Optional[list[str]]:
-    """The repeatable `label` query parameter (KEY=VALUE each), None when absent."""
-    return [_decode("label", value) for value in bottle.request.query.getall("label")] or None
-
-
-def _page() -> tuple[int, Optional[str]]:
-    """(limit, cursor) of a list request (fleet.manager.paging checks them)."""
-    return _int_query("limit", paging.DEFAULT_LIMIT), _query("cursor") or None
-
-
-def _since() -> Optional[int]:
-    """The `since` query parameter (Unix ms), None when absent or empty."""
-    return _int_query("since", -1) if _query("since") else None
-
-
-def _json_body(max_body: int) -> Any:
-    """The request body parsed as JSON whatever its Content-Type (plain `curl -d` works)."""
-    request = bottle.request
-    length = _content_length(request.environ)
-    if length > max_body:
-        raise errors.PayloadTooLarge(f"request body over {max_body} bytes")
-    stream = request.environ.get("wsgi.input")
-    if stream is None or (length < 0 and not request.chunked):
-        data = b""
-    else:
-        # Reads at most one byte past the limit, whatever the sender claims.
-        data = stream.read(max_body + 1 if length < 0 else length)
-    if len(data) > max_body:
-        raise errors.PayloadTooLarge(f"request body over {max_body} bytes")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        raise errors.InvalidArgument("request body is not valid JSON") from None
-
-
-def _content_length(environ: dict) -> int:
-    """The declared body length; -1 when none (chunked or empty)."""
-    text = environ.get("CONTENT_LENGTH") or ""
-    if not text:
-        return -1
-    if not text.strip().isdigit():
-        raise errors.InvalidArgument("bad Content-Length")
-    return int(text)
 
 
 # ---- responses ----
