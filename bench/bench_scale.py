@@ -1,8 +1,8 @@
 """The scale table: ingest on SQLite and PostgreSQL, 1 and 2 manager processes, by fleet size.
 
     python bench/bench_scale.py [--sizes 1000,5000,10000] [--agents 20]
-        [--configs sqlite-1,sqlite-2,pg-1,pg-2,null-1,null-2] [--duration 10]
-        [--period 10] [--repeat 1] [--procs 4] [--threads 8] [--raw-nodes 2000]
+        [--configs sqlite-1,sqlite-2,pg-1,pg-2,null-1,null-2,null-wait-1,null-aio-1]
+        [--duration 10] [--period 10] [--repeat 1] [--procs 4] [--threads 8] [--raw-nodes 2000]
 
 For every configuration × size, on a fresh database: real managers
 (`fleet.py --role manager`, tokens configured, ports picked free), then the
@@ -19,7 +19,9 @@ Configurations: `sqlite-1`, `sqlite-2` (`[manager] workers = 1 | 2` on one SQLit
 file), `pg-1`, `pg-2` (one or two separate manager processes on one PostgreSQL
 database; the simulator processes split over them), and `null-1`, `null-2`
 (bench/null_manager.py once or twice on one port: fleet's gRPC server storing
-nothing, the floor of the stack on this machine). PostgreSQL is a throwaway
+nothing, the floor of the stack on this machine), `null-wait-1` and `null-aio-1`
+(one null manager whose reports wait for a simulated 2 ms group commit, on
+grpcio's threads or on grpc.aio). PostgreSQL is a throwaway
 server started as tests/pg.py does (initdb in a temporary directory, a free
 loopback port, fsync off) and removed at the end. In the same run, the raw rate
 of the writer's own agent upsert statement is measured on each engine
@@ -64,7 +66,11 @@ from fleet.v1 import fleet_pb2 as pb  # noqa: E402
 CONFIGS = {"sqlite-1": ("sqlite", 1, 1), "sqlite-2": ("sqlite", 2, 1),   # engine, workers,
            "pg-1": ("postgresql", 1, 1), "pg-2": ("postgresql", 1, 2),   # managers
            # bench/null_manager.py: the gRPC server alone, storing nothing (the floor)
-           "null-1": ("null", 1, 1), "null-2": ("null", 2, 1)}
+           "null-1": ("null", 1, 1), "null-2": ("null", 2, 1),
+           # ... each report waiting for a simulated 2 ms group commit, on grpcio's
+           # threads as fleet does, or on grpc.aio (NULL_ARGS)
+           "null-wait-1": ("null", 1, 1), "null-aio-1": ("null", 1, 1)}
+NULL_ARGS = {"null-wait-1": ["--wait-ms", "2"], "null-aio-1": ["--wait-ms", "2", "--aio"]}
 TARGET_P99_MS = 250.0
 SYNC = "/fleet.v1.ManagerService/SyncAgentStates"
 
@@ -256,8 +262,10 @@ def launch_managers(workdir: pathlib.Path, db_url: str, workers: int, count: int
     return managers
 
 
-def launch_null_managers(workdir: pathlib.Path, workers: int, procs: list) -> Managers:
-    """`workers` null managers (bench/null_manager.py) sharing one port, as workers do."""
+def launch_null_managers(workdir: pathlib.Path, workers: int, procs: list,
+                         extra: list) -> Managers:
+    """`workers` null managers (bench/null_manager.py `extra`) sharing one port, as
+    workers do."""
     cluster_token = secrets.token_hex(16)
     env = dict(os.environ, **{TOKEN_ENV: cluster_token})
     managers = Managers([], [], cluster_token)
@@ -267,7 +275,7 @@ def launch_null_managers(workdir: pathlib.Path, workers: int, procs: list) -> Ma
         with open(log, "wb") as out:
             proc = subprocess.Popen([sys.executable, str(BENCH / "null_manager.py"),
                                      "--port", str(port), "--token-env", TOKEN_ENV,
-                                     "--reuse-port"], stdin=subprocess.DEVNULL, stdout=out,
+                                     "--reuse-port", *extra], stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=out, env=env, cwd=ROOT, start_new_session=True)
         procs.append(proc)
         managers.procs.append(proc)
@@ -385,7 +393,7 @@ def one_cell(config: str, nodes: int, server, args) -> dict:
     name = None
     try:
         if engine == "null":
-            managers = launch_null_managers(workdir, workers, procs)
+            managers = launch_null_managers(workdir, workers, procs, NULL_ARGS.get(config, []))
         else:
             if engine == "sqlite":
                 url = f"sqlite:///{workdir / 'fleet.db'}"
