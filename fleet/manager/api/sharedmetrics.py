@@ -8,7 +8,8 @@ So the workers count in prometheus_client's multiprocess mode: each process
 writes its values to small files in one directory (mmap), and the worker that
 answers a scrape adds up the files of all of them (MultiProcessCollector).
 
-- The parent makes the directory (private, 0700) and starts each worker with
+- The parent makes the directory (private, 0700, named after its pid; a new
+  parent removes those of parents that are gone) and starts each worker with
   `PROMETHEUS_MULTIPROC_DIR` set to it: prometheus_client chooses its mode when
   it is first imported, so it must be in the worker's environment from the start.
   When a worker exits, the parent removes its live gauges (mark_process_dead);
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -37,6 +39,8 @@ from prometheus_client.multiprocess import mark_process_dead
 log = logging.getLogger(__name__)
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"     # prometheus_client reads it at its first import
+PREFIX = "fleet-metrics-"            # + the parent's pid + "-" + random
+ORPHAN = re.compile(re.escape(PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")
 SHARE_SECONDS = 1.0
 # Backlog.stats key -> (name, help, how the workers' values are combined)
 INGEST_GAUGES = (
@@ -52,10 +56,16 @@ INGEST_GAUGES = (
 
 
 class SharedDir:
-    """The parent's side: the directory, the workers' environment, their exits."""
+    """The parent's side: the directory, the workers' environment, their exits.
 
-    def __init__(self) -> None:
-        self.path = tempfile.mkdtemp(prefix="fleet-metrics-")
+    The directory is named after the parent's pid. A parent that was killed could
+    not remove its own, so each new parent removes those of parents no longer
+    running (this user's, in the same temporary directory)."""
+
+    def __init__(self, parent: Optional[str] = None) -> None:
+        parent = parent or tempfile.gettempdir()
+        _remove_orphans(parent)
+        self.path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
 
     def env(self) -> dict:
         """The environment a worker starts with."""
@@ -67,6 +77,36 @@ class SharedDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _remove_orphans(parent: str) -> None:
+    """Remove the directories of parents that are gone."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        found = ORPHAN.fullmatch(name)
+        path = os.path.join(parent, name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("metrics: removed %s, left by a manager that is gone", path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True             # another user's process
+    return True
 
 
 def shared_dir() -> Optional[str]:
