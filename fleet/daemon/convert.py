@@ -1,5 +1,5 @@
 """Snapshots of agents as the wire carries them (reports and DaemonService answers)."""
-from fleet.daemon.program import Snapshot
+from fleet.daemon.facts import Snapshot
 from fleet.v1 import fleet_pb2 as pb
 
 # Every field of AgentState and of AgentInfo (the same fields, the same numbers) but

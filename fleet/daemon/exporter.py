@@ -31,7 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 import fleet
 from fleet.daemon.samples import DataPoint
-from fleet.daemon.program import Snapshot
+from fleet.daemon.facts import Snapshot
 from fleet.states import State
 from fleet.values import join_address, split_address
 

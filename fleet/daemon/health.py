@@ -33,7 +33,8 @@ import urllib.parse
 from typing import Callable, NamedTuple, Optional
 
 from fleet.config import HealthConfig, LimitsConfig
-from fleet.daemon.program import Snapshot, agent_environment
+from fleet.daemon.facts import Snapshot
+from fleet.daemon.program import agent_environment
 from fleet.daemon.runner import Runner
 from fleet.states import State
 from fleet.values import split_address

@@ -11,7 +11,6 @@ new state, the message is the logged reason.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -19,6 +18,7 @@ import time
 from typing import Callable
 
 from fleet.config import AgentConfig
+from fleet.daemon.facts import PendingEvent, Snapshot
 from fleet.daemon.procops import SIGKILL, Child, Exit, ProcOps, SignalDenied, SpawnError
 from fleet.daemon.statedir import AgentRecord
 from fleet.errors import Conflict
@@ -32,40 +32,6 @@ log = logging.getLogger(__name__)
 STATE_KINDS = {State.STARTING: "started", State.RUNNING: "running", State.BACKOFF: "backoff",
                State.FATAL: "fatal", State.STOPPING: "stopping", State.STOPPED: "stopped",
                State.EXITED: "exited"}
-
-
-@dataclasses.dataclass(frozen=True)
-class PendingEvent:
-    """An event the program made, for the runner to record (fleet/daemon/events.py)."""
-
-    time: int                 # wall ms
-    kind: str
-    message: str
-    pid: int = 0
-    exit_code: int = -1
-    exit_signal: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """What reports and ListAgents carry about one agent, at one moment."""
-
-    agent_id: str
-    type: str
-    version: str
-    state: State
-    pid: int
-    start_time: int
-    restart_count: int
-    last_exit_code: int
-    last_exit_signal: int
-    health: str
-    last_heartbeat: int
-    next_retry_time: int
-    last_error: str
-    changed_at: int
-    config_changed: bool
-    health_message: str = ""   # why it is not healthy, in words; "" when healthy
 
 
 class Program:

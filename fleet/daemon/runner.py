@@ -15,7 +15,8 @@ import select
 import threading
 from typing import Callable
 
-from fleet.daemon.program import PendingEvent, Program, Snapshot
+from fleet.daemon.facts import PendingEvent, Snapshot
+from fleet.daemon.program import Program
 from fleet.daemon.statedir import AgentRecord
 from fleet.daemon.wakepipe import WakePipe
 from fleet.errors import Conflict, InvalidArgument

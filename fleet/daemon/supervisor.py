@@ -18,7 +18,8 @@ from fleet.daemon.logs import LogKeeper
 from fleet.daemon.metrics import Sampler
 from fleet.daemon.procops import SIGKILL, Child, ProcOps, SignalDenied, find_problem
 from fleet.daemon.events import EventLog, NoEvents
-from fleet.daemon.program import PendingEvent, Program, Snapshot, agent_environment
+from fleet.daemon.facts import PendingEvent, Snapshot
+from fleet.daemon.program import Program, agent_environment
 from fleet.daemon.runner import Runner
 from fleet.daemon.statedir import AgentRecord, StateDir, UnreadableRecord
 from fleet.errors import Conflict, NotFound

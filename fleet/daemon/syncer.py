@@ -43,7 +43,7 @@ from typing import Callable
 from fleet.daemon.events import Event, EventLog
 from fleet.daemon.manager_client import ManagerClient, Unimplemented
 from fleet.daemon.node import NodeSample, NodeSampler
-from fleet.daemon.program import Snapshot
+from fleet.daemon.facts import Snapshot
 from fleet.daemon.convert import agent_state
 from fleet.errors import FleetError, InvalidArgument, NotFound, Overloaded, Unauthenticated
 from fleet.v1 import fleet_pb2 as pb
