@@ -449,6 +449,28 @@ def test_migration_5_adds_health_message_keeping_the_rows(db_url, monkeypatch):
     dbmod.close_database(db)
 
 
+def test_a_new_file_another_connection_holds_is_waited_for_not_refused(tmp_path):
+    """Turning a new file to WAL needs an exclusive lock that SQLite asks for once,
+    without its busy handler: opening fleet's database while another connection is
+    in a transaction on that new file waits for it (up to the busy timeout) instead
+    of failing at once with "database is locked"."""
+    path = str(tmp_path / "fleet.db")
+    holder = sqlite3.connect(path, isolation_level=None,    # rollback journal, as new
+                             check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE other (x)")
+    release = threading.Timer(0.5, holder.execute, ("COMMIT",))
+    release.start()
+    try:
+        db = open_database(f"sqlite:///{path}")
+        assert migrate(db) == dbmod.MIGRATIONS[-1][0]
+        assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        dbmod.close_database(db)
+    finally:
+        release.join()
+        holder.close()
+
+
 def test_concurrent_migrations_of_a_fresh_database_all_succeed(db_url):
     """Managers starting at once on one empty database each migrate it or find it migrated."""
     results, failures = [], []

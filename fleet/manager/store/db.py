@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 import time
 import urllib.parse
 from typing import Any, Callable, Sequence
@@ -35,6 +36,7 @@ from fleet.manager.store.backends import (  # noqa: F401 - re-exported: their ol
 log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+PRAGMA_RETRY_SECONDS = 0.01     # between tries of a connection's pragmas on a locked file
 POOL_RECYCLE_SECONDS = 300      # a pooled PostgreSQL connection is replaced at this age
 
 
@@ -110,6 +112,21 @@ class _SqliteDatabase(peewee.SqliteDatabase):
         if not self.is_closed() and not self.connection().in_transaction:
             return
         super().rollback()
+
+    def _set_pragmas(self, conn) -> None:
+        # Turning a new file to WAL (journal_mode) takes an exclusive lock, which SQLite
+        # asks for once, without its busy handler: a manager starting beside another
+        # that is migrating the same new file got "database is locked" at once (8 of
+        # 200 trials of six at a time). The pragmas are retried until the busy timeout.
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                super()._set_pragmas(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(PRAGMA_RETRY_SECONDS)
 
 
 def _open_sqlite(path: str, busy_timeout_ms: int) -> peewee.SqliteDatabase:
