@@ -2,6 +2,7 @@
 import queue
 import sqlite3
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -10,6 +11,7 @@ from fleet import errors
 from fleet.manager.store import db as dbmod
 from fleet.manager.store.backends import backend_of
 from fleet.manager.ingest import IngestWriter, Report, ReportService, agent_row
+from fleet.manager.store.writer import Waiting
 from fleet.manager.store.models import Agent, Node
 from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.store.registry import Registry
@@ -138,6 +140,44 @@ def test_node_boot_and_seq_updated(manager):
         node = Node.get(Node.node_id == "n1")
     assert (node.boot_id, node.seq) == (1, 3)
     assert Registry.load(manager.db).get("n1") == (1, 3)
+
+
+def test_one_batch_moves_each_node_by_its_own_reports(db_url):
+    """The nodes of one batch are updated together (one statement on PostgreSQL), each
+    by its own reports: a newer report moves boot and seq, an older one and a heartbeat
+    only last_seen, a clean stop sets stopped_at, and a deleted node's report alone
+    is NOT_FOUND."""
+    m = Manager(db_url, start=False)
+    for node_id in ("new", "old", "beat", "stop"):
+        m.nodes.register(NodeFacts(node_id, boot_id=2))
+    with m.db.connection_context():
+        Node.update(seq=9, last_seen=500).where(Node.node_id == "old").execute()
+    t = int(time.time() * 1000) + 60_000    # later than the registrations' last_seen
+    reports = [Report("new", 2, 4, False, [agent_row("new", state("a"), 2, 4, t)], (), t),
+               Report("new", 2, 3, False, [agent_row("new", state("a"), 2, 3, t - 1)], (), t - 1),
+               Report("old", 2, 3, False, [agent_row("old", state("a"), 2, 3, t)], (), t),
+               Report("beat", 2, None, False, [], (), t + 1),
+               Report("stop", 2, 1, True, [], (), t + 2, stopping=True),
+               Report("gone", 2, 1, False, [agent_row("gone", state("a"), 2, 1, t)], (), t)]
+    pending = [Waiting(r, 0) for r in reports]
+    for p in pending:               # queued before the thread runs: one batch
+        m.writer._queue.put(p)
+    m.writer.start()
+    try:
+        assert all(p.wait(10) for p in pending)
+        assert m.writer.batches == 1
+        assert [type(p.error).__name__ for p in pending] == ["NoneType"] * 5 + ["NotFound"]
+        with m.db.connection_context():
+            nodes = {n.node_id: (n.boot_id, n.seq, n.last_seen, n.stopped_at)
+                     for n in Node.select()}
+        assert nodes["new"] == (2, 4, t, None)
+        assert nodes["old"] == (2, 9, t, None)
+        assert nodes["beat"] == (2, 0, t + 1, None)
+        assert nodes["stop"] == (2, 1, t + 2, t + 2)
+        assert "gone" not in nodes and m.rows("gone") == {}
+        assert m.rows("new")["a"][3:] == (2, 4) and m.rows("old")["a"][3:] == (2, 3)
+    finally:
+        m.writer.stop()
 
 
 def test_unregistered_node_not_found(manager):

@@ -201,7 +201,9 @@ def test_postgresql_bulk_upsert_sends_rows_as_one_json_value_and_stores_them_exa
         pgjson.plan(cursor, sql)                                    # the catalog, read once
         cursor.sent.clear()
         backend.upsert_many(cursor, sql, rows, key=2)               # keys repeat: 3 rounds
-    assert len(cursor.sent) == 3 and all("jsonb_array_elements" in q for q in cursor.sent)
+    prepare, *executes = cursor.sent                                # prepared once, then run
+    assert prepare.startswith("PREPARE") and "jsonb_array_elements" in prepare
+    assert len(executes) == 3 and all(q.startswith("EXECUTE") and len(q) < 100 for q in executes)
     expected = {row[:2]: row for row in rows}                       # seq grows: the last wins
     stored = database.execute_sql(f"SELECT {', '.join(REPORT_COLUMNS)} FROM agent").fetchall()
     assert {tuple(row[:2]): tuple(row) for row in stored} == expected
@@ -268,6 +270,43 @@ def test_postgresql_connections_are_pooled_but_the_writers_is_never_passed_on(db
     for holder in holders:
         holder.join()
     assert settings == ["0", "0"]
+    dbmod.close_database(db)
+
+
+@postgresql_only
+def test_postgresql_writer_statements_are_prepared_once_per_connection(db_url):
+    """The writer's statements (the batch's node update, the agent upsert, a full
+    report's delete) are prepared on the server at their first use on a connection
+    and only executed after; a connection opened after a failure prepares them
+    again, and every batch still stores what it should."""
+    from fleet.manager.nodes import NodeFacts, NodeStore
+    from fleet.manager.store.writer import IngestWriter, Report, Waiting
+    db = open_database(db_url)
+    migrate(db)
+    NodeStore(db, Registry.load(db)).register(NodeFacts("n1", boot_id=1))
+    writer = IngestWriter(db)       # not started: its batches run on this thread
+    later = dbmod.now_ms() + 60_000 # than the registration's last_seen
+
+    def batch(seq):
+        row = (("n1", "a", "t", "1", pb.AGENT_STATUS_RUNNING, seq) + (None, 0, -1, 0, "healthy")
+               + (None, 1, seq, 1, "", None, 1, False, ""))
+        pending = Waiting(Report("n1", 1, seq, True, [row], (), later + seq), 0)
+        writer._write([pending])
+        assert pending.error is None
+        return db.execute_sql("SELECT name, statement FROM pg_prepared_statements").fetchall()
+
+    first = batch(1)
+    prepared = dict(db.connection().prepared)
+    assert len(first) == len(prepared) == 3
+    assert {"UPDATE node", "INSERT INTO agent", "DELETE FROM agent"} == {
+        next(k for k in ("UPDATE node", "INSERT INTO agent", "DELETE FROM agent")
+             if k in text) for _, text in first}
+    assert batch(2) == first and db.connection().prepared == prepared   # nothing new
+    writer._close()                 # as after a failed batch: the connection is gone
+    assert batch(3) == first and len(db.connection().prepared) == 3
+    assert db.execute_sql("SELECT seq, pid FROM agent").fetchall() == [(3, 3)]
+    assert db.execute_sql("SELECT seq, last_seen FROM node").fetchone() == (3, later + 3)
+    writer._close()
     dbmod.close_database(db)
 
 

@@ -36,6 +36,9 @@ class Backend:
     # Whether an UPDATE rewrites the entries of each index on a column it assigns,
     # even one it assigns its own value (fleet.manager.ingest.AgentUpsert).
     rewrites_assigned_indexes = False
+    # Whether the server parses and plans every statement it is sent (no statement
+    # cache): a statement per row costs that many times over, so rows go as arrays.
+    plans_every_statement = False
 
     def sql(self, text: str) -> str:
         """`text` written with `?` placeholders, in this backend's style."""
@@ -173,6 +176,7 @@ class SQLiteBackend(Backend):
 class PostgresBackend(Backend):
     name = "postgresql"
     param = "%s"
+    plans_every_statement = True
 
     def _bulk_values(self, count: int) -> str:
         return "%s"  # execute_values expands it into many row tuples

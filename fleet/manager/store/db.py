@@ -29,7 +29,7 @@ import peewee
 from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase  # shipped with peewee
 
 from fleet import errors
-from fleet.manager.store import models
+from fleet.manager.store import models, pgprepared
 from fleet.manager.store.backends import (  # noqa: F401 - re-exported: their old home
     SCHEMA_LOCK_KEY, Backend, PostgresBackend, SQLiteBackend, backend_of, distinct_rounds)
 
@@ -165,8 +165,10 @@ def _open_postgres(url: str) -> peewee.PostgresqlDatabase:
     # Pooled: a connection_context() hands its connection back instead of closing
     # it. Opening one is a new server process and an authentication (milliseconds),
     # and every registration, HTTP read and node-metrics batch opens one.
+    # The connections remember the writer's prepared statements (pgprepared).
     return PooledPostgresqlDatabase(name, max_connections=None,
-                                    stale_timeout=POOL_RECYCLE_SECONDS, **params)
+                                    stale_timeout=POOL_RECYCLE_SECONDS,
+                                    connection_factory=pgprepared.connection_class(), **params)
 
 
 def close_database(db: peewee.Database) -> None:

@@ -28,6 +28,8 @@ import json
 import re
 from typing import Any, Optional, Sequence
 
+from fleet.manager.store import pgprepared
+
 # "INSERT INTO table (a, b) VALUES %s ON CONFLICT (a) ..." as the backends build it.
 _STATEMENT = re.compile(r"^INSERT INTO (\w+) \(([\w, ]+)\) VALUES %s ON CONFLICT \(([\w, ]+)\)")
 MAX_ROWS = 5000                 # per statement: a batch's JSON stays a few MB at most
@@ -65,4 +67,4 @@ def write(cursor: Any, json_statement: str, rounds: Sequence[Sequence[tuple]]) -
     TypeError or ValueError before anything is sent."""
     for rows in rounds:
         for start in range(0, len(rows), MAX_ROWS):
-            cursor.execute(json_statement, (_encode(rows[start:start + MAX_ROWS]),))
+            pgprepared.execute(cursor, json_statement, (_encode(rows[start:start + MAX_ROWS]),))
