@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=13, help="reports a batch")
     parser.add_argument("--batches", type=int, default=400, help="batches a round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--analyze", action="store_true",
+                        help="ANALYZE the new tables before the rounds (bench_scale.py's "
+                             "managers run on tables the server has no statistics for yet)")
     args = parser.parse_args()
     server = start_postgresql() if args.engine == "postgresql" else None
     try:
@@ -124,7 +127,7 @@ def run(url: str, server_pid, args) -> None:
     daemons = Daemons(node_ids, args.agents, args.reports)
     # A first pass creates most agent rows: the rounds measure updates, as in steady state.
     one_round(writer, daemons.batches(3 * args.nodes // args.reports), None)
-    if args.engine == "postgresql":     # as autovacuum has after its first minute
+    if args.analyze and args.engine == "postgresql":    # as autovacuum does in a minute
         with db.connection_context():
             db.execute_sql("ANALYZE")
     rounds = [one_round(writer, daemons.batches(args.batches), server_pid)

@@ -310,6 +310,30 @@ def test_postgresql_writer_statements_are_prepared_once_per_connection(db_url):
     dbmod.close_database(db)
 
 
+@postgresql_only
+def test_postgresql_writer_finds_nodes_by_key_before_any_statistics(db_url):
+    """The writer's node update looks its batch's nodes up in the index even on a
+    table the server has no statistics for yet (a new database right after a mass
+    registration), where the planner chose to read every node row, twice."""
+    from fleet.manager.store.writer import IngestWriter
+    db = open_database(db_url)
+    migrate(db)
+    db.execute_sql("INSERT INTO node (node_id, hostname, ip, advertise_address, os, arch, "
+                   "labels, daemon_version, boot_id, seq, registered_at, last_seen) "
+                   "SELECT 'n' || i, '', '', '', '', '', '{}', '', 1, 0, 0, 0 "
+                   "FROM generate_series(1, 5000) i")
+    db.close()
+    writer = IngestWriter(db)
+    writer._connect()               # the writer's session, on this thread
+    ids = [f"n{i}" for i in range(100, 5000, 250)]      # a batch of 20 nodes
+    plan = "\n".join(row[0] for row in db.execute_sql(
+        "EXPLAIN " + writer._sql["touch"], (ids, ids) + tuple([1] * len(ids) for _ in range(4))))
+    assert "Index Scan using node_node_id_key" in plan and "Nested Loop" in plan
+    assert "Seq Scan on node" not in plan and "Hash Join" not in plan, plan
+    writer._close()
+    dbmod.close_database(db)
+
+
 @sqlite_only
 def test_sqlite_writers_take_turns_on_a_file_lock(database, tmp_path):
     """A group-commit writer waits its turn on a flock beside the database file, however

@@ -375,7 +375,7 @@ class IngestWriter:
     def _connect(self) -> None:
         if self._db.is_closed():
             self._db.connect()
-            self._backend.set_lock_timeout(self._db, self._lock_timeout_ms)
+            self._backend.writer_session(self._db, self._lock_timeout_ms)
             if self._checkpointer is not None:
                 self._backend.relieve_writer(self._db)
 
