@@ -27,7 +27,8 @@ from bench_ingest import node_states  # noqa: E402
 from fleet.manager.api.metrics import ManagerMetrics  # noqa: E402
 from fleet.manager.nodes import NodeFacts  # noqa: E402
 from fleet.manager.parts import build_manager  # noqa: E402
-from fleet.manager.store.db import close_database, migrate, open_database  # noqa: E402
+from fleet.manager.store.db import close_database, open_database  # noqa: E402
+from fleet.manager.store.migrations import migrate  # noqa: E402
 from fleet.v1 import fleet_pb2 as pb  # noqa: E402
 
 

@@ -54,7 +54,8 @@ def build_app(directory: str):
     """fleet's bottle app over a fresh SQLite file with three registered nodes."""
     from fleet.manager.service import FleetService
     from fleet.manager.audit import AuditLog
-    from fleet.manager.store.db import migrate, open_database
+    from fleet.manager.store.db import open_database
+    from fleet.manager.store.migrations import migrate
     from fleet.manager.api.routes import make_app
     from fleet.manager.nodes import NodeFacts
     from fleet.manager.pool import DaemonClientPool

@@ -344,7 +344,8 @@ def measure_operate(manager: Manager, count: int) -> tuple[list[float], list[str
 def raw_upsert_rate(workdir: pathlib.Path, nodes: int, agents: int) -> float:
     """Rows/s of the writer's agent upsert (fleet.manager.ingest.AgentUpsert), 20,000
     rows per transaction."""
-    from fleet.manager.store.db import backend_of, migrate, open_database
+    from fleet.manager.store.db import backend_of, open_database
+    from fleet.manager.store.migrations import migrate
     from fleet.manager.ingest import REPORT_COLUMNS, AgentUpsert
 
     db = open_database(f"sqlite:///{workdir / 'raw.db'}")

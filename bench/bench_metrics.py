@@ -17,7 +17,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fleet.manager.api.metrics import ManagerMetrics  # noqa: E402
-from fleet.manager.store.db import close_database, migrate, open_database  # noqa: E402
+from fleet.manager.store.db import close_database, open_database  # noqa: E402
+from fleet.manager.store.migrations import migrate  # noqa: E402
 from fleet.states import State  # noqa: E402
 
 STATES = [int(s) for s in State if s is not State.UNSPECIFIED]

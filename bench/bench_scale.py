@@ -427,7 +427,8 @@ def raw_upsert_rate(url: str, nodes: int, agents: int) -> float:
     directly: one insert pass, then two update passes timed, 20,000 rows per
     transaction."""
     from fleet.manager.ingest import REPORT_COLUMNS, AgentUpsert
-    from fleet.manager.store.db import backend_of, migrate, open_database
+    from fleet.manager.store.db import backend_of, open_database
+    from fleet.manager.store.migrations import migrate
 
     db = open_database(url)
     migrate(db)

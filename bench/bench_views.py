@@ -32,7 +32,8 @@ from fleet.manager.api.server import serve_http  # noqa: E402
 from fleet.manager.nodes import NodeStore  # noqa: E402
 from fleet.manager.pool import DaemonClientPool  # noqa: E402
 from fleet.manager.service import FleetService  # noqa: E402
-from fleet.manager.store.db import close_database, migrate, open_database  # noqa: E402
+from fleet.manager.store.db import close_database, open_database  # noqa: E402
+from fleet.manager.store.migrations import migrate  # noqa: E402
 from fleet.manager.store.registry import Registry  # noqa: E402
 from fleet.manager.tokens import ApiAuth  # noqa: E402
 from fleet.manager.views import FleetViews  # noqa: E402

@@ -29,7 +29,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_ingest import node_states  # noqa: E402
 from bench_scale import cpu_by_pid, cpu_since, start_postgresql  # noqa: E402
 from fleet.manager.ingest import build_rows  # noqa: E402
-from fleet.manager.store.db import close_database, migrate, open_database  # noqa: E402
+from fleet.manager.store.db import close_database, open_database  # noqa: E402
+from fleet.manager.store.migrations import migrate  # noqa: E402
 from fleet.manager.store.writer import IngestWriter, Pending, Report  # noqa: E402
 
 

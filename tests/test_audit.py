@@ -8,10 +8,12 @@ import openapi_schema_validator
 import pytest
 
 from fleet.manager.store import db as dbmod
+from fleet.manager.store import migrations
 from fleet.manager.api import openapi
 from fleet.manager.service import FleetService
 from fleet.manager.audit import AuditLog
-from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.store.db import close_database, open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.api.routes import make_app
 from fleet.manager.store.models import AuditEntry
 from fleet.manager.nodes import NodeFacts, NodeStore
@@ -209,13 +211,13 @@ def test_migration_2_adds_the_audit_table_to_a_version_1_database(db_url, monkey
     """A database at version 1 is migrated to the newest at start (2 adds audit), keeping
     its rows."""
     url = db_url
-    monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS[:1])
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
     db = open_database(url)
     assert migrate(db) == 1
     with db.connection_context():   # a node row as version 1 wrote it
         db.execute_sql("INSERT INTO node (node_id, registered_at) VALUES ('n1', 1)")
     monkeypatch.undo()
-    assert migrate(open_database(url)) == dbmod.MIGRATIONS[-1][0]
+    assert migrate(open_database(url)) == migrations.MIGRATIONS[-1][0]
     with db.connection_context():
         columns = {c.name for c in db.get_columns("audit")}
         assert db.execute_sql("SELECT COUNT(*) FROM node").fetchone()[0] == 1

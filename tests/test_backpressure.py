@@ -201,7 +201,8 @@ def test_heartbeats_are_never_refused_by_a_full_queue(tmp_path):
     """With the queue full, a heartbeat still passes (it only touches its node)."""
     from fleet.manager.ingest import ReportService
     from fleet.manager.nodes import NodeFacts, NodeStore
-    from fleet.manager.store.db import migrate, open_database
+    from fleet.manager.store.db import open_database
+    from fleet.manager.store.migrations import migrate
     from fleet.manager.store.registry import Registry
     from fleet.manager.store.writer import IngestWriter
     db = open_database(f"sqlite:///{tmp_path}/h.db")

@@ -7,7 +7,8 @@ import pytest
 
 from fleet.manager.store.backends import FileTurn, SQLiteBackend
 from fleet.manager.store.checkpoint import SAFETY_PAGES, Checkpointer, relieve
-from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.store.db import close_database, open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.store.writer import IngestWriter, Report
 from helpers import wait_for
 

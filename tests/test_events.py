@@ -10,7 +10,8 @@ from fleet.config import read_manager
 from fleet.daemon.events import KEEP, EventLog
 from fleet.daemon.procops import Child, Exit
 from fleet.manager.service import FleetService
-from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.store.db import close_database, open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.events import EventService, EventStore
 from fleet.manager.api.routes import make_app
 from fleet.manager.nodes import NodeFacts

@@ -12,7 +12,8 @@ import pytest
 from fleet.config import TLSConfig
 from fleet.manager.api import openapi
 from fleet.manager.service import FleetService
-from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.store.db import close_database, open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.api.routes import make_app
 from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.pool import DaemonClientPool

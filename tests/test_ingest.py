@@ -9,6 +9,7 @@ import pytest
 
 from fleet import errors
 from fleet.manager.store import db as dbmod
+from fleet.manager.store import migrations
 from fleet.manager.store.backends import backend_of
 from fleet.manager.ingest import IngestWriter, Report, ReportService, agent_row
 from fleet.manager.store.writer import Waiting
@@ -28,7 +29,7 @@ class Manager:
     def __init__(self, url, lock_timeout_ms=200, start=True):
         self.url = url
         self.db = dbmod.open_database(url)
-        dbmod.migrate(self.db)
+        migrations.migrate(self.db)
         self.registry = Registry.load(self.db)
         self.writer = IngestWriter(self.db, lock_timeout_ms=lock_timeout_ms)
         self.nodes = NodeStore(self.db, self.registry)

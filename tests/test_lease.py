@@ -1,7 +1,8 @@
 """Leases: one holder at a time per named duty, through the database (SQLite and PostgreSQL)."""
 import threading
 
-from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.store.db import close_database, open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.store.lease import Lease, holder_name
 
 

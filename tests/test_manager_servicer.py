@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from fleet.manager.store import db as dbmod
+from fleet.manager.store import migrations
 from fleet.manager.store.models import Agent
 from fleet.manager.parts import build_manager
 from fleet.rpc import create_server, open_channel
@@ -21,7 +22,7 @@ DEADLINE = 5.0
 def manager(db_url):
     """(parts, address) of a serving manager; stopped in the daemons' shutdown order."""
     db = dbmod.open_database(db_url)
-    dbmod.migrate(db)
+    migrations.migrate(db)
     parts = build_manager(db, sync_interval=7.0, heartbeat_interval=11.0)
     parts.start()
     server, port = create_server("127.0.0.1:0", [parts.servicer.add_to], max_workers=64)

@@ -17,6 +17,7 @@ from fleet.manager.pool import DaemonClientPool
 from fleet.manager.servicer import ManagerServicer
 from fleet.manager.service import FleetService
 from fleet.manager.store import db as dbmod
+from fleet.manager.store import migrations
 from fleet.manager.store.backends import backend_of
 from fleet.manager.store.registry import Registry
 from fleet.rpc import create_server, open_channel
@@ -178,7 +179,7 @@ def test_node_sampler_on_this_machine():
 def manager(db_url):
     """(parts, stub) of a manager serving ManagerService on 127.0.0.1:0, on each engine."""
     db = dbmod.open_database(db_url)
-    dbmod.migrate(db)
+    migrations.migrate(db)
     parts = build_manager(db)
     parts.start()
     server, port = create_server("127.0.0.1:0", [parts.servicer.add_to])
@@ -271,7 +272,7 @@ def test_unregistered_old_boot_and_oversized_requests_refused(manager):
 def store(db_url):
     """A NodeMetricsStore for node n1 on each engine, with a clock the test moves."""
     db = dbmod.open_database(db_url)
-    dbmod.migrate(db)
+    migrations.migrate(db)
     clock = [NOW]
     found = NodeMetricsStore(db, Registry({"n1": (1, 0)}), retention=86400,
                              clock=lambda: clock[0])
@@ -313,7 +314,7 @@ def test_seven_days_of_minutes_come_in_at_most_1000_points(db_url):
     """A week of one-minute rows is answered in buckets of whole minutes, <= 1,000 points,
     oldest first, with sample-weighted means and the peak cpu."""
     db = dbmod.open_database(db_url)
-    dbmod.migrate(db)
+    migrations.migrate(db)
     store = NodeMetricsStore(db, Registry({"n1": (1, 0)}), retention=604800,
                              clock=lambda: NOW)
     first = int(NOW * 1000) // 60_000 * 60_000 - 7 * 86400 * 1000
@@ -424,7 +425,7 @@ def test_a_manager_without_the_method_does_not_break_the_daemon(tmp_path, caplog
     """Against a manager answering UNIMPLEMENTED the daemon keeps reporting, logs it once
     and keeps its unsent samples bounded."""
     db = dbmod.open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
-    dbmod.migrate(db)
+    migrations.migrate(db)
     parts = build_manager(db)
     parts.start()
     old = ManagerServicer(parts.nodes, parts.reports)     # no node metrics: UNIMPLEMENTED

@@ -17,6 +17,7 @@ from fleet.manager.app import Manager
 from fleet.manager.changes.policies import agent_problem
 from fleet.manager.changes.policystore import PolicyStore
 from fleet.manager.store import db as dbmod
+from fleet.manager.store import migrations
 from fleet.manager.store.registry import Registry
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc
@@ -401,14 +402,15 @@ def test_problems_are_named_by_position_and_id():
 def test_migration_9_adds_the_policy_tables_to_a_version_8_database(tmp_path, monkeypatch):
     """A version 8 database gains policy, policy_status and policy_pin, keeping its nodes."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    monkeypatch.setattr(dbmod, "MIGRATIONS", tuple(m for m in dbmod.MIGRATIONS if m[0] <= 8))
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        tuple(m for m in migrations.MIGRATIONS if m[0] <= 8))
     db = dbmod.open_database(url)
-    assert dbmod.migrate(db) == 8
+    assert migrations.migrate(db) == 8
     with db.connection_context():
         db.execute_sql("INSERT INTO node (node_id, registered_at, labels) "
                        "VALUES ('n1', 1, '{\"role\": \"edge\"}')")
     monkeypatch.undo()
-    assert dbmod.migrate(dbmod.open_database(url)) >= 9
+    assert migrations.migrate(dbmod.open_database(url)) >= 9
     with db.connection_context():
         assert {"policy", "policy_status", "policy_pin"} <= set(db.get_tables())
     store = PolicyStore(db, Registry.load(db))

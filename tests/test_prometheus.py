@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleet import config as fleet_config
 from fleet.manager.app import Manager
 from fleet.manager.store.backends import backend_of
-from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.store.db import close_database, open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.api.metrics import ManagerMetrics
 from fleet.states import State
 from tests.helpers import wait_for

@@ -20,6 +20,7 @@ from fleet import errors
 from fleet import values as fleet_values
 from fleet.errors import ConfigError
 from fleet.manager.store import db as dbmod
+from fleet.manager.store import migrations
 from fleet.manager.ingest import IngestWriter, ReportService
 from fleet.manager.store.models import Agent
 from fleet.manager.nodes import NodeFacts, NodeStore
@@ -228,7 +229,7 @@ class Reports:
 
     def __init__(self, url):
         self.db = dbmod.open_database(url)
-        dbmod.migrate(self.db)
+        migrations.migrate(self.db)
         self.registry = Registry.load(self.db)
         self.writer = IngestWriter(self.db)
         self.nodes = NodeStore(self.db, self.registry)

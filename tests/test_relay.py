@@ -11,7 +11,8 @@ from fleet.manager.ingest import ReportService
 from fleet.manager.nodes import NodeFacts, NodeStore
 from fleet.manager.store import relay
 from fleet.manager.store.backends import FileTurn
-from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.store.db import close_database, open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.store.models import Agent
 from fleet.manager.store.registry import Registry
 from fleet.manager.store.writer import IngestWriter, Report

@@ -7,7 +7,8 @@ import pytest
 from fleet import errors
 from fleet.manager.changes.rollout_engine import RolloutEngine
 from fleet.manager.changes.rollouts import RolloutSpec, RolloutStore, parse_spec
-from fleet.manager.store.db import migrate, open_database
+from fleet.manager.store.db import open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.store.lease import Lease
 
 T0 = 1_700_000_000.0

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from fleet import errors
 from fleet.manager.store import db as dbmod
+from fleet.manager.store import migrations
 from fleet.manager.store import pgjson
-from fleet.manager.store.db import PostgresBackend, SQLiteBackend, migrate, open_database, schema_version
+from fleet.manager.store.db import PostgresBackend, SQLiteBackend, open_database
+from fleet.manager.store.migrations import migrate, schema_version
 from fleet.manager.ingest import REPORT_COLUMNS, AgentUpsert, agent_upsert
 from fleet.manager.store.models import Agent, Node
 from fleet.manager.nodes import AGENT_FIELDS, NodeFacts, NodeStore
@@ -60,7 +62,7 @@ def info(agent_id, status=pb.AGENT_STATUS_RUNNING, **kw):
 
 def test_migrations_create_schema_version_1(database):
     """A fresh database is migrated to the latest version with node and agent tables."""
-    assert schema_version(database) == dbmod.MIGRATIONS[-1][0]
+    assert schema_version(database) == migrations.MIGRATIONS[-1][0]
     with database.connection_context():
         assert {"node", "agent", "schema_version"} <= set(database.get_tables())
 
@@ -72,10 +74,10 @@ def test_migrations_idempotent_on_restart(db_url):
     migrate(db)
     NodeStore(db, Registry()).register(NodeFacts("n1", boot_id=3))
     again = open_database(url)
-    assert migrate(again) == migrate(again) == dbmod.MIGRATIONS[-1][0]
+    assert migrate(again) == migrate(again) == migrations.MIGRATIONS[-1][0]
     with again.connection_context():
         versions = again.execute_sql("SELECT COUNT(*) FROM schema_version").fetchone()[0]
-    assert versions == len(dbmod.MIGRATIONS)
+    assert versions == len(migrations.MIGRATIONS)
     assert Registry.load(again).get("n1") == (3, 0)
 
 
@@ -482,14 +484,14 @@ def test_migration_3_adds_the_reported_fields_to_a_version_2_database(db_url, mo
     """A version 2 database gains agent changed_at/config_changed and node stopped_at,
     keeping its rows (unset, false, unset)."""
     url = db_url
-    monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS[:2])
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
     db = open_database(url)
     assert migrate(db) == 2
     with db.connection_context():
         db.execute_sql("INSERT INTO node (node_id, registered_at, last_seen) VALUES ('n1', 1, 1)")
         db.execute_sql("INSERT INTO agent (node_id, agent_id, status) VALUES ('n1', 'a', 3)")
     monkeypatch.undo()
-    assert migrate(open_database(url)) == dbmod.MIGRATIONS[-1][0]
+    assert migrate(open_database(url)) == migrations.MIGRATIONS[-1][0]
     with db.connection_context():
         row = Agent.get(Agent.agent_id == "a")
         assert (row.status, row.changed_at, row.config_changed) == (3, None, False)
@@ -500,13 +502,14 @@ def test_migration_3_adds_the_reported_fields_to_a_version_2_database(db_url, mo
 def test_migration_5_adds_health_message_keeping_the_rows(db_url, monkeypatch):
     """A version 3 database gains agent.health_message, empty on the rows it keeps."""
     url = db_url
-    monkeypatch.setattr(dbmod, "MIGRATIONS", tuple(m for m in dbmod.MIGRATIONS if m[0] <= 3))
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        tuple(m for m in migrations.MIGRATIONS if m[0] <= 3))
     db = open_database(url)
     assert migrate(db) == 3
     with db.connection_context():
         db.execute_sql("INSERT INTO agent (node_id, agent_id, status) VALUES ('n1', 'a', 3)")
     monkeypatch.undo()
-    assert migrate(open_database(url)) == dbmod.MIGRATIONS[-1][0]
+    assert migrate(open_database(url)) == migrations.MIGRATIONS[-1][0]
     with db.connection_context():
         assert Agent.get(Agent.agent_id == "a").health_message == ""
     dbmod.close_database(db)
@@ -526,7 +529,7 @@ def test_a_new_file_another_connection_holds_is_waited_for_not_refused(tmp_path)
     release.start()
     try:
         db = open_database(f"sqlite:///{path}")
-        assert migrate(db) == dbmod.MIGRATIONS[-1][0]
+        assert migrate(db) == migrations.MIGRATIONS[-1][0]
         assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
         dbmod.close_database(db)
     finally:
@@ -551,11 +554,11 @@ def test_concurrent_migrations_of_a_fresh_database_all_succeed(db_url):
         t.start()
     for t in threads:
         t.join(30)
-    assert failures == [] and results == [dbmod.MIGRATIONS[-1][0]] * 6
+    assert failures == [] and results == [migrations.MIGRATIONS[-1][0]] * 6
     again = open_database(db_url)
     with again.connection_context():
         versions = again.execute_sql("SELECT COUNT(*) FROM schema_version").fetchone()[0]
-    assert versions == len(dbmod.MIGRATIONS)
+    assert versions == len(migrations.MIGRATIONS)
 
 
 @postgresql_only

@@ -18,7 +18,8 @@ from fleet.manager.nodes import NodeStore
 from fleet.manager.pool import DaemonClientPool
 from fleet.manager.service import FleetService
 from fleet.manager.store.backends import backend_of
-from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.store.db import close_database, open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.store.registry import Registry
 from fleet.manager.tokens import ApiAuth
 from fleet.manager.views import FleetViews

@@ -16,7 +16,8 @@ from fleet import errors
 from fleet.config import ManagerConfig
 from fleet.manager.nodes import NodeFacts
 from fleet.manager.parts import build_manager
-from fleet.manager.store.db import migrate, open_database
+from fleet.manager.store.db import open_database
+from fleet.manager.store.migrations import migrate
 from fleet.v1 import fleet_pb2 as pb
 from fleet.v1 import fleet_pb2_grpc as pb_grpc
 from tests.helpers import wait_for

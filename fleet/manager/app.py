@@ -19,7 +19,8 @@ from fleet.listen import listen
 from fleet.values import join_address, split_address
 from fleet.manager.service import FleetService
 from fleet.manager.audit import AuditLog
-from fleet.manager.store.db import close_database, migrate, open_database
+from fleet.manager.store.db import close_database, open_database
+from fleet.manager.store.migrations import migrate
 from fleet.manager.events import EventService
 from fleet.manager.api.metrics import ManagerMetrics
 from fleet.manager.api.sharedmetrics import shared_dir
