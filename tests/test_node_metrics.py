@@ -10,7 +10,7 @@ import pytest
 
 from fleet.daemon import node as nodemod
 from fleet.daemon.node import NodeSampler
-from fleet.daemon.syncer import node_sample
+from fleet.daemon.nodereport import node_sample
 from fleet.manager.nodemetrics import MAX_POINTS, NodeMetricsStore, bucket_seconds
 from fleet.manager.parts import build_manager
 from fleet.manager.pool import DaemonClientPool
@@ -431,7 +431,7 @@ def test_a_manager_without_the_method_does_not_break_the_daemon(tmp_path, caplog
     old = ManagerServicer(parts.nodes, parts.reports)     # no node metrics: UNIMPLEMENTED
     server, port = create_server("127.0.0.1:0", [old.add_to])
     server.start()
-    caplog.set_level(logging.INFO, logger="fleet.daemon.syncer")
+    caplog.set_level(logging.INFO, logger="fleet.daemon.nodereport")
     try:
         with running_daemon(tmp_path, [agent("a1")], manager=f"127.0.0.1:{port}",
                             sync_interval=0.3) as (daemon, _):
@@ -506,7 +506,7 @@ def test_sender_keeps_samples_when_unreachable_and_drops_a_refused_batch(tmp_pat
     """An unreachable manager keeps the batch for the next try; one refusing it as
     invalid drops it (resending would fail forever); UNIMPLEMENTED pauses sending."""
     from fleet.daemon.manager_client import Unimplemented
-    from fleet.daemon.syncer import NodeMetricsSender
+    from fleet.daemon.nodereport import NodeMetricsSender
     proc, block = fake_proc(tmp_path)
     sampler = NodeSampler(proc, block)
     for t in range(4):

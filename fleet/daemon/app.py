@@ -21,7 +21,8 @@ from fleet.daemon.reload import Reloader
 from fleet.daemon.service import DaemonServicer
 from fleet.daemon.statedir import StateDir
 from fleet.daemon.supervisor import Supervisor
-from fleet.daemon.syncer import NodeMetricsSender, StateSyncer
+from fleet.daemon.nodereport import NodeMetricsSender
+from fleet.daemon.syncer import StateSyncer
 from fleet.listen import listen
 from fleet.rpc import as_server, create_server
 from fleet.serving import ServingStatus

@@ -26,11 +26,9 @@ acknowledged only with the report, so a failed or retried report resends them
 and the manager, which knows each event by (agent, seq, time), stores each once.
 A recorded event asks for a prompt report, as a state change does.
 
-After each acknowledged full report, `NodeMetricsSender` sends the machine's
-samples not yet sent (fleet/daemon/node.py) with ReportNodeMetrics. Its failures
-never fail the report: a manager of an older release (UNIMPLEMENTED) is logged
-once and asked again only every UNIMPLEMENTED_RETRY seconds; meanwhile the
-bounded buffer drops its oldest samples.
+After each acknowledged full report, the `NodeMetricsSender` it was given
+(fleet/daemon/nodereport.py) sends the machine's samples not yet sent; its
+failures never fail the report.
 """
 from __future__ import annotations
 
@@ -38,15 +36,17 @@ import logging
 import random
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fleet.daemon.events import Event, EventLog
-from fleet.daemon.manager_client import ManagerClient, Unimplemented
-from fleet.daemon.node import NodeSample, NodeSampler
+from fleet.daemon.manager_client import ManagerClient
 from fleet.daemon.facts import Snapshot
 from fleet.daemon.convert import agent_state
-from fleet.errors import FleetError, InvalidArgument, NotFound, Overloaded, Unauthenticated
+from fleet.errors import FleetError, NotFound, Overloaded, Unauthenticated
 from fleet.v1 import fleet_pb2 as pb
+
+if TYPE_CHECKING:
+    from fleet.daemon.nodereport import NodeMetricsSender  # it imports this module
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,6 @@ DEBOUNCE_SECONDS = 0.1
 RETRY_INITIAL, RETRY_MAX = 1.0, 30.0
 WARN_EVERY_SECONDS = 60.0
 MAX_EVENTS = 1000               # events per report; more follow in the next ones
-MAX_NODE_SAMPLES = 360          # node samples per ReportNodeMetrics (the manager takes 1000)
-UNIMPLEMENTED_RETRY = 600.0     # seconds before asking a manager without the method again
 RETRY_AFTER_MAX = 60.0          # seconds: a busy manager's hint is obeyed up to this
 RETRY_AFTER_JITTER = 0.5        # a refused report waits hint * (1 + U(0, this))
 
@@ -344,65 +342,3 @@ def agent_event(event: Event) -> pb.AgentEvent:
     return pb.AgentEvent(time=event.time, agent_id=event.agent_id, kind=event.kind,
                          message=event.message, pid=event.pid, exit_code=event.exit_code,
                          exit_signal=event.exit_signal, seq=event.seq)
-
-
-class NodeMetricsSender:
-    """Sends the node's unsent samples, a batch per call, from the syncer's thread.
-
-    Every failure is its own: logged (at most once a minute, UNIMPLEMENTED once
-    for good), never raised, so the state reports go on whatever the manager says.
-    A batch the manager refuses as invalid is dropped; any other failure keeps it.
-    """
-
-    def __init__(self, client: ManagerClient, sampler: NodeSampler, interval: float,
-                 clock: Callable[[], float] = time.monotonic):
-        self._client = client
-        self._sampler = sampler
-        self._interval = interval             # the daemon's metrics_interval, told to the manager
-        self._clock = clock
-        self._paused_until = 0.0              # after UNIMPLEMENTED, nothing is sent before this
-        self._told_unimplemented = False
-        self._last_warning = -WARN_EVERY_SECONDS
-        self.samples_sent = 0                 # acknowledged samples (for tests)
-
-    def send(self, node: pb.RegisterNodeRequest) -> int:
-        """Send the oldest unsent samples (at most MAX_NODE_SAMPLES); how many were stored."""
-        if self._clock() < self._paused_until:
-            return 0
-        batch = self._sampler.unsent(MAX_NODE_SAMPLES)
-        if not batch:
-            return 0
-        request = pb.ReportNodeMetricsRequest(
-            node_id=node.node_id, boot_id=node.boot_id, interval_seconds=self._interval,
-            samples=[node_sample(sample) for _, sample in batch])
-        try:
-            answer = self._client.report_node_metrics(request)
-        except Unimplemented as exc:
-            self._paused_until = self._clock() + UNIMPLEMENTED_RETRY
-            if not self._told_unimplemented:
-                self._told_unimplemented = True
-                log.info("%s: not sending node metrics (asking again every %.0f s)",
-                         exc, UNIMPLEMENTED_RETRY)
-            return 0
-        except InvalidArgument as exc:
-            # Sending the same batch again would fail again, and block every later one.
-            log.warning("manager refused %d node samples, dropped: %s", len(batch), exc)
-            self._sampler.acknowledge(batch[-1][0])
-            return 0
-        except FleetError as exc:
-            now = self._clock()
-            if now - self._last_warning >= WARN_EVERY_SECONDS:
-                self._last_warning = now
-                log.warning("node metrics not sent (%s); %d waiting", exc,
-                            self._sampler.unsent_count())
-            return 0
-        self._sampler.acknowledge(batch[-1][0])
-        self.samples_sent += len(batch)
-        return answer.accepted
-
-
-def node_sample(sample: NodeSample) -> pb.NodeMetricsSample:
-    """The wire form of a node sample."""
-    fields = sample._asdict()
-    disks = [pb.NodeDisk(mount=d.mount, used=d.used, total=d.total) for d in fields.pop("disks")]
-    return pb.NodeMetricsSample(disks=disks, **fields)
