@@ -116,6 +116,7 @@ def test_manager_down_daemons_keep_agents_and_the_restarted_manager_converges(cl
 
 REPORTERS = 50
 REPORT_AGENTS = 20
+UNANSWERED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def seq_report(node_id, seq):
@@ -130,13 +131,15 @@ def seq_report(node_id, seq):
 
 class Reporter(threading.Thread):
     """A simulated daemon: registers, then reports with increasing seq as fast as it is
-    acknowledged; a report that failed is retried with the same seq (as the syncer does).
-    After a failure it pauses until `resume` is set, then goes on against the new manager."""
+    acknowledged; a report left unanswered (UNAVAILABLE, or its deadline passed on a
+    stalled machine) is retried with the same seq, as the syncer does. Once `killed` is
+    set, a failure pauses it until `resume` is set; then it goes on against the new manager."""
 
-    def __init__(self, node_id, port, resume, finish):
+    def __init__(self, node_id, port, killed, resume, finish):
         super().__init__(name=f"reporter-{node_id}", daemon=True)
         self.node_id = node_id
         self.port = port
+        self.killed = killed          # set by the test once the manager is dead
         self.resume = resume          # set by the test once it checked the restarted manager
         self.finish = finish          # set by the test to end the thread
         self.paused = threading.Event()
@@ -164,10 +167,10 @@ class Reporter(threading.Thread):
         try:
             stub.SyncAgentStates(seq_report(self.node_id, seq), metadata=AUTH, timeout=5)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            if exc.code() not in UNANSWERED:
                 raise
             channel.close()
-            if self.resume.is_set():
+            if self.resume.is_set() or not self.killed.is_set():
                 self.finish.wait(0.05)                  # back off a little, then retry
             else:
                 self.paused.set()
@@ -199,13 +202,15 @@ def test_sigkilled_manager_keeps_every_acknowledged_report_and_none_half_applied
     config = cluster.manager_config(grpc_port)
     manager = cluster.run("manager", config)
     manager.port("grpc")
-    resume, finish = threading.Event(), threading.Event()
-    reporters = [Reporter(f"sim-{i:02d}", grpc_port, resume, finish) for i in range(REPORTERS)]
+    killed, resume, finish = threading.Event(), threading.Event(), threading.Event()
+    reporters = [Reporter(f"sim-{i:02d}", grpc_port, killed, resume, finish)
+                 for i in range(REPORTERS)]
     for reporter in reporters:
         reporter.start()
     try:
         wait_for(lambda: all(r.acked >= 3 or r.error for r in reporters), timeout=30)
-        manager.kill()                                  # SIGKILL, mid-stream
+        manager.kill()                                  # SIGKILL, mid-stream; reaped
+        killed.set()
         wait_for(lambda: all(r.paused.is_set() or r.error for r in reporters), timeout=10)
         assert not [r.error for r in reporters if r.error]
 
