@@ -10,8 +10,10 @@ agent upsert, the full reports' deletes and the commit, one batch after another
 on one thread, with no gRPC and no checks before. PostgreSQL is tests/pg.py's
 throwaway LocalServer (fsync off, as in bench_scale.py). Prints, median of the
 rounds: the batches' wall time, this process's CPU and the server's CPU (every
-backend), each in µs a state; bench_scale.py's `pg-*` cells add gRPC, the checks
-and the simulated daemons around this.
+backend), each in µs a state, and on PostgreSQL the WAL the server wrote, in
+bytes a state (from pg_current_wal_insert_lsn; that server has full_page_writes
+off, so no page images); bench_scale.py's `pg-*` cells add gRPC, the checks and
+the simulated daemons around this.
 """
 from __future__ import annotations
 
@@ -82,8 +84,16 @@ class Daemons:
         return out
 
 
-def one_round(writer: IngestWriter, work: list[list[Report]], server_pid) -> dict:
+def wal_position(db) -> int:
+    """The server's WAL insert position in bytes (0 on SQLite)."""
+    if db.param != "%s":
+        return 0
+    return db.execute_sql("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()[0]
+
+
+def one_round(writer: IngestWriter, work: list[list[Report]], server_pid, db) -> dict:
     before = cpu_by_pid([server_pid]) if server_pid else {}
+    wal = wal_position(db)
     wall, cpu = time.perf_counter(), time.process_time()
     for reports in work:
         pending = [Done(r) for r in reports]
@@ -94,7 +104,8 @@ def one_round(writer: IngestWriter, work: list[list[Report]], server_pid) -> dic
     states = sum(len(r.rows) for reports in work for r in reports)
     return {"wall": (time.perf_counter() - wall) / states * 1e6,
             "writer": (time.process_time() - cpu) / states * 1e6,
-            "server": (cpu_since([server_pid], before) / states * 1e6) if server_pid else 0.0}
+            "server": (cpu_since([server_pid], before) / states * 1e6) if server_pid else 0.0,
+            "wal": float(wal_position(db) - wal) / states}
 
 
 def main() -> None:
@@ -127,19 +138,20 @@ def run(url: str, server_pid, args) -> None:
     writer = IngestWriter(db)
     daemons = Daemons(node_ids, args.agents, args.reports)
     # A first pass creates most agent rows: the rounds measure updates, as in steady state.
-    one_round(writer, daemons.batches(3 * args.nodes // args.reports), None)
+    one_round(writer, daemons.batches(3 * args.nodes // args.reports), None, db)
     if args.analyze and args.engine == "postgresql":    # as autovacuum does in a minute
         with db.connection_context():
             db.execute_sql("ANALYZE")
-    rounds = [one_round(writer, daemons.batches(args.batches), server_pid)
+    rounds = [one_round(writer, daemons.batches(args.batches), server_pid, db)
               for _ in range(args.rounds)]
     writer._close()
     close_database(db)
     print(f"{args.engine}: {args.batches} batches of {args.reports} reports x {args.agents} "
           f"states a round, {args.nodes} nodes, {args.rounds} rounds")
-    for key in ("wall", "writer", "server"):
+    for key in ("wall", "writer", "server") + (("wal",) if args.engine == "postgresql" else ()):
         values = [r[key] for r in rounds]
-        print(f"  {key:7s} µs a state: median {statistics.median(values):6.1f}   "
+        unit = "bytes" if key == "wal" else "µs"
+        print(f"  {key:7s} {unit:5s} a state: median {statistics.median(values):6.1f}   "
               + " ".join(f"{v:.1f}" for v in values))
 
 
