@@ -135,7 +135,12 @@ def run(url: str, server_pid, args) -> None:
     db = open_database(url)
     migrate(db)
     node_ids = register_nodes(db, args.nodes)
+    # The writer runs on this thread: it must open the connection itself, as in its
+    # own thread, so that its session (Backend.writer_session: lock timeout, index
+    # lookups only) is set up; a connection left open here would skip that.
+    close_database(db)
     writer = IngestWriter(db)
+    writer._connect()
     daemons = Daemons(node_ids, args.agents, args.reports)
     # A first pass creates most agent rows: the rounds measure updates, as in steady state.
     one_round(writer, daemons.batches(3 * args.nodes // args.reports), None, db)
