@@ -23,7 +23,9 @@ nothing, the floor of the stack on this machine), `null-wait-1` and `null-aio-1`
 (one null manager whose reports wait for a simulated 2 ms group commit, on
 grpcio's threads or on grpc.aio). PostgreSQL is a throwaway
 server started as tests/pg.py does (initdb in a temporary directory, a free
-loopback port, fsync off) and removed at the end. In the same run, the raw rate
+loopback port, fsync, synchronous_commit and full_page_writes off) and removed at
+the end; `--durable-pg` starts it on disk with PostgreSQL's own defaults for
+those, every commit flushed, as an operator runs it. In the same run, the raw rate
 of the writer's own agent upsert statement is measured on each engine
 (--raw-nodes × --agents rows per pass, 20,000 per transaction, update passes).
 
@@ -224,14 +226,15 @@ class _with_metadata:
 
 # ---- the real managers and PostgreSQL -------------------------------------------
 
-def start_postgresql():
-    """tests/pg.py's throwaway LocalServer (initdb, free loopback port); it has stop()."""
+def start_postgresql(durable: bool = False):
+    """tests/pg.py's throwaway LocalServer (initdb, free loopback port); it has stop().
+    `durable`: on disk, every commit flushed (the tests' server trades that for speed)."""
     from tests.pg import LocalServer, find_bindir
     bindir = find_bindir()
     if bindir is None:
         raise SystemExit("PostgreSQL server binaries (initdb, postgres) not found: "
                          "install Debian's 'postgresql' package, or leave out pg-1,pg-2")
-    return LocalServer(bindir)
+    return LocalServer(bindir, durable=durable)
 
 
 def launch_managers(workdir: pathlib.Path, db_url: str, workers: int, count: int,
@@ -464,7 +467,8 @@ def print_table(cells: dict, args) -> None:
     """The markdown table: one row per configuration × size × shape."""
     print(f"\nagents/node={args.agents} procs={args.procs} threads/proc={args.threads} "
           f"(saturation in flight: {args.procs * args.threads}) duration={args.duration:g}s "
-          f"period={args.period:g}s rounds={args.repeat} (medians)")
+          f"period={args.period:g}s rounds={args.repeat} (medians)"
+          + (" postgresql=durable (on disk, every commit flushed)" if args.durable_pg else ""))
     print("| config | nodes | agents | load | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 4) + "|")
     for (config, nodes), shapes in cells.items():
@@ -503,7 +507,8 @@ def knee_lines(cells: dict, args) -> None:
 
 def run_table(args) -> None:
     """Every configuration × size, --repeat rounds; the raw upsert rates; the table."""
-    server = start_postgresql() if any(c.startswith("pg") for c in args.configs) else None
+    server = start_postgresql(args.durable_pg) \
+        if any(c.startswith("pg") for c in args.configs) else None
     try:
         runs: dict = {}
         for round_ in range(args.repeat):
@@ -560,6 +565,9 @@ def main() -> None:
     parser.add_argument("--generator", choices=("grpc", "h2"), default="grpc",
                         help="the simulated daemons: grpcio (this file), or raw HTTP/2 "
                              "frames from one thread (bench/h2_daemons.py, needs hpack)")
+    parser.add_argument("--durable-pg", action="store_true",
+                        help="PostgreSQL on disk, every commit flushed (default: the "
+                             "tests' server, in memory, fsync off)")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)

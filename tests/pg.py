@@ -44,6 +44,9 @@ SERVER_SETTINGS = {            # a throwaway server: speed over durability
     "wal_level": "minimal", "max_wal_senders": "0", "max_wal_size": "256MB",
     "log_min_messages": "warning", "log_min_error_statement": "panic",
 }
+# What a durable server (LocalServer(durable=True), for benchmarks) leaves at
+# PostgreSQL's own defaults: every commit flushed, full pages after a checkpoint.
+SPEED_OVER_DURABILITY = ("fsync", "synchronous_commit", "full_page_writes", "max_wal_size")
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 postgresql_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -155,11 +158,16 @@ class Server:
 
 
 class LocalServer(Server):
-    """A server of our own in a temporary directory, run as an unprivileged user."""
+    """A server of our own in a temporary directory, run as an unprivileged user.
 
-    def __init__(self, bindir):
+    `durable`: as an operator would run it, for benchmarks: its files on disk (not
+    /dev/shm) and PostgreSQL's defaults for SPEED_OVER_DURABILITY.
+    """
+
+    def __init__(self, bindir, durable=False):
         self.bindir = bindir
-        self.dir = tempfile.mkdtemp(prefix="fleet-pg-", dir=scratch_dir())
+        self.durable = durable
+        self.dir = tempfile.mkdtemp(prefix="fleet-pg-", dir=None if durable else scratch_dir())
         self.password = secrets.token_hex(16)
         self.proc = None
         self._user = self._unprivileged_user()
@@ -208,7 +216,8 @@ class LocalServer(Server):
         """Start postgres on a free port, retrying if another process took the port first."""
         for _ in range(3):
             self.port = free_port()
-            options = [f"-c{k}={v}" for k, v in SERVER_SETTINGS.items()]
+            options = [f"-c{k}={v}" for k, v in SERVER_SETTINGS.items()
+                       if not (self.durable and k in SPEED_OVER_DURABILITY)]
             command = [os.path.join(self.bindir, "postgres"), "-D", os.path.join(self.dir, "data"),
                        "-p", str(self.port), "-k", self.dir, *options]
             log = open(os.path.join(self.dir, "server.log"), "ab")
