@@ -145,8 +145,7 @@ def run(url: str, server_pid, args) -> None:
     # A first pass creates most agent rows: the rounds measure updates, as in steady state.
     one_round(writer, daemons.batches(3 * args.nodes // args.reports), None, db)
     if args.analyze and args.engine == "postgresql":    # as autovacuum does in a minute
-        with db.connection_context():
-            db.execute_sql("ANALYZE")
+        db.execute_sql("ANALYZE")       # on the writer's connection, left open
     rounds = [one_round(writer, daemons.batches(args.batches), server_pid, db)
               for _ in range(args.rounds)]
     writer._close()

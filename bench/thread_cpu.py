@@ -31,7 +31,8 @@ def python_names(pid: int) -> dict[str, str]:
         return {}
     dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True,
                           text=True, timeout=30).stdout
-    return {m.group(1): m.group(2) for m in re.finditer(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump)}
+    found = re.finditer(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump)
+    return {m.group(1): m.group(2) for m in found}
 
 
 def snapshot(pid: int) -> dict[str, tuple[str, int, int]]:
