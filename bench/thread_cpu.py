@@ -29,8 +29,11 @@ def python_names(pid: int) -> dict[str, str]:
     """{tid: Python thread name} from `py-spy dump`, or {} without py-spy."""
     if shutil.which("py-spy") is None:
         return {}
-    dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True,
-                          text=True, timeout=30).stdout
+    try:
+        dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True,
+                              text=True, timeout=30).stdout
+    except subprocess.TimeoutExpired:   # unnamed, then: the figures do not need names
+        return {}
     found = re.finditer(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump)
     return {m.group(1): m.group(2) for m in found}
 
@@ -61,10 +64,13 @@ def main() -> None:
     parser.add_argument("--per-state", type=float, default=0.0,
                         help="states/s over the window: also print µs of CPU a state")
     args = parser.parse_args()
-    names = python_names(args.pid)
-    before = snapshot(args.pid)
-    time.sleep(args.seconds)
-    after = snapshot(args.pid)
+    try:
+        names = python_names(args.pid)
+        before = snapshot(args.pid)
+        time.sleep(args.seconds)
+        after = snapshot(args.pid)
+    except FileNotFoundError:
+        raise SystemExit(f"thread_cpu: no process {args.pid} (it ended, or never was)")
     lines: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     for tid, (comm, user, system) in after.items():
         _, user0, system0 = before.get(tid, (comm, 0, 0))
