@@ -73,7 +73,12 @@ CONFIGS = {"sqlite-1": ("sqlite", 1, 1), "sqlite-2": ("sqlite", 2, 1),   # engin
            # threads as fleet does, or on grpc.aio (NULL_ARGS)
            "null-wait-1": ("null", 1, 1), "null-aio-1": ("null", 1, 1)}
 NULL_ARGS = {"null-wait-1": ["--wait-ms", "2"], "null-aio-1": ["--wait-ms", "2", "--aio"]}
+# The issue's targets (issue 10): two workers' saturation against one's, PostgreSQL's
+# saturation with two managers, and 100,000 agents every 10 s held under this p99.
 TARGET_P99_MS = 250.0
+TARGET_WORKERS_RATIO = 1.6
+TARGET_PG_STATES = 20000.0
+TARGET_AGENTS = 100_000
 SYNC = "/fleet.v1.ManagerService/SyncAgentStates"
 
 
@@ -505,6 +510,40 @@ def knee_lines(cells: dict, args) -> None:
         print(f"; saturation at most {top:,.0f} states/s")
 
 
+def target_lines(cells: dict, args) -> list[str]:
+    """The targets against the cells this run has (medians when --repeat > 1): per size,
+    sqlite-2's saturation over sqlite-1's, pg-2's saturation, and each storing
+    configuration's p99 at TARGET_AGENTS agents every 10 s."""
+    lines = []
+
+    def saturation(config: str, nodes: int) -> float:
+        return cells[(config, nodes)]["saturation"]["states/s"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    for nodes in args.sizes:
+        if ("sqlite-1", nodes) in cells and ("sqlite-2", nodes) in cells:
+            ratio = saturation("sqlite-2", nodes) / saturation("sqlite-1", nodes)
+            lines.append(f"target 2 workers >= {TARGET_WORKERS_RATIO}x one, {nodes:,} nodes: "
+                         f"{ratio:.2f}x ({saturation('sqlite-2', nodes):,.0f} / "
+                         f"{saturation('sqlite-1', nodes):,.0f} states/s): "
+                         + verdict(ratio >= TARGET_WORKERS_RATIO))
+        if ("pg-2", nodes) in cells:
+            rate = saturation("pg-2", nodes)
+            lines.append(f"target PostgreSQL >= {TARGET_PG_STATES:,.0f} states/s, {nodes:,} "
+                         f"nodes: pg-2 {rate:,.0f}: " + verdict(rate >= TARGET_PG_STATES))
+    for (config, nodes), shapes in cells.items():
+        if nodes * args.agents == TARGET_AGENTS and args.period == 10 \
+                and CONFIGS[config][0] != "null":         # the floor stores nothing
+            f = shapes["steady"]
+            ok = f["p99 ms"] <= TARGET_P99_MS and f["failed"] == 0
+            lines.append(f"target {TARGET_AGENTS:,} agents every 10 s at p99 <= "
+                         f"{TARGET_P99_MS:.0f} ms, {config}: p99 {f['p99 ms']:,.0f} ms, "
+                         f"{f['failed']:.0f} failed: " + verdict(ok))
+    return lines
+
+
 def run_table(args) -> None:
     """Every configuration × size, --repeat rounds; the raw upsert rates; the table."""
     server = start_postgresql(args.durable_pg) \
@@ -526,6 +565,9 @@ def run_table(args) -> None:
         print_table(cells, args)
         knee_lines(cells, args)
         raw_rates(server, args)
+        targets = target_lines(cells, args)
+        if targets:
+            print("\n" + "\n".join(targets))
     finally:
         if server:
             server.stop()
