@@ -15,6 +15,7 @@ import socket
 from typing import Callable, Iterable
 
 from fleet.config import ManagerConfig
+from fleet.fdlimit import raise_soft_limit
 from fleet.listen import listen
 from fleet.values import join_address, split_address
 from fleet.manager.service import FleetService
@@ -42,6 +43,7 @@ from fleet.v1 import fleet_pb2 as pb
 log = logging.getLogger(__name__)
 
 GRPC_WORKERS = 64   # each report holds a worker until its rows are committed
+FEW_DESCRIPTORS = 4096   # below this limit, a fleet of a few thousand nodes cannot connect
 
 
 def prepare_storage(config: ManagerConfig) -> None:
@@ -85,6 +87,11 @@ class Manager:
         if self._http is not None:
             return
         cfg = self.config
+        limit = raise_soft_limit()          # a connection a daemon: as far as allowed
+        if 0 <= limit < FEW_DESCRIPTORS:
+            log.warning("descriptor limit %d: room for fewer than %d daemons' connections; "
+                        "raise the hard limit (systemd LimitNOFILE=, ulimit -Hn)",
+                        limit, limit - 256)
         self._tokens = resolve_tokens(cfg)
         self.cluster_token = self._tokens.cluster
         self._grpc, self.grpc_port = listen("grpc", cfg.grpc, lambda: create_server(

@@ -26,6 +26,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from fleet.config import TLSConfig
+from fleet.fdlimit import raise_soft_limit
 from fleet.manager.api.conn import Connection, WsgiBridge
 from fleet.values import join_address, split_address
 
@@ -234,16 +235,11 @@ def _server_context(tls: TLSConfig) -> ssl.SSLContext:
 
 def _make_room_for(connections: int) -> None:
     """Raise the soft descriptor limit so `connections` sockets fit beside the rest."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = connections + 256               # the database, gRPC, logs, agents' pipes
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return
-    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if new > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    if new < wanted:
+    limit = raise_soft_limit(wanted)
+    if limit != resource.RLIM_INFINITY and limit < wanted:
         log.warning("http: descriptor limit %d leaves room for fewer than %d connections",
-                    new, connections)
+                    limit, connections)
 
 
 def serve_http(app: Callable, address: str, tls: Optional[TLSConfig] = None, *,
