@@ -6,8 +6,9 @@
 
 For every configuration × size, on a fresh database: real managers
 (`fleet.py --role manager`, tokens configured, ports picked free), then the
-simulated daemons of bench_ingest.py's kind (--procs processes, one gRPC
-connection per thread) register every node and load the managers twice:
+simulated daemons of bench_ingest.py's kind (--procs processes; with `--generator
+h2` one connection per node, as real daemons hold, with grpc one per thread)
+register every node and load the managers twice:
 
 - saturation: --threads closed-loop senders per process (procs × threads reports
   in flight) for --duration s: states/s at most, report p50/p99;

@@ -12,13 +12,19 @@ appended) and runs every connection of the process from one thread on a
 selector, so a call costs a few syscalls shared by the calls in flight.
 
 What the server sees is what grpcio's client sends: one HTTP/2 connection per
-sender with one call at a time on it (saturation), the same requests, the same
+node with one call at a time on it, the same requests, the same
 headers (content-type application/grpc, te trailers, grpc-timeout, the cluster
 token). A call's outcome is its trailers' grpc-status; we ask the server for no
 HPACK dynamic table (SETTINGS_HEADER_TABLE_SIZE 0), so each header block decodes
 alone, and a block seen before is not decoded again.
 
-SPEC.json (written by bench_scale.py): address, token_env, threads (connections),
+Each simulated node holds its own connection, as a real daemon does, so the
+managers hold as many connections as the fleet has nodes and the kernel spreads
+them over SO_REUSEPORT workers as it would spread a real fleet's. (Before, the
+32 senders' own connections split unevenly between two workers, 60 % against
+43 % of a core in one run, and that split moved from run to run.)
+
+SPEC.json (written by bench_scale.py): address, token_env, threads (senders),
 full_every, deadline, first, total, register and sync (per node, base64 of its
 RegisterNodeRequest and SyncAgentStatesRequest). Protocol with bench_scale.py as
 its grpc client's: register every node, print "ready", then per stdin line
@@ -31,6 +37,7 @@ import base64
 import heapq
 import json
 import os
+import resource
 import selectors
 import socket
 import struct
@@ -314,16 +321,17 @@ def tail(seq: int, full: bool) -> bytes:
 
 
 class Daemons:
-    """This process's simulated nodes and connections."""
+    """This process's simulated nodes, each with its own connection, and its senders."""
 
     def __init__(self, spec: dict):
         self.spec = spec
         self.loop = Loop()
         token = os.environ[spec["token_env"]]
-        self.connections = [Connection(self.loop, spec["address"], token, spec["deadline"])
-                            for _ in range(spec["threads"])]
         self.registers = [base64.b64decode(b) for b in spec["register"]]
         self.bodies = [base64.b64decode(b) for b in spec["sync"]]
+        self.connections = [Connection(self.loop, spec["address"], token, spec["deadline"])
+                            for _ in self.bodies]         # connections[i]: node i's
+        self.senders = min(spec["threads"], len(self.bodies))
         self.seqs = [0] * len(self.bodies)
 
     def report(self, i: int) -> bytes:
@@ -332,17 +340,17 @@ class Daemons:
         return self.bodies[i] + tail(seq, seq % self.spec["full_every"] == 0)
 
     def register(self) -> None:
-        """RegisterNode for every node, one call at a time per connection, failures
-        tried again up to twice."""
-        todo = [[(i, 0) for i in range(t, len(self.registers), len(self.connections))]
-                for t in range(len(self.connections))]
+        """RegisterNode for every node, one call at a time per sender, each on its node's
+        connection; failures tried again up to twice."""
+        todo = [[(i, 0) for i in range(t, len(self.registers), self.senders)]
+                for t in range(self.senders)]
         left = [len(part) for part in todo]
         failed = []
 
         def send(t: int) -> None:
             if todo[t]:
                 i, attempt = todo[t].pop(0)
-                self.connections[t].call(REGISTER, self.registers[i], 0.0,
+                self.connections[i].call(REGISTER, self.registers[i], 0.0,
                                          lambda call, error: done(t, i, attempt, error))
 
         def done(t: int, i: int, attempt: int, error) -> None:
@@ -354,27 +362,28 @@ class Daemons:
                     failed.append(error)
             send(t)
 
-        for t in range(len(self.connections)):
+        for t in range(self.senders):
             send(t)
         self.loop.run(lambda: not any(left))
         if failed:
             raise SystemExit(f"RegisterNode failed: {failed[0]}")
 
     def saturation(self, seconds: float, out: dict) -> None:
-        """Each connection: one call at a time over its share of the nodes."""
+        """Each sender: one call at a time over its share of the nodes, each call on
+        its node's connection."""
         until = time.perf_counter() + seconds
         busy = [0]
-        threads = len(self.connections)
+        threads = self.senders
 
         def send(t: int, i: int) -> None:
             if time.perf_counter() >= until:
                 return
             busy[0] += 1
-            self.connections[t].call(SYNC, self.report(i), time.perf_counter(),
-                                     lambda call, error: done(t, i, call, error))
+            connection = self.connections[i]
+            connection.call(SYNC, self.report(i), time.perf_counter(),
+                            lambda call, error: done(t, i, call, error))
             self.loop.at(time.perf_counter() + self.spec["deadline"],
-                         lambda c=self.connections[t], s=self.connections[t].next_stream - 2:
-                         c.cancel(s))
+                         lambda c=connection, s=connection.next_stream - 2: c.cancel(s))
 
         def done(t: int, i: int, call: Call, error) -> None:
             busy[0] -= 1
@@ -385,7 +394,7 @@ class Daemons:
             following = i + threads
             send(t, following if following < len(self.bodies) else t)
 
-        for t in range(min(threads, len(self.bodies))):
+        for t in range(threads):
             send(t, t)
         self.loop.run(lambda: time.perf_counter() >= until and busy[0] == 0)
         self.loop.timers.clear()        # the deadlines of calls that ended
@@ -401,7 +410,7 @@ class Daemons:
         left[0] = len(schedule)
 
         def fire(due: float, i: int) -> None:
-            connection = self.connections[i % len(self.connections)]
+            connection = self.connections[i]
             connection.call(SYNC, self.report(i), due, done)
             stream = connection.next_stream - 2
             self.loop.at(due + self.spec["deadline"], lambda: connection.cancel(stream))
@@ -421,6 +430,9 @@ class Daemons:
 
 def main() -> None:
     spec = json.loads(open(sys.argv[1]).read())
+    # A descriptor a node: a shell's default soft limit (often 1,024) is too few.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     daemons = Daemons(spec)
     daemons.register()
     loads.serve(daemons.saturation, daemons.steady)
