@@ -45,10 +45,10 @@ SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
     # No bandwidth-delay probing: it pings each new connection's peer to size the
     # flow-control window, a cost for every daemon's connection (10,000 nodes, a
-    # connection each: two SQLite workers stored 9-24 % more without it, 8 rounds of
-    # 8 alternated, docs/scale.md). The window it would open is opened at once instead:
-    # 4 MB, what the probe advertised, so a large full report over a slow link is not
-    # held to HTTP/2's default 64 KB a round trip.
+    # connection each: two SQLite workers stored 3-25 % more without it, median
+    # 10 %, in each of 8 alternated rounds, docs/scale.md). The window it would
+    # open is opened at once instead: 4 MB, what the probe advertised, so a large
+    # full report over a slow link is not held to HTTP/2's 64 KB a round trip.
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 4 << 20),
 ]
