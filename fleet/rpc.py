@@ -35,7 +35,19 @@ KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-SERVER_OPTIONS = [
+# No bandwidth-delay probing, on either end: after data arrives, the probe PINGs
+# the peer to size the flow-control window, and the peer answers; with a report
+# every few seconds that is a PING and its answer per report, on the manager for
+# every daemon's connection (10,000 nodes, a connection each: two SQLite workers
+# stored 3-25 % more without the server's probe, median 10 %, in each of 8
+# alternated rounds, docs/scale.md). The window it would open is opened at once
+# instead: 4 MB, what the probe advertised, so a large report or log read over a
+# slow link is not held to HTTP/2's 64 KB a round trip.
+FLOW_OPTIONS = [
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 4 << 20),
+]
+SERVER_OPTIONS = FLOW_OPTIONS + [
     # Allow the clients' 30 s keepalive pings (DESIGN.md): minimum interval <= 30 s.
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
@@ -43,14 +55,6 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
-    # No bandwidth-delay probing: it pings each new connection's peer to size the
-    # flow-control window, a cost for every daemon's connection (10,000 nodes, a
-    # connection each: two SQLite workers stored 3-25 % more without it, median
-    # 10 %, in each of 8 alternated rounds, docs/scale.md). The window it would
-    # open is opened at once instead: 4 MB, what the probe advertised, so a large
-    # full report over a slow link is not held to HTTP/2's 64 KB a round trip.
-    ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", 4 << 20),
 ]
 # Called without the cluster token: the standard health service tells only up or
 # down, and load balancers and grpc_health_probe carry no credentials (fleet/serving.py).
@@ -228,7 +232,8 @@ def create_server(address: str, register: Iterable[Callable[[grpc.Server], None]
 
 def open_channel(address: str, token: str = "", tls: TLSConfig | None = None) -> grpc.Channel:
     """A channel to address with keepalive, the cluster token, and TLS if given."""
-    options = list(KEEPALIVE_OPTIONS) + [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    options = KEEPALIVE_OPTIONS + FLOW_OPTIONS + [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     if tls:
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(tls.ca) if tls.ca else None,

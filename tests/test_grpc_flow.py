@@ -1,10 +1,13 @@
-"""What fleet's gRPC server (fleet.rpc.create_server) says on the wire about flow
-control, read with a raw HTTP/2 client over a real socket: the 4 MB windows at once,
-and no bandwidth-delay probe (a PING to each new connection's peer)."""
+"""What fleet's gRPC ends say on the wire about flow control, read over real sockets
+by a raw HTTP/2 peer: the server (fleet.rpc.create_server) and a channel
+(fleet.rpc.open_channel, the daemons' and the manager's pool's) open 4 MB windows
+at once and never probe the bandwidth with PINGs, which a peer must answer: with
+the probe, a report every few seconds cost a PING and its answer each."""
 import socket
 import struct
+import threading
 
-from fleet.rpc import create_server
+from fleet.rpc import create_server, open_channel
 from helpers import wait_for
 
 DATA, HEADERS, SETTINGS, PING, WINDOW_UPDATE = 0, 1, 4, 6, 8
@@ -66,11 +69,73 @@ def test_the_server_opens_4_mb_windows_and_never_probes_with_pings():
         wait_for(lambda: sum(1 for kind, flags, _ in client.frames()
                              if kind == 3 or (kind == HEADERS and flags & 0x1)) >= 10)
         received = client.frames()
-        settings = [struct.unpack_from(">HI", payload, at)
-                    for kind, flags, payload in received if kind == SETTINGS and not flags & 1
-                    for at in range(0, len(payload), 6)]
-        assert (INITIAL_WINDOW_SIZE, 4 << 20) in settings
+        assert (INITIAL_WINDOW_SIZE, 4 << 20) in settings_of(received)
         assert not [1 for kind, flags, _ in received if kind == PING and not flags & 1]
     finally:
         client.sock.close()
         server.stop(0)
+
+
+def settings_of(received):
+    """[(id, value)] of every SETTINGS frame (not an ACK) among `received` frames."""
+    return [struct.unpack_from(">HI", payload, at)
+            for kind, flags, payload in received if kind == SETTINGS and not flags & 1
+            for at in range(0, len(payload), 6)]
+
+
+class RawServer:
+    """Accepts one HTTP/2 connection, answers every call with an empty message and
+    grpc-status 0, answers PINGs, and keeps every frame the client sent."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        data = b""
+        with conn:
+            while len(data) < 24:           # the client's connection preface
+                data += conn.recv(1 << 16)
+            data = data[24:]
+            conn.sendall(frame(SETTINGS, 0, 0))
+            while chunk := conn.recv(1 << 16):
+                data += chunk
+                while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+                    length = int.from_bytes(data[:3], "big")
+                    kind, flags = data[3], data[4]
+                    stream = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+                    payload, data = data[9:9 + length], data[9 + length:]
+                    self.received.append((kind, flags, payload))
+                    self._answer(conn, kind, flags, stream, payload)
+
+    @staticmethod
+    def _answer(conn, kind, flags, stream, payload):
+        if kind == SETTINGS and not flags & 1:
+            conn.sendall(frame(SETTINGS, 0x1, 0))
+        elif kind == PING and not flags & 1:
+            conn.sendall(frame(PING, 0x1, 0, payload))
+        elif kind == DATA and flags & 0x1:  # the request's end: status 200, a message, trailers
+            conn.sendall(frame(HEADERS, 0x4, stream,
+                               b"\x88" + literal("content-type", "application/grpc"))
+                         + frame(DATA, 0, stream, b"\x00\x00\x00\x00\x00")
+                         + frame(HEADERS, 0x5, stream, literal("grpc-status", "0")))
+
+
+def test_a_channel_opens_4_mb_windows_and_never_probes_with_pings():
+    server = RawServer()
+    channel = open_channel(f"127.0.0.1:{server.port}")
+    call = channel.unary_unary("/fleet.v1.ManagerService/Heartbeat",
+                               request_serializer=bytes, response_deserializer=bytes)
+    try:
+        for _ in range(3):
+            assert call(b"", timeout=5) == b""
+            threading.Event().wait(0.2)     # spaced, as reports are: each one was probed
+        received = list(server.received)
+        assert (INITIAL_WINDOW_SIZE, 4 << 20) in settings_of(received)
+        assert not [1 for kind, flags, _ in received if kind == PING and not flags & 1]
+    finally:
+        channel.close()
+        server.listener.close()
