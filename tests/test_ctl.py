@@ -237,11 +237,11 @@ def test_metrics_events_and_audit_tables(fleet):
 # ---- endpoints of the views helper (pass once merged with its branch) ----
 
 def test_status_shows_the_overview(fleet):
-    """`ctl status` prints nodes and agents by status from GET /api/v1/overview."""
-    result = ctl("status", url=fleet.url)
-    assert result.returncode == 0, result.stderr
+    """`ctl status` prints nodes and agents by status from GET /api/v1/overview (once
+    the agents that tests before restarted are running again)."""
+    result = wait_for(lambda: (r := ctl("status", url=fleet.url)).returncode == 0
+                      and "agents  3 total: 3 running" in r.stdout and r, timeout=15)
     assert result.stdout.startswith("nodes   1 total: 1 online, 0 offline\n")
-    assert "agents  3 total: 3 running" in result.stdout
 
 
 def test_fleet_wide_agents(fleet):
