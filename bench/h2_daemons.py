@@ -37,7 +37,7 @@ import base64
 import heapq
 import json
 import os
-import resource
+import pathlib
 import selectors
 import socket
 import struct
@@ -47,6 +47,9 @@ import time
 import hpack  # the HPACK decoder of the h2 project (Huffman, static table)
 
 import loads  # bench/: the protocol with bench_scale.py
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from fleet.fdlimit import raise_soft_limit  # noqa: E402
 
 SYNC = "/fleet.v1.ManagerService/SyncAgentStates"
 REGISTER = "/fleet.v1.ManagerService/RegisterNode"
@@ -430,9 +433,7 @@ class Daemons:
 
 def main() -> None:
     spec = json.loads(open(sys.argv[1]).read())
-    # A descriptor a node: a shell's default soft limit (often 1,024) is too few.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_soft_limit()      # a descriptor a node: a shell's soft limit is often 1,024
     daemons = Daemons(spec)
     daemons.register()
     loads.serve(daemons.saturation, daemons.steady)
