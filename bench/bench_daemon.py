@@ -498,6 +498,8 @@ def main() -> None:
     parser.add_argument("--http-probes", type=float, default=0,
                         help="give every fleet agent an http probe every this many seconds")
     args = parser.parse_args()
+    if args.pyz:        # the processes run in a temporary folder: a relative path would miss
+        args.pyz = os.path.abspath(args.pyz)
     folder = tempfile.mkdtemp(prefix="fleet-bench-")
     entry = [sys.executable, args.pyz] if args.pyz else [sys.executable, os.path.join(REPO, "fleet.py")]
     probe_url = probe_server() if args.http_probes else ""
