@@ -1,6 +1,7 @@
 """The HTTP server's own limits (fleet.manager.api.server): connection cap, idle close, clean stop,
 and the config keys that set them."""
 import http.client
+import json
 import socket
 import threading
 import time
@@ -126,3 +127,80 @@ def test_http_limits_are_read():
     parsed = configuration.parse("manager", {"manager": {
         "http_request_timeout": 2.5, "http_max_connections": 50}}, [])
     assert (parsed.manager.http_request_timeout, parsed.manager.http_max_connections) == (2.5, 50)
+
+
+# ---- what reaches the app ----
+
+def echo_app(seen):
+    """/echo/<rest> answers what the app was given: its path, body and headers."""
+    app = bottle.Bottle()
+
+    def echo(rest):
+        request = bottle.request
+        seen.append(rest)
+        return {"path": rest, "length": request.environ.get("CONTENT_LENGTH"),
+                "body": request.body.read().decode(),
+                "headers": sorted(k for k in request.environ if k.startswith("HTTP_"))}
+
+    app.route("/echo/<rest>", ["GET", "POST"], echo)
+    return app
+
+
+def raw(port, request: bytes) -> tuple[int, dict]:
+    """Send raw bytes; the response's status and JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+@pytest.fixture()
+def echo():
+    seen = []
+    server = serve_http(echo_app(seen), "127.0.0.1:0")
+    server.start_background()
+    server.seen = seen
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("request_bytes, what", [
+    (b"GET /echo/loc%E9al HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "request path"),
+    (b"GET /echo/a HTTP/1.1\r\nHost: x\r\nAccept: text/\xe9\r\nConnection: close\r\n\r\n",
+     "header accept"),
+    (b"GET /echo/a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9\xe9\r\n"
+     b"Connection: close\r\n\r\n", "header authorization"),
+])
+def test_a_request_that_is_not_utf8_is_400_naming_what_before_the_app(echo, request_bytes, what):
+    """A path or header value that is not UTF-8 is answered 400 naming it, and never
+    reaches the app (bottle would drop such bytes from a path, routing `loc%E9al`
+    as `local`, or fail with a 500 reading such a header)."""
+    status, body = raw(echo.port, request_bytes)
+    assert status == 400 and body["error"] == {"code": "invalid_argument",
+                                               "message": f"{what} is not UTF-8"}
+    assert echo.seen == []
+    status, body = raw(echo.port, b"GET /echo/l%C3%A9 HTTP/1.1\r\nHost: x\r\n"
+                                  b"Accept: caf\xc3\xa9\r\nConnection: close\r\n\r\n")
+    assert status == 200 and body["path"] == "l\u00e9"        # UTF-8 itself passes
+
+
+def test_the_app_gets_the_body_it_has_whatever_the_headers_claim(echo):
+    """A chunked body with a Content-Length beside it reaches the app whole, with its
+    own length (RFC 9112: chunked wins); a `Content_Length` header, which would pose
+    as Content-Length in the WSGI environ, is dropped like every name with `_`."""
+    chunked = (b"POST /echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+               b"Content-Length: 3\r\nConnection: close\r\n\r\n"
+               b"b\r\nhello world\r\n0\r\n\r\n")
+    status, body = raw(echo.port, chunked)
+    assert (status, body["body"], body["length"]) == (200, "hello world", "11")
+    status, body = raw(echo.port, b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                                  b"Content_Length: 2\r\nX_Secret: y\r\nConnection: close\r\n"
+                                  b"\r\nhello")
+    assert (status, body["body"], body["length"]) == (200, "hello", "5")
+    assert body["headers"] == ["HTTP_CONNECTION", "HTTP_HOST"]

@@ -111,6 +111,10 @@ class WsgiBridge:
         body = await self._read_body(scope, receive, send)
         if body is None:
             return
+        undecodable = _not_utf8(scope)
+        if undecodable:
+            await _send_error(send, 400, "invalid_argument", f"{undecodable} is not UTF-8")
+            return
         environ = _environ(scope, body)
         loop = asyncio.get_running_loop()
         try:
@@ -165,8 +169,30 @@ def _call_wsgi(app: Callable, environ: dict) -> tuple[int, list, list]:
     return int(response["status"].split(" ", 1)[0]), headers, chunks
 
 
+def _not_utf8(scope: dict) -> str:
+    """What of the request is not UTF-8 ("request path", "header Accept"), or "".
+
+    Checked once here: bottle would drop such bytes from the path (`loc%E9al`
+    routing as node `local`) and fail on such a header value when a handler reads
+    it."""
+    try:
+        unquote_to_bytes(scope["raw_path"]).decode("utf-8")
+    except UnicodeDecodeError:
+        return "request path"
+    for name, value in scope["headers"]:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "header " + name.decode("latin-1")[:64]
+    return ""
+
+
 def _environ(scope: dict, body: bytes) -> dict:
-    """PEP 3333's environ for an ASGI http scope with its whole body."""
+    """PEP 3333's environ for an ASGI http scope with its whole body.
+
+    CONTENT_LENGTH is the body's own length (the body is in, de-chunked), never a
+    header's claim. Header names with `_` are dropped, as nginx and gunicorn do:
+    in the environ `Content_Length` would be `Content-Length`."""
     server = scope.get("server") or ("", 0)
     client = scope.get("client") or ("", 0)
     environ = {
@@ -181,9 +207,13 @@ def _environ(scope: dict, body: bytes) -> dict:
         "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
         "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
     }
+    if body:
+        environ["CONTENT_LENGTH"] = str(len(body))
     for raw_name, raw_value in scope["headers"]:
+        if b"_" in raw_name or raw_name in (b"content-length", b"transfer-encoding"):
+            continue
         name = raw_name.decode("latin-1").upper().replace("-", "_")
-        if name not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if name != "CONTENT_TYPE":
             name = "HTTP_" + name
         value = raw_value.decode("latin-1")
         environ[name] = environ[name] + "," + value if name in environ else value
