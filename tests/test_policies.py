@@ -177,6 +177,22 @@ def test_invalid_bodies_are_400_naming_the_key_and_store_nothing(fleet, payload,
     assert fleet.api.get(EDGE)[0] == 404 and fleet.audit() == []
 
 
+@pytest.mark.parametrize("raw", [
+    rb'{"selector": {"labels": {"k": "\ud800"}}, "agents": []}',
+    rb'{"selector": {"labels": {}}, "agents": [{"id": "s", "command": ["\udfff"]}]}',
+])
+def test_half_a_surrogate_pair_is_400_and_stores_nothing(fleet, raw):
+    """A JSON string escaping half a UTF-16 pair is valid JSON but no text: 400 naming
+    it, nothing stored or audited (it was stored and then failed the audit with a 500,
+    or reached a daemon that could not spawn it). A whole pair is text and passes."""
+    status, answer = fleet.api.call("PUT", EDGE, raw)
+    assert status == 400 and "lone surrogate" in answer["error"]["message"], answer
+    assert fleet.api.get(EDGE)[0] == 404 and fleet.audit() == []
+    whole = rb'{"selector": {"labels": {"k": "\ud83d\ude00"}}, "agents": []}'
+    status, answer = fleet.api.call("PUT", EDGE, whole)
+    assert status == 200 and answer["policy"]["selector"]["labels"]["k"] == "\U0001f600"
+
+
 def test_a_bad_name_is_400_on_put_and_404_on_reads(fleet):
     """PUT of a name breaking ^[A-Za-z0-9_-]{1,64}$ is 400; GET and DELETE of it are 404."""
     status, answer = fleet.put("x" * 65)

@@ -78,9 +78,25 @@ def json_body(max_body: int) -> Any:
     if len(data) > max_body:
         raise errors.PayloadTooLarge(f"request body over {max_body} bytes")
     try:
-        return json.loads(data)
+        body = json.loads(data)
     except (ValueError, RecursionError):
         raise errors.InvalidArgument("request body is not valid JSON") from None
+    if b"\\u" in data:
+        _check_text(body)
+    return body
+
+
+def _check_text(body: Any) -> None:
+    """InvalidArgument when a string escapes half a UTF-16 pair (`"\\ud800"`): JSON
+    allows it, but it is no text: the database, a log line or a command would fail
+    on it long after the request was accepted."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidArgument(
+            "request body has a lone surrogate escape (\\ud800-\\udfff): not text") from None
+    except RecursionError:
+        raise errors.InvalidArgument("request body is nested too deeply") from None
 
 
 def _content_length(environ: dict) -> int:
