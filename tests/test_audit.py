@@ -138,7 +138,7 @@ def test_requests_that_are_not_operations_leave_no_entry(env):
 
 
 def test_node_filter(env):
-    """?node= lists only that node's entries; a valid unknown node none; a malformed one 404."""
+    """?node= lists only that node's entries; a valid unknown node none; a malformed one 400."""
     env.call("POST", "/api/v1/nodes/n1/agents/a1/operate", OP)
     env.call("POST", "/api/v1/nodes/dead/agents/a1/operate", OP)
     env.call("POST", "/api/v1/nodes/n1/agents/sync")
@@ -148,7 +148,7 @@ def test_node_filter(env):
     assert len(env.entries("?node=")) == 3
     for bad in ("a..b", "%2e%2e", "-x", "x" * 200, "a%00b", "a/b"):
         status, payload = env.call("GET", "/api/v1/audit?node=" + bad)
-        assert (status, payload["error"]["code"]) == (404, "not_found"), bad
+        assert (status, payload["error"]["code"]) == (400, "invalid_argument"), bad
 
 
 def test_limit_bounds(env):

@@ -220,6 +220,29 @@ def test_list_agents_filters_by_health(manager):
 
 
 @both_engines
+def test_list_agents_filters_by_status_and_type(manager):
+    """?status= and ?type= keep a node's agents of that status and type, as the
+    fleet-wide list does; an unknown status is 400 naming it, and so is a type
+    with NUL."""
+    manager.store.store_agent_infos("n1", [    # a1 and a2 were stored as "exporter"
+        agent_info("a1", status=fleet_pb2.AGENT_STATUS_BACKOFF), agent_info("a2"),
+        agent_info("a3", type="shipper")])
+    ids = lambda query: [a["agent_id"] for a in  # noqa: E731
+                         call(manager, "GET", NODE + "/agents?" + query)[2]["agents"]]
+    assert ids("status=running") == ["a2", "a3"]
+    assert ids("status=backoff") == ["a1"]
+    assert ids("status=stopped") == []
+    assert ids("type=shipper") == ["a3"]
+    assert ids("type=exporter&status=running&health=healthy") == ["a2"]
+    assert ids("status=&type=") == ["a1", "a2", "a3"]
+    assert ids("status=running&limit=1") == ["a2"]
+    status, _, payload = call(manager, "GET", NODE + "/agents?status=bogus")
+    assert (status, payload["error"]["code"]) == (400, "invalid_argument")
+    assert "status must be one of" in payload["error"]["message"]
+    assert error_code(manager, "GET", NODE + "/agents?type=a%00b") == (400, "invalid_argument")
+
+
+@both_engines
 def test_sync_pulls_from_the_daemon_and_stores(manager):
     """sync replaces the node's stored agents with the daemon's list."""
     manager.fake.agents.pop("a2")

@@ -19,7 +19,8 @@ from fleet import errors
 from fleet.values import valid_node_id
 from fleet.manager.store.backends import backend_of
 from fleet.manager.store.db import now_ms, storage_faults
-from fleet.manager.ingest import HEALTHS, REPORT_COLUMNS, AgentUpsert, agent_row, state_fault
+from fleet.manager.ingest import (HEALTHS, MAX_TEXT, REPORT_COLUMNS, AgentUpsert, agent_row,
+                                  state_fault)
 from fleet.manager.store.models import Agent, Node
 from fleet.manager.store.registry import Registry
 from fleet.states import State
@@ -27,6 +28,8 @@ from fleet.states import State
 log = logging.getLogger(__name__)
 
 NODE_STATUSES = ("online", "offline")
+AGENT_STATUSES = tuple(s.api_name for s in State if s is not State.UNSPECIFIED)
+MAX_TYPE = MAX_TEXT    # characters of a type filter (as stored at most)
 MAX_KEEP_IDS = 10000   # a pull naming more agents than this skips its delete step
 NODE_BATCH = 1000      # node rows read at once while filling a page by labels
 
@@ -182,16 +185,14 @@ class NodeStore:
 
     @storage_faults
     def list_agents(self, node_id: str, health: Optional[str] = None,
-                    limit: Optional[int] = None, after: Optional[str] = None) -> list[dict]:
+                    limit: Optional[int] = None, after: Optional[str] = None, *,
+                    status: Optional[str] = None, type: Optional[str] = None) -> list[dict]:
         """The stored agents of a node by agent_id, optionally only those of `health`,
-        after agent_id `after`, at most `limit` (None: all); NotFound for an unknown
-        node, InvalidArgument for an unknown health."""
+        `status` and `type`, after agent_id `after`, at most `limit` (None: all);
+        NotFound for an unknown node, InvalidArgument for a bad filter."""
         where = Agent.node_id == node_id
-        if health:
-            if health not in HEALTHS:
-                raise errors.InvalidArgument(
-                    f"health must be one of {', '.join(HEALTHS)}, not {health!r}")
-            where &= Agent.health == health
+        for condition in agent_filters(status, health, type):
+            where &= condition
         if after is not None:
             where &= Agent.agent_id > after
         query = Agent.select(*agent_columns()).where(where).order_by(Agent.agent_id)
@@ -305,3 +306,26 @@ def parse_labels(label: Optional[str | Iterable[str]]) -> list[tuple[str, str]]:
             raise errors.InvalidArgument(f"label filter must be KEY=VALUE, not {text!r}")
         pairs.append((key, value))
     return pairs
+
+
+def agent_filters(status: Optional[str], health: Optional[str],
+                  type: Optional[str]) -> list:
+    """peewee conditions for the status, health and type filters given (checked):
+    a node's agent list and the fleet's (fleet.manager.views) filter alike."""
+    where = []
+    if status:
+        if status not in AGENT_STATUSES:
+            raise errors.InvalidArgument(
+                f"status must be one of {', '.join(AGENT_STATUSES)}, not {status[:64]!r}")
+        where.append(Agent.status == State[status.upper()].value)
+    if health:
+        if health not in HEALTHS:
+            raise errors.InvalidArgument(
+                f"health must be one of {', '.join(HEALTHS)}, not {health[:64]!r}")
+        where.append(Agent.health == health)
+    if type:
+        if len(type) > MAX_TYPE or "\x00" in type:
+            raise errors.InvalidArgument(
+                f"type must be text of at most {MAX_TYPE} characters, without NUL")
+        where.append(Agent.type == type)
+    return where

@@ -100,8 +100,9 @@ class FleetService:
     def audit(self, node: Optional[str] = None, limit: int = paging.DEFAULT_LIMIT,
               cursor: Optional[str] = None) -> tuple[list[dict], Optional[str]]:
         """A page of audit entries newest first and the next page's cursor; `node`
-        filters (malformed: NotFound, like paths)."""
-        node = _node_id(node) if node else None
+        filters (malformed: InvalidArgument, as the agents' and events' filters)."""
+        if node and not valid_node_id(node):
+            raise errors.InvalidArgument(f"node {node[:130]!r} is not a valid node id")
         if self._audit is None:
             paging.check_limit(limit)
             paging.decode_time_id(cursor)
@@ -143,15 +144,17 @@ class FleetService:
     # ---- agents ----
 
     def list_agents(self, node_id: str, health: Optional[str] = None,
-                    limit: int = paging.DEFAULT_LIMIT, cursor: Optional[str] = None
+                    limit: int = paging.DEFAULT_LIMIT, cursor: Optional[str] = None, *,
+                    status: Optional[str] = None, type: Optional[str] = None
                     ) -> tuple[list[dict], Optional[str]]:
         """A page of the node's agents as last stored, optionally only those of
-        `health`, and the next page's cursor; NotFound for an unknown node,
-        InvalidArgument for an unknown health, a bad limit or cursor."""
+        `health`, `status` and `type`, and the next page's cursor; NotFound for an
+        unknown node, InvalidArgument for a bad filter, limit or cursor."""
         limit = paging.check_limit(limit)
         after = paging.decode_agent(cursor)
         agents, more = paging.split_page(
-            self._nodes.list_agents(_node_id(node_id), health or None, limit + 1, after), limit)
+            self._nodes.list_agents(_node_id(node_id), health or None, limit + 1, after,
+                                    status=status or None, type=type or None), limit)
         return agents, agents[-1]["agent_id"] if more else None
 
     def sync(self, node_id: str, actor: str = "") -> list[dict]:

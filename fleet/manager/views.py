@@ -28,8 +28,9 @@ import peewee
 
 from fleet import errors
 from fleet.manager import paging
-from fleet.manager.ingest import HEALTHS, MAX_TEXT
-from fleet.manager.nodes import agent_columns, agent_from_values, parse_labels
+from fleet.manager.ingest import HEALTHS
+from fleet.manager.nodes import (AGENT_STATUSES, agent_columns, agent_filters,
+                                 agent_from_values, parse_labels)
 from fleet.manager.store.backends import backend_of
 from fleet.manager.store.db import now_ms, storage_faults
 from fleet.manager.store.models import Agent, Node
@@ -38,9 +39,7 @@ from fleet.values import valid_node_id
 
 log = logging.getLogger(__name__)
 
-AGENT_STATUSES = tuple(s.api_name for s in State if s is not State.UNSPECIFIED)
 NODE_BATCH = 200          # nodes whose agents one `node_id IN (...)` query reads
-MAX_TYPE = MAX_TEXT       # characters of a type filter (as stored at most)
 RESTART_WINDOW_MS = 3_600_000
 TOP_RESTARTS = 10
 
@@ -89,7 +88,7 @@ class FleetViews:
         """Agents by (node_id, agent_id) matching every filter given, after `cursor`, at
         most `limit`; and the next page's cursor (None on the last). InvalidArgument
         naming the parameter for a bad filter, limit or cursor."""
-        where = _agent_filters(status, health, type)
+        where = agent_filters(status, health, type)
         if node and not valid_node_id(node):
             raise errors.InvalidArgument(f"node {node[:130]!r} is not a valid node id")
         wanted = parse_labels(label)
@@ -190,28 +189,6 @@ class FleetViews:
         if self._backend.name == "sqlite":
             return self._db.atomic(lock_type="DEFERRED")
         return self._db.atomic()
-
-
-def _agent_filters(status: Optional[str], health: Optional[str],
-                   type: Optional[str]) -> list:
-    """peewee conditions for the status, health and type filters given (checked)."""
-    where = []
-    if status:
-        if status not in AGENT_STATUSES:
-            raise errors.InvalidArgument(
-                f"status must be one of {', '.join(AGENT_STATUSES)}, not {status[:64]!r}")
-        where.append(Agent.status == State[status.upper()].value)
-    if health:
-        if health not in HEALTHS:
-            raise errors.InvalidArgument(
-                f"health must be one of {', '.join(HEALTHS)}, not {health[:64]!r}")
-        where.append(Agent.health == health)
-    if type:
-        if len(type) > MAX_TYPE or "\x00" in type:
-            raise errors.InvalidArgument(
-                f"type must be text of at most {MAX_TYPE} characters, without NUL")
-        where.append(Agent.type == type)
-    return where
 
 
 def _status_name(value: int) -> str:

@@ -16,7 +16,7 @@ from fleet.manager.api import openapi_policies, openapi_rollouts, ui
 from fleet.manager.api.openapi_base import (AGENT_ID_PATTERN, ERRORS, NODE_ID_PATTERN, STR,
                                             ref)
 from fleet.manager.api.openapi_schemas import schemas
-from fleet.manager.views import AGENT_STATUSES
+from fleet.manager.nodes import AGENT_STATUSES
 
 SCOPES_NOTE = (
     "An API token of [manager.api_tokens] has a scope: `read` may GET everything, "
@@ -154,7 +154,7 @@ def paths() -> dict:
                           "404 409", node)},
         "/api/v1/nodes/{node_id}/agents": {"get": _op(
             "listAgents", "The node's agents as last stored, a page at a time", "AgentPage",
-            "400 404", node + ("Health", "Limit", "AgentCursor"))},
+            "400 404", node + ("AgentStatus", "Health", "Type", "Limit", "AgentCursor"))},
         "/api/v1/nodes/{node_id}/agents/sync": {"post": _op(
             "syncAgents", "Pull the agents from the daemon and store them", "AgentList",
             daemon, node)},

@@ -8,7 +8,7 @@ from fleet.manager.api import openapi_policies, openapi_rollouts
 from fleet.manager.api.openapi_base import (AGENT_ID_PATTERN, ERRORS, INT, NEXT,
                                             NODE_ID_PATTERN, STR, TIME, obj, ref)
 from fleet.manager.ingest import HEALTHS
-from fleet.manager.views import AGENT_STATUSES
+from fleet.manager.nodes import AGENT_STATUSES
 
 AUDIT_OPERATIONS = ["start", "stop", "restart", "sync", "delete", "reload", "policy_put",
                     "policy_delete", "rollout", "rollout-cancel"]

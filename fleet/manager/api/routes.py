@@ -139,7 +139,9 @@ class _Routes:
         return {"node_id": node_id, "deleted": True}
 
     def list_agents(self, node_id):
-        agents, cursor = self._service.list_agents(node_id, params.given("health"), *params.page())
+        agents, cursor = self._service.list_agents(node_id, params.given("health"), *params.page(),
+                                                   status=params.given("status"),
+                                                   type=params.given("type"))
         return {"agents": agents, "next_cursor": cursor}
 
     def sync(self, node_id):
