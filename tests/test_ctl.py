@@ -47,8 +47,10 @@ def fleet(tmp_path_factory):
         cluster.run("daemon", cluster.daemon_config(NODE, grpc_port,
                                                     agents_toml(("a", "b", "c"), PRINTER)))
         api = Api(http_port)
-        wait_for(lambda: all(a["status"] == "running" for a in api.agents(NODE).values())
-                 and len(api.agents(NODE)) == 3, timeout=20)
+        # One read for both checks: with two, an empty list (all() is true) then three
+        # agents still starting passed, and the first test read "starting".
+        wait_for(lambda: [a["status"] for a in api.agents(NODE).values()] == ["running"] * 3,
+                 timeout=20)
         cluster.url, cluster.api = f"http://127.0.0.1:{http_port}", api
         cluster.log_path = cluster.tmp / NODE / "logs" / "c.log"
         wait_for(lambda: "line 20" in cluster.log_path.read_text())
@@ -114,6 +116,10 @@ def test_agents_of_a_node(fleet):
     assert first[:pid_end].endswith(" " + rows(result.stdout)[1][4])
     only = ctl("agents", NODE, "--status", "stopped", url=fleet.url)
     assert only.returncode == 0 and only.stdout.strip() == "no agents"
+    typed = ctl("agents", NODE, "--type", "nosuchtype", url=fleet.url)
+    assert typed.returncode == 0 and typed.stdout.strip() == "no agents"
+    labelled = ctl("agents", NODE, "--label", "role=x", url=fleet.url)
+    assert labelled.returncode == 2 and "agents NODE takes no --label" in labelled.stderr
 
 
 def test_restart_changes_the_pid(fleet):
@@ -218,7 +224,44 @@ def test_connection_refused_is_one_line_naming_the_url():
     assert result.returncode == 1
     assert result.stderr == f"fleet ctl: cannot reach the manager at {url}: connection refused\n"
     bad = ctl("nodes", url="ftp://somewhere")
-    assert bad.returncode == 1 and "bad URL" in bad.stderr
+    assert bad.returncode == 2 and "bad URL" in bad.stderr
+
+
+SECRET = "s3cret-part"
+
+
+@pytest.mark.parametrize("env, args, says", [
+    ({"FLEET_URL": "http://[::1"}, [], "bad URL 'http://[::1'"),
+    ({"FLEET_URL": "http://127.0.0.1:port"}, [], "bad URL"),
+    ({"FLEET_TIMEOUT": "abc"}, [], "FLEET_TIMEOUT: not a number of seconds: 'abc'"),
+    ({"FLEET_TIMEOUT": "-5"}, [], "FLEET_TIMEOUT: must be more than 0"),
+    ({"FLEET_URL": "https://127.0.0.1:1"}, ["--ca-file", "/nonexistent/ca.pem"],
+     "cannot use CA file '/nonexistent/ca.pem'"),
+    ({"FLEET_URL": "https://127.0.0.1:1"}, ["--ca-file", "/etc/hostname"],
+     "cannot use CA file '/etc/hostname'"),
+    ({"FLEET_API_TOKEN": f"{SECRET}\nmore"}, [], "the token in FLEET_API_TOKEN has a space"),
+    ({"FLEET_API_TOKEN": f"{SECRET}\u20ac"}, [], "the token in FLEET_API_TOKEN has a space"),
+])
+def test_settings_that_cannot_work_exit_2_in_one_line_without_the_token(env, args, says):
+    """A URL, FLEET_TIMEOUT, CA file or token that cannot work is one line and exit 2
+    (they were tracebacks, and a token with a line break was printed whole)."""
+    full = {**os.environ, "FLEET_URL": "http://127.0.0.1:1", **env}
+    full.pop("FLEET_TOKEN_FILE", None)
+    result = subprocess.run(FLEET_PY + ["ctl", "nodes", *args], capture_output=True,
+                            text=True, env=full, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("fleet ctl: " + says) and result.stderr.count("\n") == 1
+    assert SECRET not in result.stderr + result.stdout
+    assert_clean(result)
+
+
+def test_a_token_file_with_two_lines_is_refused_unshown(tmp_path):
+    """A token file holding more than one word is exit 2 naming the file, not the token."""
+    token_file = tmp_path / "two.token"
+    token_file.write_text(f"{SECRET}\nsecond-line\n")
+    result = ctl("--token-file", str(token_file), "nodes", url="http://127.0.0.1:1", token="")
+    assert result.returncode == 2 and f"the token in {token_file}" in result.stderr
+    assert SECRET not in result.stderr and "second-line" not in result.stderr
 
 
 def test_metrics_events_and_audit_tables(fleet):

@@ -97,25 +97,12 @@ def nodes(ctl: Ctl, args) -> int:
 
 def agents(ctl: Ctl, args) -> int:
     """A node's agents, or with no NODE the agents of the whole fleet."""
+    query = {"status": args.status, "health": args.health, "type": args.type}
     if args.node:
-        query = {"status": args.status, "health": args.health}
-        pages = _only(ctl.client.pages(path("api", "v1", "nodes", args.node, "agents"),
-                                       "agents", query), args.status, args.health)
+        pages = ctl.client.pages(path("api", "v1", "nodes", args.node, "agents"), "agents", query)
     else:
-        query = {"status": args.status, "health": args.health, "type": args.type,
-                 "label": args.label or None}
-        pages = ctl.client.pages(API + "/agents", "agents", query)
+        pages = ctl.client.pages(API + "/agents", "agents", {**query, "label": args.label or None})
     return ctl.listing(pages, "agents", columns.agent_columns(not args.node), "no agents")
-
-
-def _only(pages: Iterator[dict], status, health) -> Iterator[dict]:
-    """The pages with only the agents of `status` and `health` (a node's list may not
-    filter by status itself)."""
-    for page in pages:
-        page["agents"] = [a for a in page.get("agents") or []
-                          if (not status or a["status"] == status)
-                          and (not health or a["health"] == health)]
-        yield page
 
 
 def operate(ctl: Ctl, args) -> int:

@@ -3,8 +3,9 @@
 URL: --url, FLEET_URL, else http://127.0.0.1:8080. Token: --token-file,
 FLEET_TOKEN_FILE, FLEET_API_TOKEN, else ./fleet-api.token (none if it does not
 exist). CA for HTTPS: --ca-file or FLEET_CA_FILE. Exit 0 on success, 1 with
-one line on an API error or an unreachable manager, 2 on bad usage (argparse),
-130 after Ctrl-C (but `logs -f` ends with 0). Never a traceback.
+one line on an API error or an unreachable manager, 2 on bad usage (argparse's,
+or a URL, FLEET_TIMEOUT, token or CA file that cannot work), 130 after Ctrl-C
+(but `logs -f` ends with 0). Never a traceback, and never the token.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import logging
 import os
 import signal
+import ssl
 import sys
 import urllib.parse
 from typing import Optional
@@ -35,6 +37,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "rollout" and (args.operation == "policy") == bool(args.label):
         parser.error("rollout policy takes no --label; rollout start|stop|restart needs "
                      "at least one --label K=V")
+    if args.command == "agents" and args.node and args.label:
+        parser.error("agents NODE takes no --label (labels are nodes'): "
+                     "drop NODE to list the fleet's agents on labelled nodes")
     # Ctrl-C stops ctl even when it was started with SIGINT ignored (a background job
     # of a non-interactive shell inherits SIG_IGN, and Python then installs nothing).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -44,6 +49,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         ctl = Ctl(make_client(args), as_json=args.json)
         return args.run(ctl, args)
+    except UsageError as exc:
+        print(f"fleet ctl: {exc}", file=sys.stderr)
+        return 2
     except CtlError as exc:
         print(f"fleet ctl: {exc.message}", file=sys.stderr)
         return 1
@@ -55,34 +63,63 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
 
+class UsageError(Exception):
+    """A bad URL, timeout, token or CA file from the flags or the environment: one
+    line and exit 2, as argparse's own usage errors."""
+
+
 def make_client(args) -> Client:
-    """The API client from the flags, the environment and the defaults."""
+    """The API client from the flags, the environment and the defaults; UsageError
+    for a value that cannot work."""
     url = args.url or os.environ.get("FLEET_URL") or DEFAULT_URL
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CtlError(f"bad URL {url!r}: want http://HOST:PORT or https://HOST:PORT")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port                       # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"bad URL {url[:200]!r}: want http://HOST:PORT or https://HOST:PORT")
     token, hint = read_token(args.token_file)
     ca_file = args.ca_file or os.environ.get("FLEET_CA_FILE") or ""
-    timeout = args.timeout or float(os.environ.get("FLEET_TIMEOUT") or DEFAULT_TIMEOUT)
-    return Client(url, token, ca_file, timeout, hint)
+    timeout = args.timeout or _env_seconds("FLEET_TIMEOUT", DEFAULT_TIMEOUT)
+    try:
+        return Client(url, token, ca_file, timeout, hint)
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise UsageError(f"cannot use CA file {ca_file!r}: {why}") from None
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return _seconds(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{name}: {exc}") from None
 
 
 def read_token(flag: Optional[str]) -> tuple[str, str]:
-    """(token, where it came from, for a 401's message)."""
+    """(token, where it came from, for a 401's message); UsageError for a token
+    that no HTTP header can carry (never shown: it may be a real secret)."""
     name = flag or os.environ.get("FLEET_TOKEN_FILE")
     if not name and os.environ.get("FLEET_API_TOKEN"):
-        return os.environ["FLEET_API_TOKEN"].strip(), "token from FLEET_API_TOKEN"
-    if not name:
-        if not os.path.exists(DEFAULT_TOKEN_FILE):
-            return "", ("no token: pass --token-file, set FLEET_API_TOKEN, or run where "
-                        "fleet-api.token is")
-        name = DEFAULT_TOKEN_FILE
-    try:
-        with open(name, encoding="utf-8") as handle:
-            return handle.read().strip(), f"token from {name}"
-    except (OSError, UnicodeError) as exc:
-        raise CtlError(f"cannot read token file {name}: {getattr(exc, 'strerror', exc)}") \
-            from None
+        token, where = os.environ["FLEET_API_TOKEN"].strip(), "FLEET_API_TOKEN"
+    elif not name and not os.path.exists(DEFAULT_TOKEN_FILE):
+        return "", ("no token: pass --token-file, set FLEET_API_TOKEN, or run where "
+                    "fleet-api.token is")
+    else:
+        name = name or DEFAULT_TOKEN_FILE
+        try:
+            with open(name, encoding="utf-8") as handle:
+                token, where = handle.read().strip(), name
+        except (OSError, UnicodeError) as exc:
+            raise CtlError(f"cannot read token file {name}: {getattr(exc, 'strerror', exc)}") \
+                from None
+    if any(not " " < char <= "~" for char in token):
+        raise UsageError(f"the token in {where} has a space, a line break or a character "
+                         "that is not ASCII; a token is one word of printable ASCII")
+    return token, f"token from {where}"
 
 
 # ---- the parser ----
@@ -176,7 +213,7 @@ def _add_agents(agents: argparse.ArgumentParser) -> None:
     agents.add_argument("node", nargs="?", metavar="NODE")
     agents.add_argument("--status", choices=AGENT_STATUSES)
     agents.add_argument("--health", choices=HEALTHS)
-    agents.add_argument("--type", help="only agents of this type (fleet-wide list)")
+    agents.add_argument("--type", help="only agents of this type")
     agents.add_argument("--label", action="append", type=_label, metavar="K=V",
                         help="only agents on nodes with this label (fleet-wide list)")
 
