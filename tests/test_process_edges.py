@@ -20,7 +20,7 @@ import pytest
 from fleet.daemon.app import Daemon
 from fleet.daemon.logs import LogKeeper
 from fleet.daemon.metrics import Sampler
-from fleet.daemon.procops import ProcOps, SpawnError
+from fleet.daemon.procops import ProcOps, SpawnError, find_problem
 from fleet.daemon.statedir import AgentRecord, StateDir, UnreadableRecord
 from fleet.daemon.supervisor import Supervisor
 from fleet.errors import Conflict
@@ -121,6 +121,33 @@ def test_a_spawn_failure_names_cause_and_path_in_last_error_and_the_agents_log(
         assert lines[0].endswith(f"] start failed: {expected}")
 
 
+@pytest.mark.parametrize("head,command,env,expected", [
+    ("#!/nonexistent/interp\n", ["{dir}/script.sh"], {},
+     "interpreter not found: /nonexistent/interp (the #! line of {dir}/script.sh)"),
+    ("#!/nonexistent/interp -x\n", ["script.sh"], {"PATH": "{dir}"},
+     "interpreter not found: /nonexistent/interp (the #! line of {dir}/script.sh)"),
+    ("#!/bin/sh\r\n", ["{dir}/script.sh"], {},
+     "interpreter not found: /bin/sh (the #! line of {dir}/script.sh); "
+     "the line ends in a carriage return (DOS line endings)"),
+    ("", ["{dir}"], {}, "is a directory: {dir}"),
+])
+def test_a_spawn_failure_names_a_missing_interpreter_or_a_directory(
+        tmp_path, head, command, env, expected):
+    """A script whose #! interpreter is missing (execve: ENOENT) or a directory (EACCES)
+    is named as such by the spawn error and by the start warning, not as missing or
+    not executable."""
+    script = tmp_path / "script.sh"
+    script.write_text(head + "exit 0\n")
+    script.chmod(0o755)
+    command, env, expected = ([p.format(dir=tmp_path) for p in command],
+                              {k: v.format(dir=tmp_path) for k, v in env.items()},
+                              expected.format(dir=tmp_path))
+    with open(os.devnull, "wb") as sink, pytest.raises(SpawnError) as caught:
+        ProcOps().spawn(command, "", env, sink.fileno())
+    assert str(caught.value) == expected
+    assert find_problem(command, "", env) == expected
+
+
 def test_start_warns_about_each_agent_whose_command_or_cwd_is_missing(tmp_path, caplog):
     """At start one WARNING per agent whose command (resolved on its own PATH) or cwd is
     missing; an agent whose command is found on its own PATH gets none."""
@@ -144,8 +171,9 @@ def test_start_warns_about_each_agent_whose_command_or_cwd_is_missing(tmp_path, 
 
 def test_an_adopted_agent_killed_reports_its_exit_as_unknown_and_on_failure_restarts_it(
         tmp_path):
-    """An adopted process (not our child) that dies: last_exit_code -1 and signal 0
-    with last_error "exit status unknown", never a clean exit; on-failure restarts it."""
+    """An adopted process (not our child) that dies: last_exit_code -1 and signal 0,
+    and its exited event says "exit status unknown", never a clean exit; on-failure
+    restarts it, and once the new process runs last_error is clear again."""
     agents = [agent("a", restart="on-failure", start_seconds=0)]
     first = Daemon(daemon_config(tmp_path, agents))
     first.start()
@@ -159,7 +187,11 @@ def test_an_adopted_agent_killed_reports_its_exit_as_unknown_and_on_failure_rest
         new = wait_for(lambda: running_pid(second, "a", other_than=pid))
         s = snap(second, "a")
         assert new and (s.last_exit_code, s.last_exit_signal) == (-1, 0)
-        assert s.last_error == f"exit status unknown: adopted process pid={pid}"
+        exited = [e for e in second.supervisor.events.events("a")
+                  if e.kind == "exited" and e.pid == pid]
+        assert [(e.message, e.exit_code) for e in exited] == \
+            [("exited with exit status unknown (adopted process)", -1)]
+        assert s.last_error == ""
     finally:
         second.stop()
 
@@ -301,3 +333,46 @@ def test_a_removed_agent_whose_pid_cannot_be_inspected_keeps_its_record(tmp_path
     finally:
         popen.kill()
         popen.wait()
+
+
+# ---- restarts slower than the operation's wait, and fixes that should not wait ----
+
+IGNORES_TERM = [sys.executable, "-c",
+                "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "print('up', flush=True)\ntime.sleep(3600)"]
+
+
+def test_a_restart_slower_than_the_wait_still_starts_the_agent(tmp_path, monkeypatch):
+    """An agent whose stop outlasts the restart's wait (a stop_timeout past 25 s) is
+    answered STOPPING, not refused, and starts again once its group is killed (it
+    was left STOPPED for good, the start refused as "still stopping")."""
+    from fleet.daemon import runner as runner_module
+    monkeypatch.setattr(runner_module, "STOP_WAIT_SECONDS", 0.3)
+    agents = [agent("slow", IGNORES_TERM, stop_timeout=1.5, start_seconds=0.5)]
+    with running_daemon(tmp_path, agents) as (node, _):
+        pid = wait_for(lambda: running_pid(node, "slow"))
+        runner = node.supervisor.runner("slow")
+        answer = runner.operate("restart")
+        assert answer.state is State.STOPPING and answer.pid == pid
+        new = wait_for(lambda: running_pid(node, "slow", other_than=pid), timeout=10)
+        assert new and not alive(pid)
+        assert snap(node, "slow").restart_count == 1
+        runner.operate("restart")                      # then a stop wins over it
+        runner.operate("stop")
+        wait_for(lambda: snap(node, "slow").state is State.STOPPED, timeout=10)
+
+
+def test_a_reload_that_fixes_an_agent_in_backoff_starts_it_now(tmp_path):
+    """A changed command for an agent waiting out a long backoff starts it at once, as
+    for a FATAL one (it waited out the backoff the broken command earned); once it
+    runs, last_error no longer shows the old failure."""
+    from fleet.daemon import reconcile
+    broken = agent("a", ["/usr/bin/nope-such-binary"], backoff_initial=60, backoff_max=60)
+    with running_daemon(tmp_path, [broken]) as (node, _):
+        wait_for(lambda: snap(node, "a").state is State.BACKOFF)
+        assert snap(node, "a").last_error == "command not found: /usr/bin/nope-such-binary"
+        fixed = daemon_config(tmp_path, [agent("a")]).agents
+        changes = reconcile.apply(node.supervisor, fixed, "reload")
+        assert [(c.agent_id, c.change) for c in changes] == [("a", "changed")]
+        assert wait_for(lambda: running_pid(node, "a"), timeout=10)
+        assert snap(node, "a").last_error == ""

@@ -65,7 +65,7 @@ class Program:
         self.probe_health = "unknown"     # the probe's verdict: healthy | unhealthy | unknown
         self.probe_message = ""           # why the probe says it is not healthy
         self.limit_message = ""           # a resource limit held too long ("" when within)
-        self.restart_cause = ""           # STOPPING for a restart (health, limit): start after
+        self.restart_cause = ""           # STOPPING for a restart (operator, health...): start after
 
     # ---- the one state changer ----
 
@@ -314,6 +314,7 @@ class Program:
                 and now >= self.start_deadline:
             self.start_deadline = None
             self.failures = 0
+            self.last_error = ""       # the start worked: what failed before explains nothing now
             self.change_state(State.RUNNING, now, f"up {self.config.start_seconds:g} s")
         elif self.state is State.BACKOFF and self.retry_at is not None and now >= self.retry_at:
             self.retry_at = None

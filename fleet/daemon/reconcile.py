@@ -85,9 +85,14 @@ def _change(supervisor: Supervisor, config: AgentConfig, cause: str,
     state = runner.snapshot().state
     alive = state in ALIVE
     runner.reconfigure(config)
-    if state == State.FATAL and old_hash != config.config_hash() and config.autostart:
-        # A new command for an agent that gave up (a broken version fixed): try it.
-        _event(supervisor, config.id, f"changed by {cause}: starting (was fatal)")
+    # Log limits are not the process's: they apply at once, whatever else happens.
+    supervisor.logs.register(config.id, config.log_max_bytes, config.log_backups)
+    if state in (State.FATAL, State.BACKOFF) and old_hash != config.config_hash() \
+            and config.autostart:
+        # A new command for an agent that gave up or waits to retry (a broken version
+        # fixed): try it now, not after the backoff the old command earned.
+        _event(supervisor, config.id,
+               f"changed by {cause}: starting (was {state.name.lower()})")
         _operate(runner, "start", config.id, cause, restart_cause)
         return Change(config.id, "changed")
     if old_hash == config.config_hash() or not alive:

@@ -80,7 +80,8 @@ class Runner:
         """
         if operation not in OPERATIONS:
             raise InvalidArgument(f"unknown operation {operation!r}: use start, stop or restart")
-        why = f"cause={cause}" + (f": {detail}" if detail else "")
+        reason = cause + (f": {detail}" if detail else "")
+        why = f"cause={reason}"
         with self.ops_lock:
             if self.refuse_operations:
                 raise Conflict("the daemon is shutting down")
@@ -90,7 +91,7 @@ class Runner:
                     with self.program.lock:
                         child = self.program.child
                         self.program.note_event("restart", why, child.pid if child else 0)
-                self._stop()
+                self._stop(reason if operation == "restart" else "")
             if operation in ("start", "restart"):
                 self._locked(lambda p, now: self._start(p, now, operation == "restart", why))
             return self.snapshot()
@@ -128,6 +129,8 @@ class Runner:
     def _start(self, program: Program, now: float, restart: bool, why: str) -> None:
         if self.refuse_operations:  # shutdown began while this operation was stopping
             raise Conflict("the daemon is shutting down")
+        if restart and program.state is State.STOPPING and program.restart_cause:
+            return                  # slower to stop than the wait: it starts once it has
         program.start(now, restart, f"restart requested ({why})" if restart else "")
 
     def _settle_unknown(self) -> None:
@@ -157,8 +160,16 @@ class Runner:
         except Conflict as exc:
             log.error("%s: left running: %s", self.program.config.id, exc.message)
 
-    def _stop(self) -> None:
-        self._locked(lambda p, now: p.stop(now))
+    def _stop(self, restart_cause: str = "") -> None:
+        """Stop and wait up to STOP_WAIT_SECONDS. For a restart (`restart_cause`) the
+        start is kept pending on the program, so an agent slower to stop than the
+        wait (a long stop_timeout) still starts once its group has exited."""
+        def stop(program: Program, now: float) -> None:
+            program.stop(now)
+            if restart_cause and program.state is State.STOPPING:
+                program.restart_cause = restart_cause
+
+        self._locked(stop)
         self.wait_stopped(self.program.ops.monotonic() + STOP_WAIT_SECONDS)
 
     def wait_stopped(self, deadline: float) -> None:
