@@ -23,6 +23,8 @@ from fleet.daemon.statedir import UnreadableRecord
 
 log = logging.getLogger(__name__)
 
+CR = "\r"   # ends a #! line written with DOS line endings
+
 
 @dataclasses.dataclass
 class Child:
@@ -61,16 +63,23 @@ class SignalDenied(Exception):
     """The process group lives but we may not signal it (EPERM): it is not gone."""
 
 
-def describe_spawn_error(exc: OSError, command, cwd: str) -> str:
+def describe_spawn_error(exc: OSError, command, cwd: str,
+                         env: dict[str, str] | None = None) -> str:
     """`command not found: /usr/bin/nope`, `cwd does not exist: /srv/x`, ... from
-    the error Popen raised (its filename is the cwd when chdir failed)."""
+    the error Popen raised (its filename is the cwd when chdir failed). execve's
+    errno alone misleads, so the file it ran is looked at: ENOENT for a script that
+    exists means its #! interpreter is missing, EACCES for a directory is that."""
     if cwd and exc.filename == cwd:
         why = {errno.ENOENT: "cwd does not exist", errno.ENOTDIR: "cwd is not a directory",
                errno.EACCES: "cwd not accessible (permission denied)"}
         return f"{why.get(exc.errno, f'cwd unusable ({exc.strerror})')}: {cwd}"
     path = command[0] if command else ""
+    found = _resolve(path, cwd, env) if path else ""
+    if exc.errno in (errno.ENOENT, errno.EACCES) and os.path.isdir(found):
+        return f"is a directory: {found}"
     if exc.errno == errno.ENOENT:
-        return f"command not found: {path}" + ("" if "/" in path else " (searched PATH)")
+        return _interpreter_problem(found, cwd) or \
+            f"command not found: {path}" + ("" if "/" in path else " (searched PATH)")
     if exc.errno == errno.EACCES:
         return f"not executable: {path} (permission denied)"
     if exc.errno == errno.ENOEXEC:
@@ -85,16 +94,53 @@ def find_problem(command, cwd: str, env: dict[str, str]) -> str:
         return f"cwd does not exist: {cwd}" if not os.path.exists(cwd) \
             else f"cwd is not a directory: {cwd}"
     path = command[0]
+    found = _resolve(path, cwd, env)
+    if not found:
+        return f"command not found: {path}" + ("" if "/" in path else " (searched PATH)")
+    if os.path.isdir(found):
+        return f"is a directory: {found}"
+    if not os.access(found, os.X_OK):
+        return f"not executable: {found}"
+    return _interpreter_problem(found, cwd)
+
+
+def _resolve(path: str, cwd: str, env: dict[str, str] | None) -> str:
+    """The file exec runs for `path`: joined to cwd when it holds a "/", else the
+    first match on the env's PATH (an executable file before any other file, a file
+    before a directory: exec goes on past those it cannot run); "" if none exists."""
     if "/" in path:
         candidates = [os.path.join(cwd, path) if cwd else path]
     else:
         candidates = [os.path.join(folder, path) for folder in os.get_exec_path(env)]
-    found = [c for c in candidates if os.path.isfile(c)]
-    if not found:
-        return f"command not found: {path}" + ("" if "/" in path else " (searched PATH)")
-    if not any(os.access(c, os.X_OK) for c in found):
-        return f"not executable: {found[0]}"
-    return ""
+    files = [c for c in candidates if os.path.isfile(c)]
+    runnable = [c for c in files if os.access(c, os.X_OK)]
+    return (runnable or files or [c for c in candidates if os.path.isdir(c)] or [""])[0]
+
+
+def _interpreter_problem(found: str, cwd: str) -> str:
+    """`interpreter not found: ...` when `found` is a script whose #! interpreter
+    does not exist (the kernel resolves a relative one against cwd); else ""."""
+    interpreter = _shebang(found) if found and os.path.isfile(found) else None
+    if not interpreter or os.path.exists(os.path.join(cwd, interpreter)):
+        return ""
+    problem = f"interpreter not found: {interpreter.rstrip(CR)} (the #! line of {found})"
+    if interpreter.endswith(CR):
+        problem += "; the line ends in a carriage return (DOS line endings)"
+    return problem
+
+
+def _shebang(path: str) -> str | None:
+    """The interpreter the #! line of the file names; None without one."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)   # the kernel reads no more (BINPRM_BUF_SIZE)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    # The kernel splits the line on spaces and tabs only: a "\r" stays in the name.
+    line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+    return os.fsdecode(line.replace(b"\t", b" ").split(b" ", 1)[0]) or None
 
 
 class ProcOps:
@@ -121,7 +167,7 @@ class ProcOps:
                 list(command), cwd=cwd or None, env=env, stdin=subprocess.DEVNULL,
                 stdout=log_fd, stderr=log_fd, start_new_session=True, close_fds=True)
         except OSError as exc:
-            raise SpawnError(describe_spawn_error(exc, command, cwd)) from exc
+            raise SpawnError(describe_spawn_error(exc, command, cwd, env)) from exc
         try:
             pidfd = self.pidfd_open(popen.pid)
         except OSError as exc:
