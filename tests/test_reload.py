@@ -206,3 +206,38 @@ def test_a_reload_is_refused_once_shutdown_begins(tmp_path):
     finally:
         channel.close()
         bare.stop()
+
+
+def test_a_reload_applies_new_log_limits_to_the_running_agent(tmp_path):
+    """New log_max_bytes and log_backups rotate the running agent's log at once, its pid kept."""
+    from fleet.daemon import reconcile
+    from fleet.daemon.logs import LogKeeper
+    from fleet.daemon.metrics import Sampler
+    from fleet.daemon.statedir import StateDir
+    from fleet.daemon.supervisor import Supervisor
+    from fleet.states import State
+    from tests.daemon_harness import agent, daemon_config
+    old = daemon_config(tmp_path, [agent("a", log_max_bytes=300_000, log_backups=3)]).agents
+    new = daemon_config(tmp_path, [agent("a", log_max_bytes=5_000_000, log_backups=0)]).agents
+    statedir = StateDir(str(tmp_path / "state"))
+    statedir.open()
+    keeper = LogKeeper(statedir.logs_dir)    # not started: the test runs each check
+    supervisor = Supervisor(old, statedir, keeper, Sampler(10))
+    supervisor.start()
+    try:
+        pid = wait_for(lambda: (s := supervisor.runner("a").snapshot()).state is State.RUNNING
+                       and s.pid)
+        assert reconcile.apply(supervisor, new, "reload") == [reconcile.Change("a", "changed")]
+        path = keeper.path_for("a")
+        with open(path, "ab") as log:
+            log.write(b"x" * 399_999 + b"\n")
+        assert keeper.rotate_all() == []                # past the old limit, not the new
+        with open(path, "ab") as log:
+            log.write(b"y" * 4_999_999 + b"\n")
+        assert keeper.rotate_all() == ["a"]
+        assert os.path.getsize(path) == 0 and not os.path.exists(path + ".1")  # backups = 0
+        assert supervisor.runner("a").snapshot().pid == pid
+    finally:
+        supervisor.stop_all()
+        supervisor.close()
+        statedir.close()

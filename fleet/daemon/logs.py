@@ -138,7 +138,10 @@ class LogKeeper:
         return os.open(self.path_for(agent_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
 
     def register(self, agent_id: str, max_bytes: int, backups: int) -> None:
-        """Rotate ``agent_id``'s log past ``max_bytes``, keeping ``backups`` old files."""
+        """Rotate ``agent_id``'s log past ``max_bytes``, keeping ``backups`` old files.
+
+        Called again for a registered agent (a reload changed its limits), the new
+        limits replace the old from the next check on."""
         path = self.path_for(agent_id)  # validates the id
         with self._lock:
             self._limits[agent_id] = (max_bytes, backups)
