@@ -521,6 +521,19 @@ def test_logs_follow_passes_offsets_and_grep_and_waits_out_a_503(fake_api):
     assert {q["lines"] for _, _, q in server.requests[1:]} == {"1000"}
 
 
+def test_logs_says_on_stderr_when_the_daemon_left_older_lines_out(fake_api):
+    """A truncated tail prints its lines, then one stderr line saying so, and exits 0."""
+    server = fake_api({("GET", "/api/v1/nodes/n1/agents/a/logs"): lambda query, _: (
+        200, {"lines": ["newest"], "truncated": True, "next_offset": 7})})
+    result = ctl("logs", "n1", "a", "-n", "1000", url=server.url, token="t")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "newest\n"
+    assert result.stderr == ("fleet ctl: older lines were left out: the answer reached the "
+                             "daemon's size limit; ask for fewer with -n, or narrow with "
+                             "--grep\n")
+    shown = ctl("logs", "n1", "a", "--json", url=server.url, token="t")   # the flag is there
+    assert json.loads(shown.stdout)["truncated"] is True and shown.stderr == ""
+
 def test_output_helpers():
     """Times read relative when recent and ISO when old; sizes in binary units."""
     from fleet.ctl import output

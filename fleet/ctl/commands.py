@@ -23,6 +23,10 @@ ROLLOUT_ENDED = ("succeeded", "failed", "cancelled", "interrupted")
 FOLLOW_LINES = 1000        # lines asked for per poll while following (the API's maximum)
 POLL_SECONDS = 1.0         # between polls of logs -f and of a rollout
 RETRIED = (0, 502, 503, 504)   # while following: unreachable manager or daemon, try again
+# A tail the daemon cut short (its answer stops at 1 MiB, or it read its scan limit):
+# the lines shown are the newest, but fewer than asked for.
+TRUNCATED_NOTE = ("older lines were left out: the answer reached the daemon's size limit; "
+                  "ask for fewer with -n, or narrow with --grep")
 
 
 class Ctl:
@@ -122,6 +126,8 @@ def logs(ctl: Ctl, args) -> int:
     query = {"lines": args.lines, "grep": args.grep or None}
     body = ctl.client.get(_agent_path(args, "logs"), query)
     _print_logs(ctl, body, compact=args.follow)
+    if body.get("truncated") and not ctl.json:   # --json shows the flag itself
+        print(f"fleet ctl: {TRUNCATED_NOTE}", file=ctl.err, flush=True)
     if not args.follow:
         return 0
     offset = body.get("next_offset")
