@@ -14,6 +14,15 @@ def test_an_empty_command_in_either_form_gets_the_same_message(empty):
                         "shell-like string"]
 
 
+def test_a_duplicate_agent_id_is_reported_beside_the_duplicates_other_problems():
+    """A second agent with a taken id and a broken command gets both problems at once."""
+    problems = []
+    parse("daemon", {"agents": [{"id": "twin", "command": "x"},
+                                {"id": "twin", "command": []}]}, problems)
+    assert problems == ["[agents.1] command: must not be empty: a list of strings or one "
+                        "shell-like string", "[agents.1] id: duplicate agent id 'twin'"]
+
+
 @pytest.mark.parametrize("value,message", [
     ("/bin/x 'open", "not a shell-like string (No closing quotation)"),
     ([""], "the program (the first item) is empty"),

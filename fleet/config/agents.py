@@ -83,13 +83,22 @@ def read_agents(items: Any, problems: list[str]) -> tuple[AgentConfig, ...]:
     agents, ids = [], set()
     for index, table in enumerate(items):
         agent = read_agent(names[index], table, problems)
-        if agent is None:
-            continue
-        if agent.id in ids:
-            problems.append(f"[agents.{index}] id: duplicate agent id {agent.id!r}")
-        ids.add(agent.id)
-        agents.append(agent)
+        # An agent too broken to build still claims its id: a duplicate is reported
+        # with its other problems, not only once they are fixed.
+        agent_id = agent.id if agent is not None else _raw_id(table)
+        if agent_id is not None:
+            if agent_id in ids:
+                problems.append(f"[agents.{index}] id: duplicate agent id {agent_id!r}")
+            ids.add(agent_id)
+        if agent is not None:
+            agents.append(agent)
     return tuple(agents)
+
+
+def _raw_id(table: Any) -> str | None:
+    """The id a table gives, unchecked; None when it gives no string."""
+    agent_id = table.get("id") if isinstance(table, dict) else None
+    return agent_id if isinstance(agent_id, str) else None
 
 
 def _agent_names(items: list) -> list[str]:
