@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import psutil
 import pytest
@@ -376,3 +377,32 @@ def test_a_reload_that_fixes_an_agent_in_backoff_starts_it_now(tmp_path):
         assert [(c.agent_id, c.change) for c in changes] == [("a", "changed")]
         assert wait_for(lambda: running_pid(node, "a"), timeout=10)
         assert snap(node, "a").last_error == ""
+
+
+def test_a_daemon_leaving_its_agents_finishes_a_stop_in_progress(tmp_path):
+    """stop_agents_on_exit = false and a daemon stop while an operator's stop waits on
+    an agent ignoring SIGTERM: the daemon still SIGKILLs it after its stop_timeout
+    and returns soon after (it returned at once, the kill never sent, and the
+    process then waited out the operation's 25 s); the other agents stay running."""
+    agents = [agent("slow", IGNORES_TERM, stop_timeout=1.0), agent("other")]
+    node = Daemon(daemon_config(tmp_path, agents, stop_agents_on_exit=False))
+    node.start()
+    stopper, slow, other = None, 0, 0
+    try:
+        slow = wait_for(lambda: running_pid(node, "slow"))
+        other = wait_for(lambda: running_pid(node, "other"))
+        stopper = threading.Thread(target=node.supervisor.runner("slow").operate, args=("stop",))
+        stopper.start()
+        wait_for(lambda: snap(node, "slow").state is State.STOPPING)
+        began = time.monotonic()
+        node.stop()
+        assert time.monotonic() - began < 1.0 + 3.0
+        assert not alive(slow) and alive(other)
+        stopper.join(5)
+        assert not stopper.is_alive()
+    finally:
+        if stopper is None:
+            node.stop()
+        for pid in (slow, other):          # left running on purpose, or by a failure
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)

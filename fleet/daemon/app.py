@@ -187,6 +187,7 @@ class Daemon:
             if self.config.daemon.stop_agents_on_exit:
                 self.supervisor.stop_all()
             else:  # their state records stay, for the next daemon to adopt
+                self.supervisor.finish_stopping()
                 log.info("leaving %d agent(s) running for the next daemon "
                          "(stop_agents_on_exit = false)", len(self.supervisor.runners))
         if self.syncer is not None:

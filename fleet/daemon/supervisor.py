@@ -209,6 +209,18 @@ class Supervisor:
         for runner in runners:
             runner.wait_stopped(deadline)
 
+    def finish_stopping(self) -> None:
+        """Wait for the agents already STOPPING (an operation's stop in progress) to
+        end, each SIGKILLed after its stop_timeout as ever: a daemon that leaves its
+        agents running (stop_agents_on_exit = false) must not leave one half-stopped,
+        its kill never sent, nor exit while that operation waits on it."""
+        stopping = [runner for runner in list(self.runners.values())
+                    if runner.snapshot().state is State.STOPPING]
+        longest = max((r.program.config.stop_timeout for r in stopping), default=0)
+        deadline = self.ops.monotonic() + longest + 2.0
+        for runner in stopping:
+            runner.wait_stopped(deadline)
+
     def close(self) -> None:
         """End the runner threads; agents' processes are left as they are."""
         for runner in self.runners.values():
