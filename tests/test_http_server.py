@@ -204,3 +204,21 @@ def test_the_app_gets_the_body_it_has_whatever_the_headers_claim(echo):
                                   b"\r\nhello")
     assert (status, body["body"], body["length"]) == (200, "hello", "5")
     assert body["headers"] == ["HTTP_CONNECTION", "HTTP_HOST"]
+
+
+def test_a_body_cut_short_is_408_request_timeout_after_the_timeout():
+    """A request whose body stops short of its Content-Length is answered 408 with the
+    envelope's code request_timeout once http_request_timeout passes (it said
+    deadline_exceeded, the code of a daemon too slow), and the connection closes."""
+    seen = []
+    server = serve_http(echo_app(seen), "127.0.0.1:0", request_timeout=0.5)
+    server.start_background()
+    try:
+        began = time.monotonic()
+        status, body = raw(server.port, b"POST /echo/a HTTP/1.1\r\nHost: x\r\n"
+                                        b"Content-Length: 100\r\n\r\n{\"half\":")
+        assert (status, body["error"]) == (408, {"code": "request_timeout",
+                                                 "message": "request not received in time"})
+        assert 0.4 <= time.monotonic() - began < 5 and seen == []
+    finally:
+        server.stop()

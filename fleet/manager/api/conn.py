@@ -28,7 +28,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger(__name__)
 
 # A request that never came whole; the connection closes after it.
-_TIMEOUT_BODY = b'{"error":{"code":"deadline_exceeded","message":"request not received in time"}}\n'
+# Its own code: deadline_exceeded (504) is a daemon too slow, not a client.
+_TIMEOUT_BODY = b'{"error":{"code":"request_timeout","message":"request not received in time"}}\n'
 _TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                      b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                      % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
