@@ -9,8 +9,9 @@ from tests.helpers import wait_for
 
 
 def test_a_restart_writes_the_state_record_only_when_it_changes(tmp_path):
-    """A restart removes the old record and writes the new one; STOPPING and RUNNING,
-    which change nothing in it, write nothing."""
+    """A restart writes the new process's record once, over the old one (its start
+    follows the exit under one lock, as a health restart's does); STOPPING and
+    RUNNING, which change nothing in it, write nothing."""
     with running_daemon(tmp_path, [agent("a")]) as (node, stub):
         wait_for(lambda: node.supervisor.runner("a").snapshot().state is State.RUNNING)
         writes = []
@@ -23,7 +24,7 @@ def test_a_restart_writes_the_state_record_only_when_it_changes(tmp_path):
         node.statedir.write_agent = counted
         answer = stub.OperateAgent(pb.OperateAgentRequest(agent_id="a", operation="restart"))
         wait_for(lambda: node.supervisor.runner("a").snapshot().state is State.RUNNING)
-        assert writes == [None, answer.agent.pid]
+        assert writes == [answer.agent.pid]
         with open(tmp_path / "state" / "agents" / "a.json") as handle:
             assert json.load(handle)["pid"] == answer.agent.pid
 
