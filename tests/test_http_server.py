@@ -68,12 +68,7 @@ def test_an_idle_keep_alive_connection_is_closed_after_a_few_seconds():
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=KEEP_ALIVE_SECONDS + 5)
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         answered = time.monotonic()
-        received = b""
-        while True:
-            data = sock.recv(4096)
-            if not data:
-                break
-            received += data
+        received = read_to_end(sock)
         assert received.startswith(b"HTTP/1.1 200 ")
         assert KEEP_ALIVE_SECONDS - 0.5 <= time.monotonic() - answered < KEEP_ALIVE_SECONDS + 4
         sock.close()
@@ -146,16 +141,21 @@ def echo_app(seen):
     return app
 
 
+def read_to_end(sock) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return received
+        received += data
+
+
 def raw(port, request: bytes) -> tuple[int, dict]:
     """Send raw bytes; the response's status and JSON body."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
-        received = b""
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
+        received = read_to_end(sock)
     head, _, body = received.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), json.loads(body)
 
