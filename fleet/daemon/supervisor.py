@@ -204,21 +204,22 @@ class Supervisor:
             runners = list(self.runners.values())
         for runner in runners:
             runner.begin_shutdown()
-        longest = max((r.program.config.stop_timeout for r in runners), default=0)
-        deadline = self.ops.monotonic() + longest + 2.0
-        for runner in runners:
-            runner.wait_stopped(deadline)
+        self._wait_stopped(runners)
 
     def finish_stopping(self) -> None:
         """Wait for the agents already STOPPING (an operation's stop in progress) to
         end, each SIGKILLed after its stop_timeout as ever: a daemon that leaves its
         agents running (stop_agents_on_exit = false) must not leave one half-stopped,
         its kill never sent, nor exit while that operation waits on it."""
-        stopping = [runner for runner in list(self.runners.values())
-                    if runner.snapshot().state is State.STOPPING]
-        longest = max((r.program.config.stop_timeout for r in stopping), default=0)
+        self._wait_stopped([runner for runner in list(self.runners.values())
+                            if runner.snapshot().state is State.STOPPING])
+
+    def _wait_stopped(self, runners: list[Runner]) -> None:
+        """Wait for `runners` to stop, all within the longest stop_timeout (plus a
+        little): each is SIGKILLed after its own."""
+        longest = max((r.program.config.stop_timeout for r in runners), default=0)
         deadline = self.ops.monotonic() + longest + 2.0
-        for runner in stopping:
+        for runner in runners:
             runner.wait_stopped(deadline)
 
     def close(self) -> None:
